@@ -1,0 +1,14 @@
+PYTHON ?= python3
+
+.PHONY: install demo test
+
+install:
+	PYTHON=$(PYTHON) bash scripts/install.sh
+
+# Install, then train the bundled tiny model on the bundled preference set (offline, CPU, ~1 min).
+demo: install
+	preftune orpo
+
+# Install, then run the whole test suite.
+test: install
+	$(PYTHON) -m pytest tests

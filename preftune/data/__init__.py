@@ -1,0 +1,1 @@
+"""Preference data: row shapes -> pairs -> token ids -> batches."""

@@ -1,0 +1,99 @@
+"""Tokenized pairs -> one padded batch holding chosen and rejected sequences.
+
+The chosen and rejected sequences of B pairs are stacked into 2B rows so the
+policy (and reference) run one forward pass per batch: rows ``[0, B)`` are
+prompt + chosen, rows ``[B, 2B)`` prompt + rejected, in the same pair order.
+Rows are right-padded to the longest row of this batch only.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from preftune.errors import ConfigError
+
+BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """A padded batch of B preference pairs as 2B sequences.
+
+    input_ids:       (2B, T) long — rows [0, B) prompt+chosen, rows [B, 2B)
+                     prompt+rejected, right-padded with the pad token.
+    attention_mask:  (2B, T) long — 1 on real tokens, 0 on padding.
+    completion_mask: (2B, T) long — 1 exactly on the completion tokens (the ones
+                     whose log-probs are scored), 0 on prompt and padding.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        shape = self.input_ids.shape
+        if self.input_ids.dim() != 2 or shape[0] % 2:
+            raise ValueError(f"input_ids must have shape (2B, T), got {tuple(shape)}")
+        if self.attention_mask.shape != shape or self.completion_mask.shape != shape:
+            raise ValueError(
+                f"masks must match input_ids {tuple(shape)}, got attention_mask {tuple(self.attention_mask.shape)} and completion_mask {tuple(self.completion_mask.shape)}"
+            )
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping[str, Any]) -> "PreferenceBatch":
+        """Build from the collator's dict (extra keys are ignored)."""
+        return cls(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+
+    @property
+    def batch_size(self) -> int:
+        """B, the number of pairs (half the rows)."""
+        return self.input_ids.shape[0] // 2
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in BATCH_KEYS}
+
+
+def _ids(value: Any) -> list[int]:
+    return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+@dataclass
+class PreferenceCollator:
+    """Collate features with ``prompt_ids``/``chosen_ids``/``rejected_ids`` (extra
+    keys ignored) into a dict of long tensors: input_ids, attention_mask,
+    completion_mask, each (2B, T); see `PreferenceBatch`."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pad_token_id is None or isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, numbers.Integral):
+            raise ConfigError(f"The pad token id must be an integer, not {self.pad_token_id!r}; set tokenizer.pad_token (e.g. tokenizer.pad_token = tokenizer.eos_token).")
+        self.pad_token_id = int(self.pad_token_id)
+        if self.pad_to_multiple_of is not None and (not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1):
+            raise ConfigError(f"pad_to_multiple_of must be a positive integer or None, not {self.pad_to_multiple_of!r}.")
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty list of features")
+        prompts = [_ids(f["prompt_ids"]) for f in features]
+        rows = [p + _ids(f["chosen_ids"]) for p, f in zip(prompts, features)]
+        rows += [p + _ids(f["rejected_ids"]) for p, f in zip(prompts, features)]
+        prompt_lens = [len(p) for p in prompts] * 2
+        width = max(len(r) for r in rows)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids, attention, completion = [], [], []
+        for row, p_len in zip(rows, prompt_lens):
+            n, pad = len(row), width - len(row)
+            input_ids.append(row + [self.pad_token_id] * pad)
+            attention.append([1] * n + [0] * pad)
+            completion.append([0] * p_len + [1] * (n - p_len) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(attention, dtype=torch.long),
+            "completion_mask": torch.tensor(completion, dtype=torch.long),
+        }

@@ -1,0 +1,230 @@
+"""A whole data set -> token ids, with a report of what was cut, dropped or bad.
+
+`prepare_dataset` runs, per row: `to_preference_pair` (formats) -> `render_pair`
+(chat template) -> one batched tokenizer call for the whole map batch -> BOS/EOS
+rules -> `truncate_pair`. The result holds only ``prompt_ids``, ``chosen_ids`` and
+``rejected_ids`` (int32 lists), ready for `PreferenceCollator`.
+
+Rows are never dropped silently: pairs that truncation would leave with an empty
+completion are dropped and counted; rows that cannot be used (wrong shape, None
+fields, ...) raise one DataError naming the first of them and how many there are,
+or are dropped and counted with ``skip_bad_rows=True``. Images are not read here
+(their columns are left out of the map, so they are never decoded).
+
+The map passes ``new_fingerprint`` computed from the input fingerprint, the
+tokenizer (vocabulary, special tokens, chat template), the limits, the column
+mapping and this package's data code, so datasets never tries to hash the
+tokenizer and its on-disk cache is reused exactly when the output would be equal.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from preftune.data.formats import check_columns, to_preference_pair
+from preftune.data.tokenize import LengthLimits, _finish, _specials, render_pair, text_tokenizer, truncate_pair
+from preftune.errors import DataError
+
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+_STATUS, _ERROR = "_preftune_status", "_preftune_error"
+KEPT, TRUNCATED, DROPPED_EMPTY, BAD = 0, 1, 2, 3
+_N_ERRORS = 5
+_LIST_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    """What `prepare_dataset` did. `n_truncated` counts kept pairs whose prompt or
+    a completion was cut; dropped pairs are counted only in their own field."""
+
+    n_rows: int
+    n_kept: int
+    n_dropped_empty_after_truncation: int
+    n_truncated: int
+    n_bad_rows: int
+    first_errors: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """One or two lines for a log."""
+        head = f"prepared {self.n_kept} pairs" if self.n_kept == self.n_rows else f"prepared {self.n_kept} of {self.n_rows} pairs"
+        parts = [f"{self.n_truncated} truncated"]
+        if self.n_dropped_empty_after_truncation:
+            parts.append(
+                f"{self.n_dropped_empty_after_truncation} dropped because truncation left an empty completion (raise --max_length or lower --max_prompt_length)"
+            )
+        if self.n_bad_rows:
+            parts.append(f"{self.n_bad_rows} bad {'row' if self.n_bad_rows == 1 else 'rows'} skipped")
+        text = f"{head}: {', '.join(parts)}"
+        if self.first_errors:
+            text += f"\nfirst bad row: {self.first_errors[0]}"
+        return text
+
+
+class _RowProcessor:
+    """The map function; a plain picklable object (no closures) for num_proc."""
+
+    def __init__(self, tokenizer, limits: LengthLimits, columns: Mapping[str, str | None] | None):
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.columns = dict(columns) if columns else None
+
+    def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+        keys = list(batch)
+        rows = [{k: batch[k][i] for k in keys} for i in range(len(indices))]
+        return self.process(rows, indices)
+
+    def process(self, rows: Sequence[Mapping], indices: Sequence[int]) -> dict[str, list]:
+        n = len(rows)
+        out: dict[str, list] = {c: [[] for _ in range(n)] for c in ID_COLUMNS}
+        status, errors = [BAD] * n, [""] * n
+        texts, good = [], []
+        for j, (row, index) in enumerate(zip(rows, indices)):
+            try:
+                pair = to_preference_pair(row, index, self.columns)
+                texts.extend(render_pair(pair, self.tokenizer, index=index))
+                good.append(j)
+            except DataError as e:
+                errors[j] = str(e)
+        if good:
+            specials = _specials(self.tokenizer)
+            tok = text_tokenizer(self.tokenizer)
+            ids = tok(texts, add_special_tokens=False)["input_ids"]  # one batched call
+            for m, j in enumerate(good):
+                tp = _finish(ids[3 * m], ids[3 * m + 1], ids[3 * m + 2], tok, specials)
+                cut = truncate_pair(tp, self.limits)
+                if cut is None:
+                    status[j] = DROPPED_EMPTY
+                    continue
+                status[j] = KEPT if cut is tp else TRUNCATED
+                out["prompt_ids"][j], out["chosen_ids"][j], out["rejected_ids"][j] = cut.prompt_ids, cut.chosen_ids, cut.rejected_ids
+        out[_STATUS], out[_ERROR] = status, errors
+        return out
+
+
+def _features():
+    from datasets import Features, List, Value
+
+    ids = List(Value("int32"))
+    return Features({**{c: ids for c in ID_COLUMNS}, _STATUS: Value("int8"), _ERROR: Value("string")})
+
+
+@lru_cache(maxsize=1)
+def _code_hash() -> str:
+    h = hashlib.sha256()
+    for name in ("pairs.py", "formats.py", "tokenize.py", "prepare.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    tok = text_tokenizer(tokenizer)
+    h = hashlib.sha256()
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    template = getattr(tokenizer, "chat_template", None)
+    h.update(json.dumps([type(tokenizer).__name__, template, tok.bos_token_id, tok.eos_token_id, len(tok)], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _fingerprint(dataset, tokenizer, limits: LengthLimits, columns) -> str:
+    h = hashlib.sha256()
+    for part in (dataset._fingerprint, _code_hash(), _tokenizer_hash(tokenizer), repr(limits), repr(sorted((columns or {}).items(), key=str))):
+        h.update(str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _image_sources(columns: Mapping[str, str | None] | None) -> set[str]:
+    columns = columns or {}
+    sources = {src for src, target in columns.items() if target == "images"}
+    if "images" not in columns and not any(t == "images" for t in columns.values()):
+        sources.add("images")
+    return sources
+
+
+def prepare_dataset(
+    dataset: Any,
+    tokenizer,
+    limits: LengthLimits,
+    *,
+    columns: Mapping[str, str | None] | None = None,
+    skip_bad_rows: bool = False,
+    num_proc: int | None = None,
+    desc: str = "Tokenizing preference pairs",
+):
+    """Turn a `datasets.Dataset` (or a list of dict rows) into token ids.
+
+    Returns ``(dataset, report)``: a Dataset with only ``prompt_ids``,
+    ``chosen_ids`` and ``rejected_ids`` columns, and a `PrepareReport`. Raises
+    DataError naming the first bad row and the number of bad rows (unless
+    `skip_bad_rows`), and DataError when no row is left to train on.
+    """
+    import datasets
+
+    if columns:
+        check_columns(columns)  # a bad --columns is a config error, before any row is read
+    image_sources = _image_sources(columns)
+    map_columns = {k: v for k, v in (columns or {}).items() if k not in image_sources} or None
+    if isinstance(dataset, datasets.Dataset):
+        keep = [c for c in dataset.column_names if c not in image_sources]
+        source = dataset.select_columns(keep) if len(keep) < len(dataset.column_names) else dataset
+        if source.format["type"] is not None:
+            source = source.with_format(None)  # rows as plain python objects, whatever the user's format
+        processed = source.map(
+            _RowProcessor(tokenizer, limits, map_columns),
+            with_indices=True,
+            batched=True,
+            remove_columns=source.column_names,
+            features=_features(),
+            num_proc=num_proc if num_proc and num_proc > 1 else None,
+            new_fingerprint=_fingerprint(source, tokenizer, limits, map_columns),
+            desc=desc,
+        )
+    elif isinstance(dataset, (list, tuple)):
+        processor = _RowProcessor(tokenizer, limits, map_columns)
+        parts: dict[str, list] = {c: [] for c in (*ID_COLUMNS, _STATUS, _ERROR)}
+        for start in range(0, len(dataset), _LIST_CHUNK):
+            chunk = [{k: v for k, v in row.items() if k not in image_sources} if isinstance(row, Mapping) else row for row in dataset[start : start + _LIST_CHUNK]]
+            bad = next((i for i, row in enumerate(chunk) if not isinstance(row, Mapping)), None)
+            if bad is not None:
+                raise DataError(f"row {start + bad} is {type(chunk[bad]).__name__}, not a mapping of column names to values; pass a list of dicts or a datasets.Dataset.")
+            result = processor.process(chunk, range(start, start + len(chunk)))
+            for key, values in result.items():
+                parts[key].extend(values)
+        processed = datasets.Dataset.from_dict(parts, features=_features())
+    else:
+        raise TypeError(f"prepare_dataset takes a datasets.Dataset or a list of dict rows, not {type(dataset).__name__}")
+
+    status = processed.data.column(_STATUS).to_numpy()
+    n_rows = len(status)
+    if n_rows == 0:
+        raise DataError("The dataset has no rows; check the split or the file you loaded.")
+    bad_idx = np.flatnonzero(status == BAD)
+    first_errors = tuple(processed.select(bad_idx[:_N_ERRORS].tolist())[_ERROR]) if len(bad_idx) else ()
+    kept_idx = np.flatnonzero(status <= TRUNCATED)
+    report = PrepareReport(
+        n_rows=n_rows,
+        n_kept=len(kept_idx),
+        n_dropped_empty_after_truncation=int((status == DROPPED_EMPTY).sum()),
+        n_truncated=int((status == TRUNCATED).sum()),
+        n_bad_rows=len(bad_idx),
+        first_errors=first_errors,
+    )
+    if len(bad_idx) and not skip_bad_rows:
+        raise DataError(
+            f"{first_errors[0].rstrip('.')} ({len(bad_idx)} of {n_rows} rows are bad; fix them, or set skip_bad_rows=True / --skip_bad_rows to drop them)."
+        )
+    if report.n_kept == 0:
+        raise DataError(f"No pair is left to train on: {report.summary().replace(chr(10), '; ')}.")
+    if report.n_kept < n_rows:
+        processed = processed.select(kept_idx.tolist())
+    return processed.remove_columns([_STATUS, _ERROR]), report

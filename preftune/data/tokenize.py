@@ -1,0 +1,244 @@
+"""PreferencePair -> token ids, and truncation to length limits.
+
+Tokenization
+------------
+Conversational pairs are rendered with the tokenizer's chat template::
+
+    prompt_text = apply_chat_template(prompt, add_generation_prompt=True)
+    chosen_text = apply_chat_template(prompt + chosen) minus prompt_text at its start
+
+Standard pairs use their strings as they are. The three texts are tokenized
+separately with ``add_special_tokens=False``, then:
+
+- BOS: if the tokenizer adds a BOS by itself (``tokenizer("a").input_ids[0] ==
+  bos_token_id``) and the prompt ids do not already start with it, it is put in
+  front. It is never doubled (a Llama-3 template already writes
+  ``<|begin_of_text|>``).
+- EOS: each completion ends with EOS exactly once. If its ids hold EOS followed
+  only by whitespace tokens (ChatML's ``<|im_end|>\\n``) they are cut after that
+  EOS; otherwise EOS is appended unless it is already last.
+
+Truncation (`truncate_pair`), TRL's semantics
+---------------------------------------------
+1. ``max_completion_length``: each completion keeps its first N ids.
+2. If ``len(prompt) + max(len(chosen), len(rejected)) > max_length``: the prompt is
+   cut to ``max_prompt_length`` ids (``keep_end`` drops its start, ``keep_start``
+   its end), then each completion keeps its first ``max_length - len(prompt)`` ids.
+   ``max_prompt_length`` therefore only matters for pairs longer than
+   ``max_length``, as in TRL's ORPO/DPO trainers.
+3. A pair with an empty completion after this is dropped (`truncate_pair` returns
+   None and `prepare_dataset` counts it). A None limit means no limit.
+
+Departures from TRL, and why:
+
+- Completions are cut to ``max_length - len(prompt)`` (the room actually left),
+  not TRL 0.8-0.11's ``max_length - max_prompt_length``.
+- Under ``keep_end`` a leading BOS is kept: the model always saw one in
+  pretraining; TRL re-adds it after truncation, which is the same ids.
+- A completion that is cut loses its EOS and none is re-added: the model did not
+  finish there, so teaching it to stop there would be wrong.
+- Pairs whose completion would be empty are dropped instead of trained on.
+- Chat-templated completions end at the template's own end-of-turn token when it
+  is the EOS (ChatML), so the trailing newline after ``<|im_end|>`` is not trained.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from preftune.data.formats import PreferencePair
+from preftune.errors import ConfigError, DataError
+
+TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
+@dataclass(frozen=True)
+class LengthLimits:
+    """Token limits for one pair; None means no limit. Mirrors the config flags."""
+
+    max_length: int | None = 1024
+    max_prompt_length: int | None = 512
+    max_completion_length: int | None = None
+    truncation_mode: str = "keep_end"
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "max_prompt_length", "max_completion_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"--{name} must be a positive whole number of tokens or None (no limit), not {value!r}.")
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise ConfigError(
+                f"--truncation_mode must be 'keep_end' (drop the start of long prompts) or 'keep_start' (drop their end), not {self.truncation_mode!r}."
+            )
+        if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length > self.max_length:
+            raise ConfigError(
+                f"--max_prompt_length ({self.max_prompt_length}) is larger than --max_length ({self.max_length}), so a cut prompt could leave no room for the completion; lower --max_prompt_length or raise --max_length."
+            )
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """Token ids of one pair. `bos_token_id` is the tokenizer's BOS (or None), so
+    that truncation can keep a leading BOS."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    bos_token_id: int | None = None
+
+
+# ------------------------------------------------------------------------ specials
+
+
+@dataclass
+class _Specials:
+    bos: int | None
+    eos: int
+    adds_bos: bool
+    key: tuple
+    whitespace: dict = field(default_factory=dict)  # token id -> bool
+
+
+_SPECIALS: "weakref.WeakKeyDictionary[Any, _Specials]" = weakref.WeakKeyDictionary()
+
+
+def text_tokenizer(tokenizer):
+    """The text tokenizer inside a processor, or the tokenizer itself."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    return inner if inner is not None and callable(inner) else tokenizer
+
+
+def _specials(tokenizer) -> _Specials:
+    """BOS/EOS facts about a tokenizer, cached per tokenizer (re-read if its
+    special tokens or vocabulary size change, e.g. after setup_chat_format)."""
+    tok = text_tokenizer(tokenizer)
+    key = (tok.bos_token_id, tok.eos_token_id, len(tok))
+    try:
+        cached = _SPECIALS.get(tok)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None and cached.key == key:
+        return cached
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    if eos is None:
+        raise ConfigError("The tokenizer has no eos_token, so completions cannot be ended; set tokenizer.eos_token (e.g. to the model's end-of-turn token).")
+    ids = tok("a")["input_ids"]
+    specials = _Specials(bos, eos, bos is not None and len(ids) > 0 and ids[0] == bos, key)
+    try:
+        _SPECIALS[tok] = specials
+    except TypeError:
+        pass
+    return specials
+
+
+def _is_whitespace(tok, specials: _Specials, token_id: int) -> bool:
+    cached = specials.whitespace.get(token_id)
+    if cached is None:
+        text = tok.decode([token_id])
+        cached = specials.whitespace[token_id] = bool(text) and text.isspace()
+    return cached
+
+
+def _end_with_eos(ids: list[int], tok, specials: _Specials) -> list[int]:
+    eos = specials.eos
+    last = len(ids) - 1
+    while last >= 0 and ids[last] != eos:
+        last -= 1
+    if last >= 0 and all(_is_whitespace(tok, specials, t) for t in ids[last + 1:]):
+        return ids[: last + 1]
+    return ids + [eos]
+
+
+def _finish(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok, specials: _Specials) -> TokenizedPair:
+    if specials.adds_bos and (not prompt_ids or prompt_ids[0] != specials.bos):
+        prompt_ids = [specials.bos] + prompt_ids
+    return TokenizedPair(
+        list(prompt_ids),
+        _end_with_eos(list(chosen_ids), tok, specials),
+        _end_with_eos(list(rejected_ids), tok, specials),
+        specials.bos,
+    )
+
+
+# ----------------------------------------------------------------------- rendering
+
+
+def _where(index: int | None) -> str:
+    return "this row" if index is None else f"row {index}"
+
+
+def _apply_template(tokenizer, messages: list, index: int | None, **kwargs) -> str:
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # pragma: no cover - jinja2 comes with transformers
+        TemplateError = Exception  # noqa: N806
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except TemplateError as e:
+        raise DataError(f"{_where(index)}: the chat template rejected the messages ({e}); fix the conversation (e.g. roles must alternate) or drop the row.") from None
+    if not isinstance(text, str):  # pragma: no cover - defensive
+        raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
+    return text
+
+
+def render_pair(pair: PreferencePair, tokenizer, *, index: int | None = None) -> tuple[str, str, str]:
+    """The ``(prompt, chosen, rejected)`` texts to tokenize; conversational pairs
+    go through the chat template (see the module docstring)."""
+    if not pair.is_conversational:
+        return pair.prompt, pair.chosen, pair.rejected
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "The data is conversational (message lists, or strings with a 'system' column) but the tokenizer has no chat template; set one, e.g. with preftune.setup_chat_format(model, tokenizer), or use a model that ships one."
+        )
+    prompt = list(pair.prompt) if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
+    prompt_text = _apply_template(tokenizer, prompt, index, add_generation_prompt=True)
+    completions = []
+    for name, completion in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        full = _apply_template(tokenizer, prompt + list(completion), index)
+        if not full.startswith(prompt_text):
+            raise DataError(
+                f"{_where(index)}: the chat template renders the prompt differently with and without the {name} reply, so the reply cannot be cut out of the text; use a template whose generation prompt is a prefix of the rendered conversation, or pass plain-string pairs."
+            )
+        completions.append(full[len(prompt_text):])
+    return prompt_text, completions[0], completions[1]
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer, *, index: int | None = None) -> TokenizedPair:
+    """Token ids for one pair: BOS once at the start of the prompt (if the tokenizer
+    uses one), EOS exactly once at the end of each completion. No truncation."""
+    specials = _specials(tokenizer)
+    texts = render_pair(pair, tokenizer, index=index)
+    tok = text_tokenizer(tokenizer)
+    ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+    return _finish(ids[0], ids[1], ids[2], tok, specials)
+
+
+# ---------------------------------------------------------------------- truncation
+
+
+def truncate_pair(tp: TokenizedPair, limits: LengthLimits) -> TokenizedPair | None:
+    """Apply `limits` (see the module docstring). Returns `tp` itself when nothing
+    is cut, and None when a completion would be left empty (the caller drops the
+    pair and counts it)."""
+    prompt, chosen, rejected = tp.prompt_ids, tp.chosen_ids, tp.rejected_ids
+    if limits.max_completion_length is not None:
+        chosen = chosen[: limits.max_completion_length]
+        rejected = rejected[: limits.max_completion_length]
+    max_length = limits.max_length
+    if max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
+        keep = limits.max_prompt_length
+        if keep is not None and len(prompt) > keep:
+            if limits.truncation_mode == "keep_start":
+                prompt = prompt[:keep]
+            elif tp.bos_token_id is not None and prompt[0] == tp.bos_token_id:
+                prompt = prompt[:1] + prompt[len(prompt) - keep + 1:]  # keep BOS + the last keep-1
+            else:
+                prompt = prompt[len(prompt) - keep:]
+        room = max_length - len(prompt)
+        chosen, rejected = chosen[: max(room, 0)], rejected[: max(room, 0)]
+    if not chosen or not rejected:
+        return None
+    if prompt is tp.prompt_ids and len(chosen) == len(tp.chosen_ids) and len(rejected) == len(tp.rejected_ids):
+        return tp
+    return TokenizedPair(list(prompt), list(chosen), list(rejected), tp.bos_token_id)

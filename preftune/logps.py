@@ -1,0 +1,159 @@
+"""Per-sequence log-probabilities of a causal LM, without full-vocabulary logits.
+
+The model is run once on the concatenated batch (chosen rows, then rejected rows)
+with `logits_to_keep` set to no position, so its own LM head computes nothing; we
+take the final hidden states, keep only the positions that are scored, and apply
+the LM head to them in chunks. Each chunk is checkpointed, so at most one chunk of
+(tokens, vocab) logits exists at a time, in the forward and in the backward.
+`plain_sequence_logps` is the textbook computation, kept for models that do not
+accept `logits_to_keep` and as the reference the chunked path is tested against.
+
+Position t of a row predicts token t+1, so token j is scored from hidden state j-1.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+Tensor = torch.Tensor
+
+# Upper bound on the elements of one chunk of logits (fp32: 256 MiB).
+_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class SequenceLogps:
+    """Sums over the tokens of each row of a concatenated batch, each (N,) with N = 2B."""
+
+    completion_logps: Tensor  # Σ log p over completion tokens
+    completion_tokens: Tensor  # number of completion tokens (float)
+    sequence_logps: Tensor  # Σ log p over every predicted token (prompt + completion); 0 for rows not asked for
+    sequence_tokens: Tensor  # number of those tokens (float)
+    completion_logits_sum: Tensor  # Σ over completion tokens of the vocabulary-mean logit (metrics; detached)
+    aux_loss: Tensor | None = None  # MoE router auxiliary loss, when the model returns one
+
+    @property
+    def completion_avg_logps(self) -> Tensor:
+        return self.completion_logps / self.completion_tokens.clamp(min=1)
+
+
+def unwrap(model):
+    """The transformers model under DDP / PEFT wrappers (for config and the LM head)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def supports_chunked(model) -> bool:
+    base = unwrap(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return head is not None and "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _scored_positions(attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None):
+    """Masks over the shifted targets (N, T-1): completion tokens, and every real token of chosen rows."""
+    completion = completion_mask[:, 1:].bool()
+    sequence = attention_mask[:, 1:].bool()
+    if sequence_rows is None:
+        sequence = torch.zeros_like(sequence)
+    else:
+        sequence = sequence & sequence_rows[:, None]
+    return completion, sequence
+
+
+def _token_logps(logits: Tensor, targets: Tensor, softcap: float | None) -> tuple[Tensor, Tensor]:
+    logits = logits.float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logps = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return logps, logits.mean(-1).detach()
+
+
+def _reduce(token_logps, token_logits_mean, rows, is_completion, is_sequence, n: int, aux_loss) -> SequenceLogps:
+    """Scatter per-token values (M,) back to per-row sums (N,)."""
+    zeros = token_logps.new_zeros(n)
+    comp = is_completion.to(token_logps.dtype)
+    seq = is_sequence.to(token_logps.dtype)
+    return SequenceLogps(
+        completion_logps=zeros.index_add(0, rows, token_logps * comp),
+        completion_tokens=zeros.detach().index_add(0, rows, comp),
+        sequence_logps=zeros.index_add(0, rows, token_logps * seq),
+        sequence_tokens=zeros.detach().index_add(0, rows, seq),
+        completion_logits_sum=zeros.detach().index_add(0, rows, token_logits_mean.detach() * comp),
+        aux_loss=aux_loss,
+    )
+
+
+def sequence_logps(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    sequence_rows: Tensor | None = None,
+    chunk_size: int | None = None,
+    chunked: bool = True,
+) -> SequenceLogps:
+    """Log-probs of the completion (and optionally whole-sequence) tokens of each row.
+
+    input_ids, attention_mask, completion_mask: (N, T); sequence_rows: (N,) bool,
+    the rows whose whole sequence is also summed (ORPO's NLL on chosen rows).
+    """
+    if not chunked or not supports_chunked(model):
+        return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, sequence_rows)
+    base = unwrap(model)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device),
+    )
+    hidden = out.hidden_states[-1][:, :-1]  # (N, T-1, H); position j-1 scores token j
+    completion, sequence = _scored_positions(attention_mask, completion_mask, sequence_rows)
+    scored = completion | sequence  # (N, T-1)
+    rows = scored.nonzero()[:, 0]  # (M,)
+    h = hidden[scored]  # (M, H)
+    targets = input_ids[:, 1:][scored]  # (M,)
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
+    size = chunk_size or max(64, _CHUNK_ELEMENTS // vocab)
+
+    def chunk(h_c: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
+        return _token_logps(head(h_c), y_c, softcap)
+
+    parts = []
+    for start in range(0, h.shape[0], size):
+        args = (h[start : start + size], targets[start : start + size])
+        # Checkpointing keeps only the chunk's inputs; its logits are rebuilt in backward.
+        parts.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
+    if parts:
+        token_logps = torch.cat([p[0] for p in parts])
+        token_logits_mean = torch.cat([p[1] for p in parts])
+    else:
+        token_logps = token_logits_mean = hidden.new_zeros(0, dtype=torch.float32)
+    return _reduce(
+        token_logps, token_logits_mean, rows, completion[scored], sequence[scored], input_ids.shape[0],
+        getattr(out, "aux_loss", None),
+    )
+
+
+def plain_sequence_logps(
+    model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None = None
+) -> SequenceLogps:
+    """The textbook computation: full (N, T, V) logits, log-softmax, gather."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    logits = out.logits[:, :-1]  # (N, T-1, V)
+    completion, sequence = _scored_positions(attention_mask, completion_mask, sequence_rows)
+    scored = completion | sequence
+    rows = scored.nonzero()[:, 0]
+    token_logps, token_logits_mean = _token_logps(logits[scored], input_ids[:, 1:][scored], None)
+    return _reduce(
+        token_logps, token_logits_mean, rows, completion[scored], sequence[scored], input_ids.shape[0],
+        getattr(out, "aux_loss", None),
+    )

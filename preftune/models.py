@@ -1,0 +1,123 @@
+"""Loading the policy and its tokenizer; LoRA; the ChatML chat format.
+
+A model given by name goes through `AutoModelForCausalLM.from_pretrained`, so a hub
+id and a local folder take the same path. Tokens never appear in what we log.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(value):
+    """'auto' | a dtype name | a torch.dtype -> what from_pretrained expects."""
+    if value is None or value == "auto" or isinstance(value, torch.dtype):
+        return value
+    if value in _DTYPES:
+        return _DTYPES[value]
+    raise ConfigError(f"dtype={value!r} is not known; use auto, bf16, fp16 or fp32.")
+
+
+def load_model(name_or_path: str, init_kwargs: dict | None = None) -> PreTrainedModel:
+    """Load a causal LM by hub id or local path."""
+    kwargs = dict(init_kwargs or {})
+    for key in ("dtype", "torch_dtype"):
+        if key in kwargs:
+            kwargs["dtype"] = resolve_dtype(kwargs.pop(key))
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        raise ConfigError(f"could not load model {name_or_path!r}: {err}") from err
+
+
+def load_tokenizer(name_or_path: str):
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as err:
+        raise ConfigError(f"could not load the tokenizer of {name_or_path!r}: {err}") from err
+
+
+def text_tokenizer(processing_class):
+    """The tokenizer inside a processor (VLMs), or the tokenizer itself."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token its EOS as pad (padding is masked out anyway)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError("the tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token.")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("tokenizer has no pad token; using its EOS token %r for padding", tokenizer.eos_token)
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def setup_chat_format(model, tokenizer, format: str = "chatml", resize_to_multiple_of: int | None = None):
+    """Give a model and tokenizer the ChatML format (as TRL's `setup_chat_format`).
+
+    Adds <|im_start|> / <|im_end|> as special tokens, makes <|im_start|> the BOS and
+    <|im_end|> the EOS and pad token, sets the chat template, and resizes the
+    embeddings to the new vocabulary (optionally to a multiple, for speed).
+    Returns (model, tokenizer).
+    """
+    if format != "chatml":
+        raise ConfigError(f"chat format {format!r} is not supported; use 'chatml'.")
+    if getattr(tokenizer, "chat_template", None):
+        raise ConfigError("the tokenizer already has a chat template; setup_chat_format would replace it, remove it first.")
+    tokenizer.add_special_tokens(
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+         "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=resize_to_multiple_of)
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None:
+            config.bos_token_id = tokenizer.bos_token_id
+            config.eos_token_id = tokenizer.eos_token_id
+            config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def apply_peft(model, peft_config, gradient_checkpointing: bool = False):
+    """Wrap the model with a LoRA (or other PEFT) adapter; k-bit models are prepared first."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if is_peft_model(model):
+        raise ConfigError("the model already has a PEFT adapter; pass it without peft_config, or pass the base model.")
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if quantized and not getattr(model, "_preftune_kbit_prepared", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        # With frozen embeddings, checkpointed blocks need inputs that require grad.
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config)

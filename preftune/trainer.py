@@ -1,0 +1,257 @@
+"""`PreferenceTrainer`: a thin `transformers.Trainer` for preference pairs.
+
+`compute_loss` reads top to bottom: batch -> policy log-probs -> reference log-probs
+-> objective (loss + metrics). Everything that depends on flags — the objective, the
+reference provider, the data pipeline — is resolved once in `__init__`.
+
+`ORPOTrainer` and `DPOTrainer` keep TRL's constructor signatures so TRL scripts run
+with only the import changed (`tokenizer=` is accepted as the old name of
+`processing_class`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from .config import DPOConfig, ORPOConfig, PreferenceConfig
+from .data.collate import PreferenceBatch, PreferenceCollator
+from .data.prepare import prepare_dataset
+from .errors import ConfigError
+from .logps import sequence_logps
+from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
+from .objectives import objective_from_config
+from .reference import reference_for
+
+logger = logging.getLogger(__name__)
+
+_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids"]
+
+
+class PreferenceTrainer(Trainer):
+    config_class = PreferenceConfig
+    default_output_dir = "preftune-output"
+
+    def __init__(
+        self,
+        model=None,
+        ref_model=None,
+        args: PreferenceConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        model_init=None,
+        callbacks=None,
+        optimizers=(None, None),
+        preprocess_logits_for_metrics=None,
+        peft_config=None,
+        compute_metrics=None,
+        tokenizer=None,
+        optimizer_cls_and_kwargs=None,
+    ):
+        args = args if args is not None else self.config_class(output_dir=self.default_output_dir)
+        if not isinstance(args, self.config_class):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
+        processing_class = _one_of(processing_class, tokenizer)
+        if model is None and model_init is None:
+            raise ConfigError("pass a model (a PreTrainedModel, a hub id or a local path).")
+        if isinstance(model, str):
+            name = model
+            model = load_model(name, args.model_init_kwargs)
+            processing_class = processing_class or load_tokenizer(name)
+        if isinstance(ref_model, str):
+            ref_model = load_model(ref_model, getattr(args, "ref_model_init_kwargs", None))
+        if processing_class is None:
+            name = getattr(getattr(model, "config", None), "_name_or_path", None)
+            if not name:
+                raise ConfigError("pass processing_class (the tokenizer): it cannot be found from the model.")
+            processing_class = load_tokenizer(name)
+        tok = text_tokenizer(processing_class)
+        ensure_pad_token(tok)
+
+        if peft_config is not None:
+            model = apply_peft(model, peft_config, gradient_checkpointing=args.gradient_checkpointing)
+        if args.disable_dropout and model is not None:
+            disable_dropout(model)
+            if ref_model is not None:
+                disable_dropout(ref_model)
+        self.reference = reference_for(args, model, ref_model, is_peft=is_peft_model(model))
+        self.objective = objective_from_config(args)
+
+        self.data_reports = {}
+        train_dataset = self._prepare(train_dataset, tok, args, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._prepare(v, tok, args, f"eval/{k}") for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._prepare(eval_dataset, tok, args, "eval")
+        pad_id = args.padding_value if args.padding_value is not None else tok.pad_token_id
+        data_collator = data_collator or PreferenceCollator(pad_token_id=pad_id)
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # Our loss is a mean over pairs: let Trainer divide it by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
+        if self.reference is not None and hasattr(self.reference, "model"):
+            self.reference.model = self.accelerator.prepare_model(self.reference.model, evaluation_mode=True)
+        self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+
+    # ------------------------------------------------------------------ data
+
+    def _prepare(self, dataset, tokenizer, args, split):
+        """Rows of any supported shape -> token ids (already prepared data passes through)."""
+        if dataset is None or _is_prepared(dataset):
+            return dataset
+        with args.main_process_first(desc=f"preparing {split} data"):
+            prepared, report = prepare_dataset(
+                dataset, tokenizer, args.length_limits(), skip_bad_rows=args.skip_bad_rows, num_proc=args.dataset_num_proc,
+                desc=f"tokenizing {split} pairs",
+            )
+        self.data_reports[split] = report
+        level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
+        logger.log(level, "%s data: %s", split, report.summary())
+        return prepared
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first."""
+        if eval_dataset is not None and not isinstance(eval_dataset, dict):
+            eval_dataset = self._prepare(eval_dataset, text_tokenizer(self.processing_class), self.args, "eval")
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def _set_signature_columns_if_needed(self):
+        self._signature_columns = list(_COLUMNS)
+
+    # ------------------------------------------------------------------ loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = PreferenceBatch.from_inputs(inputs)
+        n_rows = batch.input_ids.shape[0]
+        policy = sequence_logps(
+            model, batch.input_ids, batch.attention_mask, batch.completion_mask,
+            sequence_rows=self.objective.sequence_rows(n_rows, batch.input_ids.device),
+            chunked=self.args.logps_chunked, chunk_size=self.args.logps_chunk_size,
+        )
+        ref = None
+        if self.reference is not None:
+            ref = self.reference.logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
+        out = self.objective(policy, ref)
+        loss = out.loss
+        metrics = dict(out.metrics)
+        if policy.aux_loss is not None:
+            loss = loss + self._router_aux_loss_coef(model) * policy.aux_loss
+            metrics["aux_loss"] = policy.aux_loss.detach().reshape(1)
+        self._store_metrics(metrics, "train" if model.training else "eval")
+        return (loss, metrics) if return_outputs else loss
+
+    def _router_aux_loss_coef(self, model) -> float:
+        from .logps import unwrap
+
+        return float(getattr(unwrap(model).config, "router_aux_loss_coef", 0.001))
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, metrics = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        logits = torch.stack([metrics["rewards/chosen"], metrics["rewards/rejected"]], dim=1)  # (B, 2)
+        labels = torch.zeros(logits.shape[0], device=logits.device)
+        return loss, logits, labels
+
+    # --------------------------------------------------------------- metrics
+
+    def _store_metrics(self, metrics: dict, split: str) -> None:
+        """Keep sums and counts, so a logged value is the exact mean over all pairs since the last log."""
+        for name, values in metrics.items():
+            values = self.accelerator.gather_for_metrics(values.detach().float().reshape(-1))
+            total = self._stored_metrics[split][name]
+            total[0] += values.sum().item()
+            total[1] += values.numel()
+
+    def log(self, logs: dict, start_time=None) -> None:
+        eval_keys = [k for k in logs if k.startswith("eval") and k.endswith("loss")]
+        split, prefix = ("eval", eval_keys[0][: -len("loss")]) if eval_keys else ("train", "")
+        for name, (total, count) in self._stored_metrics[split].items():
+            logs[prefix + name] = total / max(count, 1)
+        self._stored_metrics[split].clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ run
+
+    def train(self, *args, **kwargs):
+        self.save_resolved_config()
+        return super().train(*args, **kwargs)
+
+    def save_resolved_config(self) -> None:
+        """Write the full, resolved config (tokens redacted) next to the checkpoints."""
+        if not self.is_world_process_zero():
+            return
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        path = os.path.join(self.args.output_dir, "preftune_config.json")
+        config = {"trainer": type(self).__name__, **self.args.to_dict()}
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, default=str)
+
+
+def _is_prepared(dataset) -> bool:
+    names = getattr(dataset, "column_names", None)
+    return names is not None and set(_COLUMNS) <= set(names)
+
+
+def _one_of(processing_class, tokenizer):
+    if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
+        raise ConfigError("pass the tokenizer once: processing_class and tokenizer are two names for the same argument.")
+    return processing_class if processing_class is not None else tokenizer
+
+
+class ORPOTrainer(PreferenceTrainer):
+    """ORPO: Hong, Lee & Thorne 2024. No reference model."""
+
+    config_class = ORPOConfig
+    default_output_dir = "orpo-output"
+
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, model_init=None, callbacks=None, optimizers=(None, None),
+                 preprocess_logits_for_metrics=None, peft_config=None, compute_metrics=None, tokenizer=None):
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, model_init=model_init,
+            callbacks=callbacks, optimizers=optimizers, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            peft_config=peft_config, compute_metrics=compute_metrics, tokenizer=tokenizer,
+        )
+
+
+class DPOTrainer(PreferenceTrainer):
+    """DPO: Rafailov et al. 2023, and the DPO family selected by `loss_type`."""
+
+    config_class = DPOConfig
+    default_output_dir = "dpo-output"
+
+    def __init__(self, model=None, ref_model=None, args=None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
+                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
+                 peft_config=None, tokenizer=None, model_init=None):
+        super().__init__(
+            model=model, ref_model=ref_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, model_init=model_init,
+            callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics, peft_config=peft_config,
+            compute_metrics=compute_metrics, tokenizer=tokenizer,
+        )
