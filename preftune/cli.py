@@ -14,8 +14,8 @@ from typing import Optional
 from .errors import UserError
 
 DEMO_SETTINGS = dict(
-    learning_rate=2e-3,
-    num_train_epochs=2,
+    learning_rate=5e-4,
+    num_train_epochs=3,
     per_device_train_batch_size=8,
     per_device_eval_batch_size=16,
     eval_strategy="steps",
@@ -85,7 +85,11 @@ def _peft_config(script: ScriptArguments):
 
 
 def train(command: str, argv: list[str]) -> int:
+    from transformers.trainer_callback import ProgressCallback
+
     from .assets import tiny_model_path
+    from .console import ConsoleProgressCallback
+    from .generation import generate_answers
     from .data.sources import has_split, load_preference_data
     from .models import load_model, load_tokenizer
     from .trainer import DPOTrainer, ORPOTrainer
@@ -108,16 +112,35 @@ def train(command: str, argv: list[str]) -> int:
     trainer_cls = ORPOTrainer if command == "orpo" else DPOTrainer
     trainer = trainer_cls(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tokenizer, peft_config=_peft_config(script))
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ConsoleProgressCallback)
     for split, report in trainer.data_reports.items():
         print(f"preftune: {split} data: {report.summary()}", flush=True)
+    samples, before = _demo_samples(trainer.model, tokenizer, eval_ds) if demo else ([], [])
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
+    for prompt, old, new in zip(samples, before, generate_answers(trainer.model, tokenizer, samples)):
+        print(f"\nprompt: {prompt[-1]['content']}\n  before: {old}\n  after:  {new}", flush=True)
     if eval_ds is not None:
-        metrics = trainer.evaluate()
+        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        metrics = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
         keys = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected"]
         print("preftune: held-out " + ", ".join(f"{k[5:]}={metrics[k]:.4f}" for k in keys if k in metrics), flush=True)
     print(f"preftune: model saved to {config.output_dir}", flush=True)
     return 0
+
+
+def _demo_samples(model, tokenizer, eval_ds, n: int = 3, pool: int = 12):
+    """n held-out prompts the untrained model answers in the rejected (curt) style, and those answers."""
+    from .assets import is_chosen_style
+    from .generation import generate_answers
+
+    if eval_ds is None:
+        return [], []
+    prompts = [eval_ds[i]["prompt"] for i in range(min(pool, len(eval_ds)))]
+    answers = generate_answers(model, tokenizer, prompts)
+    picked = [i for i, a in enumerate(answers) if not is_chosen_style(a)][:n] or list(range(min(n, len(prompts))))
+    return [prompts[i] for i in picked], [answers[i] for i in picked]
 
 
 USAGE = """usage: preftune COMMAND [flags]

@@ -27,22 +27,33 @@ def resolve_dtype(value):
     raise ConfigError(f"dtype={value!r} is not known; use auto, bf16, fp16 or fp32.")
 
 
+def check_model_ref(name_or_path: str) -> None:
+    """Fail early, in words, on a local path that is not there (before any download is tried)."""
+    import os
+
+    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name_or_path
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise ConfigError(f"model path {name_or_path!r} does not exist; pass a local model folder or a hub id.")
+
+
 def load_model(name_or_path: str, init_kwargs: dict | None = None) -> PreTrainedModel:
     """Load a causal LM by hub id or local path."""
+    check_model_ref(name_or_path)
     kwargs = dict(init_kwargs or {})
     for key in ("dtype", "torch_dtype"):
         if key in kwargs:
             kwargs["dtype"] = resolve_dtype(kwargs.pop(key))
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ConfigError(f"could not load model {name_or_path!r}: {err}") from err
 
 
 def load_tokenizer(name_or_path: str):
+    check_model_ref(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ConfigError(f"could not load the tokenizer of {name_or_path!r}: {err}") from err
 
 

@@ -1,0 +1,100 @@
+"""Trainer wiring: reference strategies, data reports, TRL-compatible arguments."""
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from preftune import ConfigError, DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
+from preftune.assets import tiny_model_path
+from preftune.data.sources import load_preference_data
+from preftune.reference import AdapterDisabledReference, ModelReference
+
+
+def tiny():
+    return AutoModelForCausalLM.from_pretrained(tiny_model_path()), AutoTokenizer.from_pretrained(tiny_model_path())
+
+
+def pairs(n=8):
+    return load_preference_data("tiny-prefs", "train").select(range(n))
+
+
+def test_dpo_with_peft_uses_adapter_disabled_reference_without_a_copy(tmp_path):
+    model, tok = tiny()
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=2, learning_rate=5e-3, per_device_train_batch_size=4,
+                     save_strategy="no", report_to="none")
+    trainer = DPOTrainer(model=model, args=args, processing_class=tok, train_dataset=pairs(),
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert isinstance(trainer.reference, AdapterDisabledReference)
+    assert not hasattr(trainer.reference, "model")  # no second copy of the weights
+    # LoRA B starts at zero: policy == reference, so the loss is exactly log 2 before training
+    assert trainer.evaluate(eval_dataset=pairs())["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    trainer.train()
+    # after training the adapter moved the policy; the reference (adapter off) is still the base model
+    base, _ = tiny()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    ref = trainer.reference.logps(trainer.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    from preftune.logps import sequence_logps
+
+    expected = sequence_logps(base.eval(), batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    assert torch.allclose(ref.completion_logps, expected.completion_logps, atol=1e-4)
+    after = trainer.evaluate(eval_dataset=pairs())
+    assert after["eval_loss"] < math.log(2)
+
+
+def test_explicit_ref_model_is_used_and_frozen(tmp_path):
+    model, tok = tiny()
+    ref, _ = tiny()
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none")
+    trainer = DPOTrainer(model, ref, args=args, processing_class=tok, train_dataset=pairs())
+    assert isinstance(trainer.reference, ModelReference) and trainer.reference.model is ref
+    assert not any(p.requires_grad for p in ref.parameters())
+
+
+def test_reference_free_dpo_has_no_reference(tmp_path):
+    model, tok = tiny()
+    trainer = DPOTrainer(model, args=DPOConfig(output_dir=str(tmp_path), reference_free=True), processing_class=tok,
+                         train_dataset=pairs())
+    assert trainer.reference is None
+
+
+def test_orpo_has_no_reference_and_accepts_tokenizer_alias(tmp_path):
+    model, tok = tiny()
+    trainer = ORPOTrainer(model=model, args=ORPOConfig(output_dir=str(tmp_path)), train_dataset=pairs(), tokenizer=tok)
+    assert trainer.reference is None and trainer.processing_class is tok
+    with pytest.raises(ConfigError, match="pass the tokenizer once"):
+        ORPOTrainer(model=model, args=ORPOConfig(output_dir=str(tmp_path)), train_dataset=pairs(),
+                    tokenizer=tok, processing_class=AutoTokenizer.from_pretrained(tiny_model_path()))
+
+
+def test_model_given_by_path_loads_model_and_tokenizer(tmp_path):
+    trainer = ORPOTrainer(model=tiny_model_path(), args=ORPOConfig(output_dir=str(tmp_path)), train_dataset=pairs())
+    assert trainer.processing_class.eos_token == "<|im_end|>"
+
+
+def test_truncation_drops_are_counted_before_training(tmp_path):
+    model, tok = tiny()
+    long_prompt = " ".join(["word"] * 300)
+    rows = [{"prompt": "Hi there", "chosen": "Hello friend", "rejected": "Go away"}] * 3
+    rows.append({"prompt": long_prompt, "chosen": "Hello friend", "rejected": "Go away"})
+    args = ORPOConfig(output_dir=str(tmp_path), max_length=64, max_prompt_length=None)
+    trainer = ORPOTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(rows))
+    report = trainer.data_reports["train"]
+    assert (report.n_rows, report.n_kept, report.n_dropped_empty_after_truncation) == (4, 3, 1)
+    assert len(trainer.train_dataset) == 3
+    assert "1 dropped" in report.summary()
+
+
+def test_orpo_nll_on_completion_only_changes_the_nll(tmp_path):
+    model, tok = tiny()
+    full = ORPOTrainer(model=model, args=ORPOConfig(output_dir=str(tmp_path)), processing_class=tok,
+                       train_dataset=pairs())
+    completion = ORPOTrainer(model=model, args=ORPOConfig(output_dir=str(tmp_path), nll_completion_only=True),
+                             processing_class=tok, train_dataset=pairs())
+    a = full.evaluate(eval_dataset=pairs())["eval_nll_loss"]
+    b = completion.evaluate(eval_dataset=pairs())["eval_nll_loss"]
+    # completion-only NLL is minus the chosen per-token mean log-prob
+    assert b == pytest.approx(-completion.evaluate(eval_dataset=pairs())["eval_logps/chosen"], rel=1e-6)
+    assert a != pytest.approx(b, rel=1e-3)
