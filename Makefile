@@ -7,7 +7,7 @@ install:
 
 # Install, then train the bundled tiny model on the bundled preference set (offline, CPU, ~1 min).
 demo: install
-	preftune orpo
+	$(PYTHON) -m preftune orpo
 
 # Install, then run the whole test suite.
 test: install
