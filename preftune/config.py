@@ -125,6 +125,11 @@ class ORPOConfig(PreferenceConfig):
     )
 
 
+# Losses whose formula has a label-noise ε (label_smoothing); the rest would ignore it.
+LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust", "exo_pair", "aot", "aot_pair")
+EXO_DEFAULT_EPSILON = 1e-3  # EXO needs ε > 0; TRL's default for exo_pair
+
+
 @dataclass
 class DPOConfig(PreferenceConfig):
     """DPO (Rafailov et al. 2023) and its family of losses, against a reference model."""
@@ -132,24 +137,139 @@ class DPOConfig(PreferenceConfig):
     beta: float = field(
         default=0.1, metadata={"help": "β in DPO: higher stays closer to the reference model."}
     )
-    loss_type: str = field(default="sigmoid", metadata={"help": "Which DPO-family loss to use (see README)."})
-    label_smoothing: float = field(
-        default=0.0, metadata={"help": "cDPO: probability ε in [0, 0.5] that a preference label is flipped."}
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={"help": "DPO-family loss, or several (combined with loss_weights); see README for the list."},
     )
+    loss_weights: Optional[list[float]] = field(
+        default=None, metadata={"help": "One weight per loss_type when several are given (default: all 1)."}
+    )
+    label_smoothing: Optional[float] = field(
+        default=None,
+        metadata={"help": "ε: probability that a preference label is flipped (cDPO, robust, exo_pair, aot). "
+                  "Default 0, and 1e-3 for exo_pair."},
+    )
+    rpo_alpha: Optional[float] = field(
+        default=None, metadata={"help": "RPO: add rpo_alpha × NLL of the chosen completion (paper: 1.0)."}
+    )
+    use_weighting: bool = field(default=False, metadata={"help": "WPO: weight each pair by its on-policy probability."})
+    ld_alpha: Optional[float] = field(
+        default=None,
+        metadata={"help": "LD-DPO: weight in [0, 1] of the tokens of the longer answer beyond the shorter's length."},
+    )
+    discopop_tau: float = field(default=0.05, metadata={"help": "DiscoPOP temperature τ."})
+    f_divergence_type: str = field(
+        default="reverse_kl",
+        metadata={"help": "f-DPO divergence: reverse_kl (standard DPO), forward_kl, js_divergence, alpha_divergence."},
+    )
+    f_alpha_divergence_coef: float = field(default=1.0, metadata={"help": "α of alpha_divergence."})
     reference_free: bool = field(
         default=False, metadata={"help": "Ignore the reference model (an implicit uniform reference)."}
     )
     ref_model_init_kwargs: Optional[dict[str, Any]] = field(
         default=None, metadata={"help": "Keyword arguments for from_pretrained when ref_model is given by name."}
     )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "Compute the reference log-probs once before training (cached on disk) and hold no "
+                  "reference model while training."},
+    )
+    precompute_ref_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Batch size of the precompute pass (default: per_device_eval_batch_size)."}
+    )
+    ref_logps_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where precomputed reference log-probs are cached (default: $PREFTUNE_CACHE or "
+                  "~/.cache/preftune/ref_logps)."},
+    )
+    sync_ref_model: bool = field(
+        default=False, metadata={"help": "TR-DPO: move the reference towards the policy during training."}
+    )
+    ref_model_mixup_alpha: float = field(
+        default=0.6, metadata={"help": "TR-DPO α: reference ← α·policy + (1−α)·reference."}
+    )
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "TR-DPO: update the reference every N steps."})
+    model_adapter_name: Optional[str] = field(
+        default=None, metadata={"help": "Name of the trained adapter when the model holds two (see ref_adapter_name)."}
+    )
+    ref_adapter_name: Optional[str] = field(
+        default=None, metadata={"help": "Name of an adapter on the same model used as the reference."}
+    )
+
+    @property
+    def loss_types(self) -> list[str]:
+        return list(self.loss_type)
 
     def _validate_preference_fields(self) -> None:
         super()._validate_preference_fields()
-        from .losses import DPO_LOSSES
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        self._validate_losses()
+        self._validate_reference()
 
-        if self.loss_type not in DPO_LOSSES:
+    def _validate_losses(self) -> None:
+        from .losses import DPO_LOSSES, F_DIVERGENCE_LOSSES, F_DIVERGENCES
+
+        unknown = [t for t in self.loss_type if t not in DPO_LOSSES]
+        if not self.loss_type or unknown:
+            bad = unknown[0] if unknown else ""
+            raise ConfigError(f"loss_type={bad!r} is not known; choose one of: {', '.join(sorted(DPO_LOSSES))}.")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ConfigError(
-                f"loss_type={self.loss_type!r} is not known; choose one of: {', '.join(sorted(DPO_LOSSES))}."
+                f"loss_weights has {len(self.loss_weights)} values but loss_type has {len(self.loss_type)}; "
+                "give one weight per loss type."
             )
-        if not 0.0 <= self.label_smoothing <= 0.5:
-            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 0.5].")
+        eps = self.label_smoothing
+        if eps is None:
+            self.label_smoothing = EXO_DEFAULT_EPSILON if "exo_pair" in self.loss_type else 0.0
+        elif not 0.0 <= eps <= 0.5:
+            raise ConfigError(f"label_smoothing={eps} must be in [0, 0.5].")
+        elif eps > 0 and not set(self.loss_type) & set(LABEL_SMOOTHING_LOSSES):
+            raise ConfigError(
+                f"label_smoothing={eps} has no effect on loss_type {', '.join(self.loss_type)}; it is used by "
+                f"{', '.join(LABEL_SMOOTHING_LOSSES)} — remove it or change loss_type."
+            )
+        if "robust" in self.loss_type and self.label_smoothing >= 0.5:
+            raise ConfigError("loss_type 'robust' needs label_smoothing in [0, 0.5): at 0.5 its 1/(1-2ε) factor is infinite.")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+            raise ConfigError("loss_type 'exo_pair' needs label_smoothing > 0 (its log ε term); leave it unset for 1e-3.")
+        if self.f_divergence_type not in F_DIVERGENCES:
+            raise ConfigError(
+                f"f_divergence_type={self.f_divergence_type!r} is not known; choose one of: {', '.join(F_DIVERGENCES)}."
+            )
+        if self.f_divergence_type != "reverse_kl":
+            other = [t for t in self.loss_type if t not in F_DIVERGENCE_LOSSES]
+            if other:
+                raise ConfigError(
+                    f"f_divergence_type={self.f_divergence_type!r} applies to {', '.join(sorted(F_DIVERGENCE_LOSSES))}, "
+                    f"not to {', '.join(other)}."
+                )
+        if self.f_alpha_divergence_coef <= 0:
+            raise ConfigError(f"f_alpha_divergence_coef={self.f_alpha_divergence_coef} must be positive.")
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            raise ConfigError(f"rpo_alpha={self.rpo_alpha} must be ≥ 0.")
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise ConfigError(f"ld_alpha={self.ld_alpha} must be in [0, 1].")
+        if self.discopop_tau <= 0:
+            raise ConfigError(f"discopop_tau={self.discopop_tau} must be positive.")
+
+    def _validate_reference(self) -> None:
+        if self.reference_free and (self.precompute_ref_log_probs or self.sync_ref_model):
+            raise ConfigError("reference_free=True uses no reference model, so precompute_ref_log_probs and "
+                              "sync_ref_model cannot be set with it.")
+        if self.sync_ref_model and self.precompute_ref_log_probs:
+            raise ConfigError("sync_ref_model (TR-DPO) changes the reference during training, so its log-probs cannot "
+                              "be precomputed; drop one of sync_ref_model and precompute_ref_log_probs.")
+        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+            raise ConfigError(f"ref_model_mixup_alpha={self.ref_model_mixup_alpha} must be in [0, 1].")
+        if self.ref_model_sync_steps < 1:
+            raise ConfigError(f"ref_model_sync_steps={self.ref_model_sync_steps} must be ≥ 1.")
+        if (self.model_adapter_name is None) != (self.ref_adapter_name is None):
+            raise ConfigError("set model_adapter_name and ref_adapter_name together (two adapters on one model).")
+        if self.ref_adapter_name is not None and self.ref_adapter_name == self.model_adapter_name:
+            raise ConfigError("ref_adapter_name must differ from model_adapter_name.")
+        if self.ref_adapter_name is not None and self.sync_ref_model:
+            raise ConfigError("sync_ref_model mixes weights of two models; with two adapters use it without "
+                              "ref_adapter_name, or drop sync_ref_model.")
+        if self.precompute_ref_batch_size is not None and self.precompute_ref_batch_size < 1:
+            raise ConfigError(f"precompute_ref_batch_size={self.precompute_ref_batch_size} must be ≥ 1.")

@@ -34,6 +34,13 @@ class SequenceLogps:
     sequence_tokens: Tensor  # number of those tokens (float)
     completion_logits_sum: Tensor  # Σ over completion tokens of the vocabulary-mean logit (metrics; detached)
     aux_loss: Tensor | None = None  # MoE router auxiliary loss, when the model returns one
+    completion_wpo_avg: Tensor | None = None  # WPO: mean over completion tokens of log p − log Σ_v p_v² (detached)
+    weighted_completion_logps: Tensor | None = None  # Σ w_t log p over completion tokens, when weights were given
+
+    @property
+    def preference_logps(self) -> Tensor:
+        """What preference losses compare: the weighted sum when weights were given (LD-DPO), else the plain sum."""
+        return self.completion_logps if self.weighted_completion_logps is None else self.weighted_completion_logps
 
     @property
     def completion_avg_logps(self) -> Tensor:
@@ -66,26 +73,35 @@ def _scored_positions(attention_mask: Tensor, completion_mask: Tensor, sequence_
     return completion, sequence
 
 
-def _token_logps(logits: Tensor, targets: Tensor, softcap: float | None) -> tuple[Tensor, Tensor]:
+def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Per token: log p(target), the vocabulary-mean logit, and log Σ_v p_v² (WPO only, else 0); each (M,)."""
     logits = logits.float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    logps = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return logps, logits.mean(-1).detach()
+    lse = torch.logsumexp(logits, dim=-1)
+    logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+    with torch.no_grad():
+        log_sq_sum = torch.logsumexp(2 * logits, dim=-1) - 2 * lse if wpo else torch.zeros_like(lse)
+    return logps, logits.mean(-1).detach(), log_sq_sum
 
 
-def _reduce(token_logps, token_logits_mean, rows, is_completion, is_sequence, n: int, aux_loss) -> SequenceLogps:
+def _reduce(stats, rows, is_completion, is_sequence, n: int, aux_loss, weights: Tensor | None) -> SequenceLogps:
     """Scatter per-token values (M,) back to per-row sums (N,)."""
+    token_logps, token_logits_mean, log_sq_sum = stats
     zeros = token_logps.new_zeros(n)
     comp = is_completion.to(token_logps.dtype)
     seq = is_sequence.to(token_logps.dtype)
+    count = zeros.detach().index_add(0, rows, comp)
+    wpo_sum = zeros.detach().index_add(0, rows, (token_logps.detach() - log_sq_sum) * comp)
     return SequenceLogps(
         completion_logps=zeros.index_add(0, rows, token_logps * comp),
-        completion_tokens=zeros.detach().index_add(0, rows, comp),
+        completion_tokens=count,
         sequence_logps=zeros.index_add(0, rows, token_logps * seq),
         sequence_tokens=zeros.detach().index_add(0, rows, seq),
         completion_logits_sum=zeros.detach().index_add(0, rows, token_logits_mean.detach() * comp),
         aux_loss=aux_loss,
+        completion_wpo_avg=wpo_sum / count.clamp(min=1),
+        weighted_completion_logps=None if weights is None else zeros.index_add(0, rows, token_logps * comp * weights),
     )
 
 
@@ -97,14 +113,19 @@ def sequence_logps(
     sequence_rows: Tensor | None = None,
     chunk_size: int | None = None,
     chunked: bool = True,
+    completion_weights: Tensor | None = None,
+    wpo: bool = False,
 ) -> SequenceLogps:
     """Log-probs of the completion (and optionally whole-sequence) tokens of each row.
 
     input_ids, attention_mask, completion_mask: (N, T); sequence_rows: (N,) bool,
-    the rows whose whole sequence is also summed (ORPO's NLL on chosen rows).
+    the rows whose whole sequence is also summed (ORPO's NLL on chosen rows);
+    completion_weights: (N, T) float, a weight per completion token in
+    `weighted_completion_logps` (LD-DPO), absent when None; wpo: also fill `completion_wpo_avg`.
     """
     if not chunked or not supports_chunked(model):
-        return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, sequence_rows)
+        return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, sequence_rows,
+                                    completion_weights, wpo)
     base = unwrap(model)
     out = model(
         input_ids=input_ids,
@@ -124,8 +145,8 @@ def sequence_logps(
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
     size = chunk_size or max(64, _CHUNK_ELEMENTS // vocab)
 
-    def chunk(h_c: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
-        return _token_logps(head(h_c), y_c, softcap)
+    def chunk(h_c: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _token_stats(head(h_c), y_c, softcap, wpo)
 
     parts = []
     for start in range(0, h.shape[0], size):
@@ -133,18 +154,18 @@ def sequence_logps(
         # Checkpointing keeps only the chunk's inputs; its logits are rebuilt in backward.
         parts.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
     if parts:
-        token_logps = torch.cat([p[0] for p in parts])
-        token_logits_mean = torch.cat([p[1] for p in parts])
+        stats = tuple(torch.cat([p[i] for p in parts]) for i in range(3))
     else:
-        token_logps = token_logits_mean = hidden.new_zeros(0, dtype=torch.float32)
-    return _reduce(
-        token_logps, token_logits_mean, rows, completion[scored], sequence[scored], input_ids.shape[0],
-        getattr(out, "aux_loss", None),
-    )
+        stats = (hidden.new_zeros(0, dtype=torch.float32),) * 3
+    weights = None if completion_weights is None else completion_weights[:, 1:][scored]
+    return _reduce(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
+                   getattr(out, "aux_loss", None), weights)
 
 
 def plain_sequence_logps(
-    model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None = None
+    model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None = None,
+    completion_weights: Tensor | None = None,
+    wpo: bool = False,
 ) -> SequenceLogps:
     """The textbook computation: full (N, T, V) logits, log-softmax, gather."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -152,8 +173,7 @@ def plain_sequence_logps(
     completion, sequence = _scored_positions(attention_mask, completion_mask, sequence_rows)
     scored = completion | sequence
     rows = scored.nonzero()[:, 0]
-    token_logps, token_logits_mean = _token_logps(logits[scored], input_ids[:, 1:][scored], None)
-    return _reduce(
-        token_logps, token_logits_mean, rows, completion[scored], sequence[scored], input_ids.shape[0],
-        getattr(out, "aux_loss", None),
-    )
+    stats = _token_stats(logits[scored], input_ids[:, 1:][scored], None, wpo)
+    weights = None if completion_weights is None else completion_weights[:, 1:][scored]
+    return _reduce(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
+                   getattr(out, "aux_loss", None), weights)

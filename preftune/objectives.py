@@ -6,12 +6,12 @@ rows), calls the pure loss function and names the metrics exactly as TRL logs th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .logps import SequenceLogps
-from .losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, orpo_loss
+from .losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss
 
 Tensor = torch.Tensor
 
@@ -48,6 +48,10 @@ class ORPOObjective:
     beta: float
     nll_completion_only: bool = False
     needs_reference = False
+    use_weighting = False
+
+    def token_weights(self, completion_mask: Tensor) -> Tensor | None:
+        return None
 
     def sequence_rows(self, n_rows: int, device) -> Tensor | None:
         """Rows whose whole sequence enters the NLL: the chosen half, unless completion-only."""
@@ -76,11 +80,43 @@ class ORPOObjective:
         return ObjectiveOutput(out.losses.mean(), {k: v.detach() for k, v in metrics.items()})
 
 
+class RunningMean:
+    """Running mean of all rewards seen so far (BCO's δ); state kept across steps."""
+
+    def __init__(self):
+        self.mean, self.count = 0.0, 0
+
+    def update(self, values: Tensor) -> float:
+        n = values.numel()
+        if n:
+            self.mean += (values.float().mean().item() - self.mean) * n / (self.count + n)
+            self.count += n
+        return self.mean
+
+
+def ld_token_weights(completion_mask: Tensor, alpha: float) -> Tensor:
+    """LD-DPO (Liu et al. 2024, arXiv 2409.06411, eq. 7): weight 1 on the first l_p completion tokens,
+    alpha on the rest, with l_p the shorter completion's length in the pair. (N, T) -> (N, T)."""
+    position = completion_mask.cumsum(dim=1)  # 1-based index inside the completion
+    lengths = completion_mask.sum(dim=1)
+    chosen, rejected = _halves(lengths)
+    public = torch.minimum(chosen, rejected).repeat(2)  # (N,)
+    ones = torch.ones_like(completion_mask, dtype=torch.float32)
+    return torch.where(position <= public[:, None], ones, ones * alpha)
+
+
 @dataclass(frozen=True)
 class DPOObjective:
-    loss_fn: DPOLossFn
+    """The DPO family: weighted loss_type terms, then the WPO / RPO modifiers."""
+
+    loss_fns: tuple[DPOLossFn, ...]
+    loss_weights: tuple[float, ...]
     params: DPOParams
     reference_free: bool = False
+    rpo_alpha: float | None = None
+    use_weighting: bool = False
+    ld_alpha: float | None = None
+    bco: RunningMean | None = None  # set when bco_pair is among the losses
 
     @property
     def needs_reference(self) -> bool:
@@ -89,21 +125,39 @@ class DPOObjective:
     def sequence_rows(self, n_rows: int, device) -> Tensor | None:
         return None
 
+    def token_weights(self, completion_mask: Tensor) -> Tensor | None:
+        return None if self.ld_alpha is None else ld_token_weights(completion_mask, self.ld_alpha)
+
     def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None) -> ObjectiveOutput:
-        pc, pr = _halves(policy.completion_logps)
+        pc, pr = _halves(policy.preference_logps)
         if ref is None:  # reference-free: an implicit uniform reference
             rc, rr = torch.zeros_like(pc), torch.zeros_like(pr)
         else:
-            rc, rr = _halves(ref.completion_logps.detach())
+            rc, rr = _halves(ref.preference_logps.detach())
         lc, lr = _halves(policy.completion_tokens)
-        out = self.loss_fn(DPOInputs(pc, pr, rc, rr, lc, lr), self.params)
+        x = DPOInputs(pc, pr, rc, rr, lc, lr)
+        params = self.params
+        if self.bco is not None:  # δ: running mean of the rewards, this batch included (as TRL)
+            rewards = self.params.beta * torch.cat([x.chosen_logratios, x.rejected_logratios]).detach()
+            params = replace(params, bco_delta=self.bco.update(rewards))
+        out = combine([fn(x, params) for fn in self.loss_fns], list(self.loss_weights))
+        losses = out.losses
         metrics = {
             **_reward_metrics(out.chosen_rewards, out.rejected_rewards),
             "logps/chosen": pc,
             "logps/rejected": pr,
             **_logits_metrics(policy),
         }
-        return ObjectiveOutput(out.losses.mean(), {k: v.detach() for k, v in metrics.items()})
+        if self.use_weighting:  # WPO (Zhou et al. 2024, arXiv 2406.11827, eq. 2), weights not differentiated
+            wc, wr = _halves(policy.completion_wpo_avg)
+            weights = torch.clamp(torch.exp(wc + wr), max=1.0)
+            losses = losses * weights
+            metrics["wpo_weights"] = weights
+        if self.rpo_alpha is not None:  # RPO (Pang et al. 2024, arXiv 2404.19733): + α·NLL(chosen)
+            nll = -_halves(policy.completion_logps)[0] / lc.clamp(min=1)
+            losses = losses + self.rpo_alpha * nll
+            metrics["nll_loss"] = nll
+        return ObjectiveOutput(losses.mean(), {k: v.detach() for k, v in metrics.items()})
 
 
 def objective_from_config(args):
@@ -113,6 +167,15 @@ def objective_from_config(args):
     if isinstance(args, ORPOConfig):
         return ORPOObjective(beta=args.beta, nll_completion_only=args.nll_completion_only)
     if isinstance(args, DPOConfig):
-        params = DPOParams(beta=args.beta, label_smoothing=args.label_smoothing)
-        return DPOObjective(DPO_LOSSES[args.loss_type], params, reference_free=args.reference_free)
+        params = DPOParams(
+            beta=args.beta, label_smoothing=args.label_smoothing, discopop_tau=args.discopop_tau,
+            f_divergence_type=args.f_divergence_type, f_alpha_divergence_coef=args.f_alpha_divergence_coef,
+        )
+        types = args.loss_types
+        weights = tuple(args.loss_weights) if args.loss_weights is not None else (1.0,) * len(types)
+        return DPOObjective(
+            loss_fns=tuple(DPO_LOSSES[t] for t in types), loss_weights=weights, params=params,
+            reference_free=args.reference_free, rpo_alpha=args.rpo_alpha, use_weighting=args.use_weighting,
+            ld_alpha=args.ld_alpha, bco=RunningMean() if "bco_pair" in types else None,
+        )
     raise TypeError(f"no objective for {type(args).__name__}")

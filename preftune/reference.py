@@ -2,71 +2,122 @@
 
 Chosen once, when the trainer is built (`reference_for`), never re-decided per step:
 - `ModelReference`: a separate frozen model (the one given, or a copy of the policy);
-- `AdapterDisabledReference`: the policy itself with its PEFT adapter switched off —
-  the base weights are the reference, so it costs no second copy of the model.
+- `AdapterDisabledReference`: the policy with its PEFT adapter switched off — the
+  base weights are the reference, so no second copy of the model is held;
+- `AdapterSwitchReference`: a second adapter on the same base (seed 004's option 3);
+- `PrecomputedReference`: log-probs computed once before training (see
+  `preftune.precompute`) and carried in the batch; no reference model in memory.
 ORPO and reference-free DPO use no provider (None).
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from .data.collate import PreferenceBatch
+from .errors import ConfigError
 from .logps import SequenceLogps, sequence_logps
 
 
-@dataclass
-class ModelReference:
-    model: torch.nn.Module
-    chunked: bool = True
-    chunk_size: int | None = None
-    kind = "frozen model"
-
-    def logps(self, policy_model, input_ids, attention_mask, completion_mask) -> SequenceLogps:
-        with torch.no_grad():
-            return sequence_logps(self.model, input_ids, attention_mask, completion_mask,
-                                  chunked=self.chunked, chunk_size=self.chunk_size)
-
-
-@dataclass
-class AdapterDisabledReference:
-    chunked: bool = True
-    chunk_size: int | None = None
-    kind = "policy with its adapter disabled"
-
-    def logps(self, policy_model, input_ids, attention_mask, completion_mask) -> SequenceLogps:
-        peft_model = _unwrap_ddp(policy_model)
-        with torch.no_grad(), peft_model.disable_adapter():
-            return sequence_logps(policy_model, input_ids, attention_mask, completion_mask,
-                                  chunked=self.chunked, chunk_size=self.chunk_size)
-
-
 def _unwrap_ddp(model):
-    while hasattr(model, "module"):  # DDP and friends
+    while hasattr(model, "module"):
         model = model.module
     return model
+
+
+@dataclass
+class _Chunking:
+    chunked: bool = True
+    chunk_size: int | None = None
+
+    def run(self, model, batch: PreferenceBatch, weights) -> SequenceLogps:
+        with torch.no_grad():
+            return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
+                                  chunked=self.chunked, chunk_size=self.chunk_size, completion_weights=weights)
+
+
+@dataclass
+class ModelReference(_Chunking):
+    model: torch.nn.Module = field(default=None)
+    kind = "a frozen reference model"
+
+    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
+        return self.run(self.model, batch, weights)
+
+
+@dataclass
+class AdapterDisabledReference(_Chunking):
+    kind = "the policy with its adapter disabled"
+
+    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
+        with _unwrap_ddp(policy_model).disable_adapter():
+            return self.run(policy_model, batch, weights)
+
+
+@dataclass
+class AdapterSwitchReference(_Chunking):
+    model_adapter_name: str = "default"
+    ref_adapter_name: str = "reference"
+    kind = "a second adapter on the same model"
+
+    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
+        peft_model = _unwrap_ddp(policy_model)
+        peft_model.set_adapter(self.ref_adapter_name)
+        try:
+            return self.run(policy_model, batch, weights)
+        finally:
+            peft_model.set_adapter(self.model_adapter_name)  # also makes the trained adapter trainable again
+
+
+@dataclass
+class PrecomputedReference:
+    kind = "precomputed reference log-probs"
+
+    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
+        if batch.ref_logps is None:
+            raise RuntimeError("precompute_ref_log_probs is on but the batch carries no reference log-probs")
+        zeros = torch.zeros_like(batch.ref_logps)
+        return SequenceLogps(batch.ref_logps, zeros, zeros, zeros, zeros)
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """An independent, frozen, eval-mode copy of the policy's current weights."""
     ref = copy.deepcopy(model)
-    ref.eval()
-    for p in ref.parameters():
+    return freeze(ref)
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for p in model.parameters():
         p.requires_grad_(False)
-    return ref
+    return model
 
 
-def reference_for(args, model, ref_model, is_peft: bool):
-    """The provider this run uses, from the config and what the user passed."""
-    if not getattr(args, "loss_type", None) or getattr(args, "reference_free", False):
+def reference_for(args, model, ref_model, is_peft: bool, copy_policy: bool = True):
+    """The provider of reference log-probs (None: not needed).
+
+    With copy_policy=False (precomputing before any update) the policy itself is the
+    reference, so no copy is ever made.
+    """
+    if not getattr(args, "loss_type", None) or args.reference_free:
         return None
-    chunk = dict(chunked=args.logps_chunked, chunk_size=args.logps_chunk_size)
+    chunking = dict(chunked=args.logps_chunked, chunk_size=args.logps_chunk_size)
+    if args.ref_adapter_name is not None:
+        if not is_peft or args.ref_adapter_name not in getattr(model, "peft_config", {}):
+            raise ConfigError(f"ref_adapter_name={args.ref_adapter_name!r} is not an adapter of the model; load it with "
+                              "model.load_adapter(path, adapter_name=...) first.")
+        if args.model_adapter_name not in model.peft_config:
+            raise ConfigError(f"model_adapter_name={args.model_adapter_name!r} is not an adapter of the model.")
+        model.set_adapter(args.model_adapter_name)
+        return AdapterSwitchReference(model_adapter_name=args.model_adapter_name,
+                                      ref_adapter_name=args.ref_adapter_name, **chunking)
     if ref_model is not None:
-        ref_model.eval()
-        for p in ref_model.parameters():
-            p.requires_grad_(False)
-        return ModelReference(ref_model, **chunk)
+        return ModelReference(model=freeze(ref_model), **chunking)
     if is_peft:
-        return AdapterDisabledReference(**chunk)
-    return ModelReference(frozen_copy(model), **chunk)
+        if args.sync_ref_model:
+            raise ConfigError("sync_ref_model (TR-DPO) needs a separate reference model, but with a PEFT adapter the "
+                              "reference is the base model itself; pass ref_model or drop sync_ref_model.")
+        return AdapterDisabledReference(**chunking)
+    return ModelReference(model=frozen_copy(model) if copy_policy else model, **chunking)

@@ -19,17 +19,19 @@ import torch
 from transformers import Trainer
 
 from .config import DPOConfig, ORPOConfig, PreferenceConfig
-from .data.collate import PreferenceBatch, PreferenceCollator
+from .data.collate import REF_COLUMNS, PreferenceBatch, PreferenceCollator
 from .data.prepare import prepare_dataset
 from .errors import ConfigError
 from .logps import sequence_logps
 from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
 from .objectives import objective_from_config
-from .reference import reference_for
+from .precompute import attach_reference_logps, reference_fingerprint
+from .reference import ModelReference, PrecomputedReference, reference_for
+from .sync import SyncReferenceCallback
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids"]
+_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", *REF_COLUMNS]
 
 
 class PreferenceTrainer(Trainer):
@@ -80,7 +82,8 @@ class PreferenceTrainer(Trainer):
             disable_dropout(model)
             if ref_model is not None:
                 disable_dropout(ref_model)
-        self.reference = reference_for(args, model, ref_model, is_peft=is_peft_model(model))
+        precompute = getattr(args, "precompute_ref_log_probs", False)
+        self.reference = reference_for(args, model, ref_model, is_peft=is_peft_model(model), copy_policy=not precompute)
         self.objective = objective_from_config(args)
 
         self.data_reports = {}
@@ -108,9 +111,33 @@ class PreferenceTrainer(Trainer):
         )
         # Our loss is a mean over pairs: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
-        if self.reference is not None and hasattr(self.reference, "model"):
-            self.reference.model = self.accelerator.prepare_model(self.reference.model, evaluation_mode=True)
         self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+        if isinstance(self.reference, ModelReference) and self.reference.model is not self.model:
+            self.reference.model = self.accelerator.prepare_model(self.reference.model, evaluation_mode=True)
+        if precompute:
+            self._precompute_reference()
+        if getattr(args, "sync_ref_model", False):
+            self.add_callback(SyncReferenceCallback(self.reference.model, self.model, args.ref_model_mixup_alpha,
+                                                    args.ref_model_sync_steps))
+
+    def _precompute_reference(self) -> None:
+        """One pass of the reference over the data, then no reference model in memory."""
+        provider, args = self.reference, self.args
+        common = dict(
+            batch_size=args.precompute_ref_batch_size or args.per_device_eval_batch_size, device=args.device,
+            token_weights=self.objective.token_weights, cache_dir=args.ref_logps_cache_dir,
+            weights_key=reference_fingerprint(provider, self.model), ld_alpha=args.ld_alpha,
+        )
+
+        def attach(dataset, split):
+            return attach_reference_logps(dataset, provider, self.model, self.data_collator, split=split, **common)
+
+        self.train_dataset = attach(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: attach(v, f"eval/{k}") for k, v in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = attach(self.eval_dataset, "eval")
+        self.reference = PrecomputedReference()  # the reference model (if any) is no longer referenced
 
     # ------------------------------------------------------------------ data
 
@@ -142,14 +169,14 @@ class PreferenceTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = PreferenceBatch.from_inputs(inputs)
         n_rows = batch.input_ids.shape[0]
+        weights = self.objective.token_weights(batch.completion_mask)  # LD-DPO, else None
         policy = sequence_logps(
             model, batch.input_ids, batch.attention_mask, batch.completion_mask,
             sequence_rows=self.objective.sequence_rows(n_rows, batch.input_ids.device),
             chunked=self.args.logps_chunked, chunk_size=self.args.logps_chunk_size,
+            completion_weights=weights, wpo=self.objective.use_weighting,
         )
-        ref = None
-        if self.reference is not None:
-            ref = self.reference.logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
+        ref = self.reference.logps(model, batch, weights) if self.reference is not None else None
         out = self.objective(policy, ref)
         loss = out.loss
         metrics = dict(out.metrics)

@@ -30,11 +30,32 @@ def test_evaluation_strategy_alias(tmp_path):
         (ORPOConfig, dict(max_length=0), "--max_length"),
         (ORPOConfig, dict(max_length=128, max_prompt_length=256), "--max_prompt_length"),
         (ORPOConfig, dict(beta=0.0), "beta=0.0 must be positive"),
-        (DPOConfig, dict(loss_type="nope"), "loss_type='nope' is not known; choose one of: sigmoid"),
+        (DPOConfig, dict(loss_type="nope"), "loss_type='nope' is not known; choose one of: aot"),
+        (DPOConfig, dict(loss_type=["sigmoid", "nope"]), "loss_type='nope'"),
         (DPOConfig, dict(label_smoothing=0.7), "label_smoothing=0.7"),
+        (DPOConfig, dict(loss_type="robust", label_smoothing=0.5), "robust' needs label_smoothing in [0, 0.5)"),
+        (DPOConfig, dict(loss_type="exo_pair", label_smoothing=0.0), "exo_pair' needs label_smoothing > 0"),
+        (DPOConfig, dict(loss_type="ipo", label_smoothing=0.1), "has no effect on loss_type ipo"),
+        (DPOConfig, dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0]), "give one weight per loss type"),
+        (DPOConfig, dict(f_divergence_type="tv"), "f_divergence_type='tv' is not known"),
+        (DPOConfig, dict(loss_type="ipo", f_divergence_type="js_divergence"), "not to ipo"),
+        (DPOConfig, dict(ld_alpha=1.5), "ld_alpha=1.5"),
+        (DPOConfig, dict(rpo_alpha=-1.0), "rpo_alpha=-1.0"),
+        (DPOConfig, dict(sync_ref_model=True, precompute_ref_log_probs=True), "drop one of sync_ref_model"),
+        (DPOConfig, dict(reference_free=True, precompute_ref_log_probs=True), "reference_free=True"),
+        (DPOConfig, dict(ref_model_mixup_alpha=2.0), "ref_model_mixup_alpha=2.0"),
+        (DPOConfig, dict(ref_adapter_name="reference"), "set model_adapter_name and ref_adapter_name together"),
     ],
 )
 def test_invalid_settings_rejected_before_anything_loads(tmp_path, cls, kwargs, needle):
     with pytest.raises(ConfigError) as err:
         cls(output_dir=str(tmp_path), **kwargs)
     assert needle in str(err.value)
+
+
+def test_dpo_loss_settings_resolve(tmp_path):
+    args = DPOConfig(output_dir=str(tmp_path), loss_type="ipo")
+    assert args.loss_type == ["ipo"] and args.label_smoothing == 0.0
+    assert DPOConfig(output_dir=str(tmp_path), loss_type="exo_pair").label_smoothing == 1e-3
+    both = DPOConfig(output_dir=str(tmp_path), loss_type=["sigmoid", "sft"], loss_weights=[0.8, 0.2])
+    assert both.loss_types == ["sigmoid", "sft"]

@@ -70,3 +70,24 @@ def test_chunked_never_builds_full_logits():
     assert seen[0] == (4, 0, 96)  # the model's own call: no positions
     assert all(s[0] <= 4 and len(s) == 2 for s in seen[1:])  # (tokens ≤ chunk, vocab), forward and recompute
     assert len(seen) > 2
+
+
+def test_completion_weights_and_wpo_match_hand_computation():
+    """Row 0's completion is tokens 4..8 (5 tokens); weights 1,1,0.5,0.5,0.5 scale their log-probs.
+    WPO's per-token term is log p(y_t) − log Σ_v p_v², averaged over the completion."""
+    model = tiny_causal_lm("llama").eval()
+    ids, attn, comp = batch()
+    weights = torch.ones(ids.shape)
+    weights[0, 6:] = 0.5
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids, attention_mask=attn).logits.float(), -1)
+        token = logp[0, 3:8].gather(-1, ids[0, 4:9, None]).squeeze(-1)
+        expected = (token * torch.tensor([1, 1, 0.5, 0.5, 0.5])).sum()
+        expected_wpo = (token - torch.logsumexp(2 * logp[0, 3:8], -1)).mean()
+        for fn in (sequence_logps, plain_sequence_logps):
+            out = fn(model, ids, attn, comp, completion_weights=weights, wpo=True)
+            assert out.weighted_completion_logps[0].item() == pytest.approx(expected.item(), abs=1e-5)
+            assert out.preference_logps is out.weighted_completion_logps
+            assert out.completion_logps[0].item() == pytest.approx(token.sum().item(), abs=1e-5)
+            assert out.completion_tokens[0].item() == 5.0  # counts stay unweighted
+            assert out.completion_wpo_avg[0].item() == pytest.approx(expected_wpo.item(), abs=1e-5)

@@ -16,6 +16,7 @@ import torch
 from preftune.errors import ConfigError
 
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # optional float columns, one value per pair
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,14 @@ class PreferenceBatch:
     attention_mask:  (2B, T) long — 1 on real tokens, 0 on padding.
     completion_mask: (2B, T) long — 1 exactly on the completion tokens (the ones
                      whose log-probs are scored), 0 on prompt and padding.
+    ref_logps:       (2B,) float or None — precomputed reference log-probs of the
+                     completions (chosen rows first), when the data carries them.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
+    ref_logps: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = self.input_ids.shape
@@ -45,7 +49,7 @@ class PreferenceBatch:
     @classmethod
     def from_inputs(cls, inputs: Mapping[str, Any]) -> "PreferenceBatch":
         """Build from the collator's dict (extra keys are ignored)."""
-        return cls(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        return cls(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], inputs.get("ref_logps"))
 
     @property
     def batch_size(self) -> int:
@@ -53,7 +57,10 @@ class PreferenceBatch:
         return self.input_ids.shape[0] // 2
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k) for k in BATCH_KEYS}
+        out = {k: getattr(self, k) for k in BATCH_KEYS}
+        if self.ref_logps is not None:
+            out["ref_logps"] = self.ref_logps
+        return out
 
 
 def _ids(value: Any) -> list[int]:
@@ -64,7 +71,8 @@ def _ids(value: Any) -> list[int]:
 class PreferenceCollator:
     """Collate features with ``prompt_ids``/``chosen_ids``/``rejected_ids`` (extra
     keys ignored) into a dict of long tensors: input_ids, attention_mask,
-    completion_mask, each (2B, T); see `PreferenceBatch`."""
+    completion_mask, each (2B, T), plus ``ref_logps`` (2B,) when the features carry
+    ``ref_chosen_logps``/``ref_rejected_logps``; see `PreferenceBatch`."""
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
@@ -92,8 +100,13 @@ class PreferenceCollator:
             input_ids.append(row + [self.pad_token_id] * pad)
             attention.append([1] * n + [0] * pad)
             completion.append([0] * p_len + [1] * (n - p_len) + [0] * pad)
-        return {
+        batch = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "attention_mask": torch.tensor(attention, dtype=torch.long),
             "completion_mask": torch.tensor(completion, dtype=torch.long),
         }
+        if REF_COLUMNS[0] in features[0]:  # precomputed reference log-probs travel with their pairs
+            chosen = [float(f[REF_COLUMNS[0]]) for f in features]
+            rejected = [float(f[REF_COLUMNS[1]]) for f in features]
+            batch["ref_logps"] = torch.tensor(chosen + rejected, dtype=torch.float32)
+        return batch
