@@ -1,4 +1,13 @@
-"""Loss functions against values derived by hand (see each docstring)."""
+"""Loss functions against values derived by hand (see each docstring).
+
+Most DPO cases share one pair, written out once here:
+  log πθ(yc) = -10, log πθ(yr) = -15, log πref(yc) = -12, log πref(yr) = -14, |yc| = 4, |yr| = 2
+  rc = -10 - (-12) = 2,  rr = -15 - (-14) = -1,  h = rc - rr = 3
+Values used below (σ(z) = 1/(1+e^-z), log σ(z) = -log(1+e^-z)):
+  σ(0.5) = 0.6224593  σ(1) = 0.7310586  σ(1.5) = 0.8175745   σ(-z) = 1 - σ(z)
+  log σ(0.5) = -0.4740770  log σ(-0.5) = -0.9740770  log σ(1) = -0.3132617  log σ(-1) = -1.3132617
+  log σ(1.5) = -0.2014133  log σ(-1.5) = -1.7014133   σ'(z) = σ(z)σ(-z)
+"""
 import math
 import subprocess
 import sys
@@ -6,7 +15,30 @@ import sys
 import pytest
 import torch
 
-from preftune.losses import DPO_LOSSES, DPOInputs, DPOParams, log1mexp, orpo_loss, sigmoid_loss
+from preftune.losses import (
+    DPO_LOSSES,
+    F_DIVERGENCE_LOSSES,
+    F_DIVERGENCES,
+    DPOInputs,
+    DPOLossOutput,
+    DPOParams,
+    combine,
+    f_divergence_logits,
+    log1mexp,
+    orpo_loss,
+    sigmoid_loss,
+)
+
+# Names of DPO_LOSSES entries that have a hand-derived test (filled by @covers at import).
+_COVERED: set[str] = set()
+
+
+def covers(*names):
+    def mark(fn):
+        _COVERED.update(names)
+        return fn
+
+    return mark
 
 
 def t(*v):
@@ -64,6 +96,7 @@ def dpo_inputs(pc, pr, rc, rr, lc=1.0, lr=1.0):
     return DPOInputs(t(pc), t(pr), t(rc), t(rr), t(lc), t(lr))
 
 
+@covers("sigmoid")
 def test_dpo_sigmoid_hand_derived():
     """π_c - ref_c = -10 - (-12) = 2, π_r - ref_r = -15 - (-14) = -1, h = 3, β = 0.5.
     L = -log σ(1.5) = log(1 + e^-1.5) = 0.2014133; rewards 0.5·2 = 1.0, 0.5·(-1) = -0.5.
@@ -87,3 +120,422 @@ def test_dpo_sigmoid_at_reference_is_log2():
 
 def test_dpo_table_has_sigmoid():
     assert DPO_LOSSES["sigmoid"] is sigmoid_loss
+
+
+# ------------------------------------------------------------------ the DPO family
+
+
+def shared_pair(requires_grad=False):
+    """The pair of the module docstring; returns (inputs, policy_chosen, policy_rejected) leaves."""
+    pc = t(-10.0).requires_grad_(requires_grad)
+    pr = t(-15.0).requires_grad_(requires_grad)
+    return DPOInputs(pc, pr, t(-12.0), t(-14.0), t(4.0), t(2.0)), pc, pr
+
+
+def leaf_pair(pc, pr, rc, rr):
+    """One pair of length-1 completions whose policy log-probs are gradient leaves."""
+    pc, pr = t(pc).requires_grad_(), t(pr).requires_grad_()
+    return DPOInputs(pc, pr, t(rc), t(rr), t(1.0), t(1.0)), pc, pr
+
+
+def loss_and_grads(name, params, batch=None):
+    """Per-pair loss (B,) and d(sum of losses)/d(log πθ(yc)), d/d(log πθ(yr))."""
+    x, pc, pr = batch if batch is not None else shared_pair(requires_grad=True)
+    out = DPO_LOSSES[name](x, params)
+    out.losses.sum().backward()
+    zero = torch.zeros_like(pc)
+    return out, (pc.grad if pc.grad is not None else zero), (pr.grad if pr.grad is not None else zero)
+
+
+def assert_rewards_are_beta_logratios(out, beta):
+    """Rewards β·rc = 2β and β·rr = -β on the shared pair; detached."""
+    assert out.chosen_rewards.item() == pytest.approx(2 * beta)
+    assert out.rejected_rewards.item() == pytest.approx(-beta)
+    assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
+
+
+def test_dpo_sigmoid_gradient_sign():
+    """dL/dlog πθ(yc) = -β·σ(-β·h) = -0.5·σ(-1.5) = -0.5·0.1824255 = -0.0912128; rejected: +0.0912128."""
+    out, gc, gr = loss_and_grads("sigmoid", DPOParams(beta=0.5))
+    assert gc.item() == pytest.approx(-0.0912128, abs=1e-7)
+    assert gr.item() == pytest.approx(0.0912128, abs=1e-7)
+    assert_rewards_are_beta_logratios(out, 0.5)
+
+
+@covers("hinge")
+def test_hinge_hand_derived():
+    """β = 0.2: β·h = 0.6, L = max(0, 1 - 0.6) = 0.4; dL/dπc = -β = -0.2, dL/dπr = +0.2.
+    β = 0.5: β·h = 1.5 ≥ 1, the margin is met: L = 0 and the gradient is 0.
+    At the reference (h = 0): L = 1.
+    """
+    out, gc, gr = loss_and_grads("hinge", DPOParams(beta=0.2))
+    assert out.losses.item() == pytest.approx(0.4)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.2), pytest.approx(0.2))
+    assert_rewards_are_beta_logratios(out, 0.2)
+    out, gc, gr = loss_and_grads("hinge", DPOParams(beta=0.5))
+    assert out.losses.item() == 0.0 and gc.item() == 0.0 and gr.item() == 0.0
+    at_ref = DPO_LOSSES["hinge"](dpo_inputs(-3.0, -7.0, -3.0, -7.0), DPOParams(beta=0.5))
+    assert at_ref.losses.item() == pytest.approx(1.0)
+
+
+@covers("ipo")
+def test_ipo_averages_log_ratios_per_token():
+    """|yc| = 4, |yr| = 2: h_avg = rc/4 - rr/2 = 2/4 + 1/2 = 1.0 (the summed h would be 3).
+    β = 1: target 1/(2β) = 0.5, L = (1 - 0.5)² = 0.25 (with summed log-probs: (3 - 0.5)² = 6.25).
+    dL/dπc = 2·(h_avg - 0.5)·(1/4) = 0.25 > 0: above the target IPO pulls the margin back;
+    dL/dπr = 2·0.5·(-1/2) = -0.5.
+    Rewards are averaged too: β·rc/4 = 0.5, β·rr/2 = -0.5.
+    β = 0.25: target 2, L = (1 - 2)² = 1, dL/dπc = 2·(-1)/4 = -0.5 < 0, dL/dπr = 2·(-1)·(-1/2) = +1.
+    """
+    out, gc, gr = loss_and_grads("ipo", DPOParams(beta=1.0))
+    assert out.losses.item() == pytest.approx(0.25)
+    assert (gc.item(), gr.item()) == (pytest.approx(0.25), pytest.approx(-0.5))
+    assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == (pytest.approx(0.5), pytest.approx(-0.5))
+    out, gc, gr = loss_and_grads("ipo", DPOParams(beta=0.25))
+    assert out.losses.item() == pytest.approx(1.0)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.5), pytest.approx(1.0))
+
+
+def test_ipo_with_empty_completion_counts_one_token():
+    """|yc| = 0 is clamped to 1: h_avg = 2/1 - (-1)/2 = 2.5; β = 1: (2.5 - 0.5)² = 4."""
+    x = dpo_inputs(-10.0, -15.0, -12.0, -14.0, lc=0.0, lr=2.0)
+    assert DPO_LOSSES["ipo"](x, DPOParams(beta=1.0)).losses.item() == pytest.approx(4.0)
+
+
+@covers("exo_pair")
+def test_exo_pair_hand_derived():
+    """β = 0.5, ε = 0.1: z = β·h = 1.5, σ(z) = 0.8175745, σ(-z) = 0.1824255.
+    L = 0.8175745·(-0.2014133 - log 0.9) + 0.1824255·(-1.7014133 - log 0.1)
+      = 0.8175745·(-0.2014133 + 0.1053605) + 0.1824255·(-1.7014133 + 2.3025851)
+      = -0.0785303 + 0.1096691 = 0.0311388
+    dL/dz = σ'(z)·(z - log((1-ε)/ε)) = 0.1491465·(1.5 - 2.1972246) < 0 since σ(z) < 1-ε;
+    dL/dπc = β·dL/dz = 0.5·0.1491465·(-0.6972246) = -0.0519943; dL/dπr = +0.0519943.
+    At σ(z) = 1 - ε (z = log 9) the loss is its minimum, KL = 0.
+    """
+    out, gc, gr = loss_and_grads("exo_pair", DPOParams(beta=0.5, label_smoothing=0.1))
+    assert out.losses.item() == pytest.approx(0.0311388, abs=1e-7)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.0519943, abs=1e-7), pytest.approx(0.0519943, abs=1e-7))
+    assert_rewards_are_beta_logratios(out, 0.5)
+    at_min = DPO_LOSSES["exo_pair"](dpo_inputs(math.log(9), 0.0, 0.0, 0.0), DPOParams(beta=1.0, label_smoothing=0.1))
+    assert at_min.losses.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_exo_pair_needs_positive_epsilon():
+    with pytest.raises(ValueError, match="label_smoothing"):
+        DPO_LOSSES["exo_pair"](shared_pair()[0], DPOParams(beta=0.5, label_smoothing=0.0))
+
+
+@covers("nca_pair")
+def test_nca_pair_hand_derived():
+    """β = 0.5: β·rc = 1, β·rr = -0.5.
+    L = -log σ(1) - ½·log σ(-1) - ½·log σ(0.5) = 0.3132617 + 0.6566308 + 0.2370385 = 1.2069310
+    dL/dπc = β·(-σ(-1) + ½·σ(1)) = 0.5·(-0.2689414 + 0.3655293) = +0.0482939 (past its optimum β·rc = log 2);
+    dL/dπr = β·½·σ(β·rr) = 0.25·σ(-0.5) = 0.25·0.3775407 = +0.0943852.
+    At the reference (r = 0): dL/dπc = β·(-½ + ¼) = -0.125 (raises the chosen), dL/dπr = β·¼ = +0.125;
+    at β·rc = log 2 (σ = 2/3) the chosen gradient is β·(-1/3 + 1/3) = 0.
+    """
+    out, gc, gr = loss_and_grads("nca_pair", DPOParams(beta=0.5))
+    assert out.losses.item() == pytest.approx(1.2069310, abs=1e-7)
+    assert (gc.item(), gr.item()) == (pytest.approx(0.0482939, abs=1e-7), pytest.approx(0.0943852, abs=1e-7))
+    assert_rewards_are_beta_logratios(out, 0.5)
+    _, gc, gr = loss_and_grads("nca_pair", DPOParams(beta=0.5), leaf_pair(-3.0, -7.0, -3.0, -7.0))
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.125), pytest.approx(0.125))
+    _, gc, _ = loss_and_grads("nca_pair", DPOParams(beta=0.5), leaf_pair(2 * math.log(2), 0.0, 0.0, 0.0))
+    assert gc.item() == pytest.approx(0.0, abs=1e-12)
+
+
+@covers("robust")
+def test_robust_hand_derived():
+    """β = 0.5, ε = 0.1, z = 1.5:
+    L = (-0.9·log σ(1.5) + 0.1·log σ(-1.5)) / (1 - 0.2) = (0.1812720 - 0.1701413) / 0.8 = 0.0139133
+    dL/dπc = β·(-0.9·σ(-1.5) - 0.1·σ(1.5)) / 0.8 = 0.5·(-0.1641830 - 0.0817574)/0.8 = -0.1537128; dπr: +.
+    ε = 0: the plain DPO loss -log σ(1.5) = 0.2014133.
+    """
+    out, gc, gr = loss_and_grads("robust", DPOParams(beta=0.5, label_smoothing=0.1))
+    assert out.losses.item() == pytest.approx(0.0139133, abs=1e-7)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.1537128, abs=1e-7), pytest.approx(0.1537128, abs=1e-7))
+    assert_rewards_are_beta_logratios(out, 0.5)
+    plain = DPO_LOSSES["robust"](shared_pair()[0], DPOParams(beta=0.5))
+    assert plain.losses.item() == pytest.approx(0.2014133, abs=1e-7)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        DPO_LOSSES["robust"](shared_pair()[0], DPOParams(beta=0.5, label_smoothing=0.5))
+
+
+@covers("bco_pair")
+def test_bco_pair_hand_derived():
+    """β = 0.5, δ = 0.2: β·rc - δ = 0.8, β·rr - δ = -0.7.
+    L = -log σ(0.8) - log σ(0.7) = log(1 + e^-0.8) + log(1 + e^-0.7) = 0.3711007 + 0.4031860 = 0.7742867
+    dL/dπc = -β·σ(-0.8) = -0.5·0.3100255 = -0.1550128;  dL/dπr = β·σ(-0.7) = 0.5·0.3318122 = +0.1659061.
+    δ = 0: -log σ(1) - log σ(0.5) = 0.3132617 + 0.4740770 = 0.7873387.
+    """
+    out, gc, gr = loss_and_grads("bco_pair", DPOParams(beta=0.5, bco_delta=0.2))
+    assert out.losses.item() == pytest.approx(0.7742867, abs=1e-7)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.1550128, abs=1e-7), pytest.approx(0.1659061, abs=1e-7))
+    assert_rewards_are_beta_logratios(out, 0.5)
+    no_shift = DPO_LOSSES["bco_pair"](shared_pair()[0], DPOParams(beta=0.5))
+    assert no_shift.losses.item() == pytest.approx(0.7873387, abs=1e-7)
+
+
+@covers("sppo_hard")
+def test_sppo_hard_hand_derived():
+    """β = 1: 1/(2β) = 0.5 on the raw log-ratios rc = 2, rr = -1:
+    L = (2 - 0.5)² + (-1 + 0.5)² = 2.25 + 0.25 = 2.5
+    dL/dπc = 2·1.5 = 3 (rc overshoots its target ½ and is pulled back), dL/dπr = 2·(-0.5) = -1.
+    At the reference: dL/dπc = 2·(0 - 0.5) = -1 < 0, dL/dπr = 2·(0 + 0.5) = +1.
+    """
+    out, gc, gr = loss_and_grads("sppo_hard", DPOParams(beta=1.0))
+    assert out.losses.item() == pytest.approx(2.5)
+    assert (gc.item(), gr.item()) == (pytest.approx(3.0), pytest.approx(-1.0))
+    assert_rewards_are_beta_logratios(out, 1.0)
+    _, gc, gr = loss_and_grads("sppo_hard", DPOParams(beta=1.0), leaf_pair(-3.0, -7.0, -3.0, -7.0))
+    assert (gc.item(), gr.item()) == (pytest.approx(-1.0), pytest.approx(1.0))
+
+
+def three_pairs(requires_grad=False):
+    """πc = [-5, -6, -4], πr = [-6, -4, -7]  -> πc - πr     = [1, -2, 3]
+    refc = [-5, -7, -6], refr = [-7, -7, -5] -> refc - refr = [2, 0, -1]
+    rc = [0, 1, 2], rr = [1, 3, -2]."""
+    pc = t(-5.0, -6.0, -4.0).requires_grad_(requires_grad)
+    pr = t(-6.0, -4.0, -7.0).requires_grad_(requires_grad)
+    return DPOInputs(pc, pr, t(-5.0, -7.0, -6.0), t(-7.0, -7.0, -5.0), t(1.0, 1.0, 1.0), t(1.0, 1.0, 1.0)), pc, pr
+
+
+@covers("aot")
+def test_aot_sorts_the_two_margins_independently():
+    """three_pairs, β = 1: sort(πc - πr) = [-2, 1, 3], sort(refc - refr) = [-1, 0, 2], Δ = [-1, 1, 1]
+    (per pair h would be [-1, -2, 4]).
+    ε = 0:   L = [-log σ(-1), -log σ(1), -log σ(1)] = [1.3132617, 0.3132617, 0.3132617]
+    ε = 0.1: L[0] = 0.9·1.3132617 + 0.1·0.3132617 = 1.2132617;
+             L[1] = L[2] = 0.9·0.3132617 + 0.1·1.3132617 = 0.4132617
+    Gradient (ε = 0.1), dL/dΔ = -0.9·σ(-Δ) + 0.1·σ(Δ):
+    at Δ = -1: -0.9·0.7310586 + 0.1·0.2689414 = -0.6310586;
+    at Δ = 1: -0.9·0.2689414 + 0.1·0.7310586 = -0.1689414. Sorted position 0 holds pair 1 (margin -2),
+    position 1 pair 0, position 2 pair 2: dL/dπc = [-0.1689414, -0.6310586, -0.1689414], dL/dπr = minus that.
+    Rewards stay per pair: β·rc = [0, 1, 2], β·rr = [1, 3, -2].
+    """
+    out = DPO_LOSSES["aot"](three_pairs()[0], DPOParams(beta=1.0))
+    assert torch.allclose(out.losses, t(1.3132617, 0.3132617, 0.3132617), atol=1e-7)
+    batch = three_pairs(requires_grad=True)
+    out, gc, gr = loss_and_grads("aot", DPOParams(beta=1.0, label_smoothing=0.1), batch)
+    assert torch.allclose(out.losses, t(1.2132617, 0.4132617, 0.4132617), atol=1e-7)
+    assert torch.allclose(gc, t(-0.1689414, -0.6310586, -0.1689414), atol=1e-7)
+    assert torch.allclose(gr, -gc)
+    assert torch.equal(out.chosen_rewards, t(0.0, 1.0, 2.0)) and torch.equal(out.rejected_rewards, t(1.0, 3.0, -2.0))
+
+
+@covers("aot_pair")
+def test_aot_pair_sorts_chosen_and_rejected_log_ratios_independently():
+    """rc = [1, -1, 0.5], rr = [0, 2, -1] (reference log-probs 0), β = 1:
+    sort(rc) = [-1, 0.5, 1], sort(rr) = [-1, 0, 2], Δ = [0, 0.5, -1]  (per pair h would be [1, -3, 1.5]).
+    L = [-log σ(0), -log σ(0.5), -log σ(-1)] = [0.6931472, 0.4740770, 1.3132617]
+    Gradient, dL/dΔ = -β·σ(-β·Δ) and Δ = sort(rc) - sort(rr):
+    position 1 holds chosen pair 2 (rc = 0.5, Δ = 0.5): dL/dπc[2] = -σ(-0.5) = -0.3775407;
+    position 2 holds rejected pair 1 (rr = 2, Δ = -1):  dL/dπr[1] = +σ(1) = +0.7310586.
+    """
+    pc = t(1.0, -1.0, 0.5).requires_grad_()
+    pr = t(0.0, 2.0, -1.0).requires_grad_()
+    zeros, ones = t(0.0, 0.0, 0.0), t(1.0, 1.0, 1.0)
+    out, gc, gr = loss_and_grads("aot_pair", DPOParams(beta=1.0), (DPOInputs(pc, pr, zeros, zeros, ones, ones), pc, pr))
+    assert torch.allclose(out.losses, t(0.6931472, 0.4740770, 1.3132617), atol=1e-7)
+    assert gc[2].item() == pytest.approx(-0.3775407, abs=1e-7)
+    assert gr[1].item() == pytest.approx(0.7310586, abs=1e-7)
+    assert (gc <= 0).all() and (gr >= 0).all()
+
+
+@covers("apo_zero")
+def test_apo_zero_hand_derived():
+    """β = 0.5: β·rc = 1, β·rr = -0.5.
+    L = (1 - σ(1)) + σ(-0.5) = 0.2689414 + 0.3775407 = 0.6464821
+    dL/dπc = -β·σ'(1) = -0.5·0.1966119 = -0.0983060; dL/dπr = β·σ'(-0.5) = 0.5·0.2350037 = +0.1175019.
+    At the reference: L = 0.5 + 0.5 = 1.
+    """
+    out, gc, gr = loss_and_grads("apo_zero", DPOParams(beta=0.5))
+    assert out.losses.item() == pytest.approx(0.6464821, abs=1e-7)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.0983060, abs=1e-7), pytest.approx(0.1175019, abs=1e-7))
+    assert_rewards_are_beta_logratios(out, 0.5)
+    at_ref = DPO_LOSSES["apo_zero"](dpo_inputs(-3.0, -7.0, -3.0, -7.0), DPOParams(beta=0.5))
+    assert at_ref.losses.item() == pytest.approx(1.0)
+
+
+@covers("apo_down")
+def test_apo_down_hand_derived():
+    """β = 0.5: β·rc = 1, β·h = 1.5.
+    L = σ(1) + (1 - σ(1.5)) = 0.7310586 + 0.1824255 = 0.9134841
+    dL/dπc = β·(σ'(1) - σ'(1.5)) = 0.5·(0.1966119 - 0.1491465) = +0.0237327 (lowers the chosen);
+    dL/dπr = β·σ'(1.5) = 0.5·0.1491465 = +0.0745732 (lowers the rejected, more).
+    """
+    out, gc, gr = loss_and_grads("apo_down", DPOParams(beta=0.5))
+    assert out.losses.item() == pytest.approx(0.9134841, abs=1e-7)
+    assert (gc.item(), gr.item()) == (pytest.approx(0.0237327, abs=1e-7), pytest.approx(0.0745732, abs=1e-7))
+    assert_rewards_are_beta_logratios(out, 0.5)
+
+
+@covers("discopop")
+def test_discopop_hand_derived():
+    """β = 0.5, τ = 1.5: l = β·h = 1.5, m = σ(l/τ) = σ(1) = 0.7310586.
+    L = -log σ(1.5)·(1 - m) + e^-1.5·m = 0.2014133·0.2689414 + 0.2231302·0.7310586
+      = 0.0541684 + 0.1631212 = 0.2172896
+    At the reference (l = 0): m = ½ for any τ, L = ½·log 2 + ½·1 = 0.8465736.
+    The gradient lowers the loss as h grows: dL/dπc < 0 < dL/dπr.
+    """
+    out, gc, gr = loss_and_grads("discopop", DPOParams(beta=0.5, discopop_tau=1.5))
+    assert out.losses.item() == pytest.approx(0.2172896, abs=1e-7)
+    assert gc.item() < 0 < gr.item() and gc.item() == pytest.approx(-gr.item())
+    assert_rewards_are_beta_logratios(out, 0.5)
+    at_ref = DPO_LOSSES["discopop"](dpo_inputs(-3.0, -7.0, -3.0, -7.0), DPOParams(beta=0.5))
+    assert at_ref.losses.item() == pytest.approx(0.8465736, abs=1e-7)
+
+
+def test_discopop_is_finite_for_very_negative_margins():
+    """l = 0.5·(-2000) = -1000 in float32: e^1000 overflows, but m = σ(-1000/0.05) underflows;
+    the loss is -log σ(-1000)·1 + 0 = 1000, not inf·0 = NaN."""
+    x = DPOInputs(*(torch.tensor([v], dtype=torch.float32) for v in (-2000.0, 0.0, 0.0, 0.0, 1.0, 1.0)))
+    out = DPO_LOSSES["discopop"](x, DPOParams(beta=0.5))
+    assert out.losses.item() == pytest.approx(1000.0)
+
+
+@covers("sigmoid_norm")
+def test_sigmoid_norm_hand_derived():
+    """h_norm = rc/|yc| - rr/|yr| = 2/4 + 1/2 = 1; β = 0.5: L = -log σ(0.5) = 0.4740770
+    dL/dπc = -β·σ(-0.5)/|yc| = -0.5·0.3775407/4 = -0.0471926; dL/dπr = +0.5·0.3775407/2 = +0.0943852.
+    Rewards are β·(summed) log-ratios, as TRL: 1.0 and -0.5.
+    """
+    out, gc, gr = loss_and_grads("sigmoid_norm", DPOParams(beta=0.5))
+    assert out.losses.item() == pytest.approx(0.4740770, abs=1e-7)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.0471926, abs=1e-7), pytest.approx(0.0943852, abs=1e-7))
+    assert_rewards_are_beta_logratios(out, 0.5)
+
+
+@covers("sft")
+def test_sft_is_per_token_nll_of_chosen():
+    """L = -log πθ(yc)/|yc| = 10/4 = 2.5; dL/dπc = -1/4; the rejected answer gets no gradient.
+    Rewards stay β·log-ratios: 0.5·2 = 1, 0.5·(-1) = -0.5."""
+    out, gc, gr = loss_and_grads("sft", DPOParams(beta=0.5))
+    assert out.losses.item() == pytest.approx(2.5)
+    assert (gc.item(), gr.item()) == (pytest.approx(-0.25), 0.0)
+    assert_rewards_are_beta_logratios(out, 0.5)
+
+
+# ----------------------------------------------------------------- f-divergences
+
+
+def test_f_divergence_logits_hand_derived():
+    """Shared pair, rc = 2, rr = -1:
+    reverse_kl:          h = 3
+    forward_kl:          e^{-rr} - e^{-rc} = e - e^-2 = 2.7182818 - 0.1353353 = 2.5829465
+    js_divergence:       h - (softplus(2) - softplus(-1)) = 3 - (2.1269280 - 0.3132617) = 1.1863337
+    alpha_divergence α=½: (e^{0.5} - e^{-1})/0.5 = (1.6487213 - 0.3678794)/0.5 = 2.5616837
+    alpha_divergence α=1: equals forward_kl.
+    """
+    x = shared_pair()[0]
+    expected = {"reverse_kl": 3.0, "forward_kl": 2.5829465, "js_divergence": 1.1863337}
+    for kind, value in expected.items():
+        assert f_divergence_logits(x, DPOParams(f_divergence_type=kind)).item() == pytest.approx(value, abs=1e-7)
+    alpha = DPOParams(f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5)
+    assert f_divergence_logits(x, alpha).item() == pytest.approx(2.5616837, abs=1e-7)
+    alpha1 = DPOParams(f_divergence_type="alpha_divergence", f_alpha_divergence_coef=1.0)
+    assert f_divergence_logits(x, alpha1).item() == pytest.approx(2.5829465, abs=1e-7)
+    assert set(F_DIVERGENCES) == {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"}
+
+
+def test_f_divergences_are_zero_at_reference_and_increase_with_the_chosen():
+    """r = 0: every f'(1) difference is 0. Each f' is increasing, so d/dπc > 0 and d/dπr < 0."""
+    for kind in F_DIVERGENCES:
+        p = DPOParams(f_divergence_type=kind, f_alpha_divergence_coef=0.5)
+        assert f_divergence_logits(dpo_inputs(-3.0, -7.0, -3.0, -7.0), p).item() == pytest.approx(0.0, abs=1e-12)
+        x, pc, pr = shared_pair(requires_grad=True)
+        f_divergence_logits(x, p).sum().backward()
+        assert pc.grad.item() > 0 > pr.grad.item()
+
+
+def test_losses_honouring_f_divergence_use_its_margin():
+    """forward_kl margin 2.5829465 (see above), β = 0.5 (β·m = 1.2914733) or 0.2, ε = 0.1 where needed:
+    z = 1.2914733: σ(z) = 0.7843965, σ(-z) = 0.2156035,
+                   log σ(z) = -0.2428407, log σ(-z) = -z + log σ(z) = -1.5343140
+    sigmoid:  -log σ(z) = log(1 + e^-1.2914733) = log(1.2748655) = 0.2428407
+    hinge:    β = 0.2: 1 - 0.2·2.5829465 = 0.4834107
+    robust:   (-0.9·log σ(z) + 0.1·log σ(-z))/0.8 = (0.2185566 - 0.1534314)/0.8 = 0.0651252/0.8 = 0.0814065
+    exo_pair: σ(z)(log σ(z) - log 0.9) + σ(-z)(log σ(-z) - log 0.1)
+              = 0.7843965·(-0.2428407 + 0.1053605) + 0.2156035·(-1.5343140 + 2.3025851)
+              = -0.1078390 + 0.1656420 = 0.0578030
+    js_divergence, sigmoid, β = 0.5:
+              -log σ(0.5·1.1863337) = log(1 + e^-0.5931668) = log(1.5525746) = 0.4399146
+    alpha_divergence α=½, sigmoid, β = 0.5:
+              -log σ(0.5·2.5616837) = log(1 + e^-1.2808418) = log(1.2778033) = 0.2451425
+    """
+    x = shared_pair()[0]
+    fkl = dict(f_divergence_type="forward_kl")
+    cases = [
+        ("sigmoid", DPOParams(beta=0.5, **fkl), 0.2428407),
+        ("hinge", DPOParams(beta=0.2, **fkl), 0.4834107),
+        ("robust", DPOParams(beta=0.5, label_smoothing=0.1, **fkl), 0.0814065),
+        ("exo_pair", DPOParams(beta=0.5, label_smoothing=0.1, **fkl), 0.0578030),
+        ("sigmoid", DPOParams(beta=0.5, f_divergence_type="js_divergence"), 0.4399146),
+        ("sigmoid", DPOParams(beta=0.5, f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5), 0.2451425),
+    ]
+    for name, params, value in cases:
+        out = DPO_LOSSES[name](x, params)
+        assert out.losses.item() == pytest.approx(value, abs=1e-7), (name, params)
+        assert_rewards_are_beta_logratios(out, params.beta)
+    assert F_DIVERGENCE_LOSSES == {"sigmoid", "hinge", "robust", "exo_pair"}
+
+
+def test_other_losses_ignore_f_divergence_type():
+    x = shared_pair()[0]
+    for name in set(DPO_LOSSES) - F_DIVERGENCE_LOSSES:
+        plain = DPO_LOSSES[name](x, DPOParams(beta=0.5, label_smoothing=0.1))
+        fkl = DPO_LOSSES[name](x, DPOParams(beta=0.5, label_smoothing=0.1, f_divergence_type="forward_kl"))
+        assert torch.equal(plain.losses, fkl.losses), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind,alpha", [("forward_kl", 1.0), ("alpha_divergence", 0.5), ("alpha_divergence", 2.0)])
+def test_f_divergence_exponentials_are_capped(dtype, kind, alpha):
+    """rr = -10⁴ would give e^{α·10⁴} = inf in any dtype; capped at log(max) - 10 + min(0, log α)
+    the margin, the losses and the gradients stay finite (float32 cap ≈ 78.7, float64 ≈ 699.8)."""
+    pr = torch.tensor([-1e4, -50.0], dtype=dtype, requires_grad=True)
+    zeros, ones = torch.zeros(2, dtype=dtype), torch.ones(2, dtype=dtype)
+    x = DPOInputs(torch.tensor([-1.0, -1.0], dtype=dtype), pr, zeros, zeros, ones, ones)
+    p = DPOParams(beta=5.0, label_smoothing=0.1, f_divergence_type=kind, f_alpha_divergence_coef=alpha)
+    assert torch.isfinite(f_divergence_logits(x, p)).all()
+    total = sum(DPO_LOSSES[name](x, p).losses.sum() for name in sorted(F_DIVERGENCE_LOSSES))
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(pr.grad).all()
+
+
+def test_dpo_params_reject_unknown_divergence():
+    with pytest.raises(ValueError, match="f_divergence_type"):
+        DPOParams(f_divergence_type="kl")
+    with pytest.raises(ValueError, match="f_alpha_divergence_coef"):
+        DPOParams(f_alpha_divergence_coef=0.0)
+
+
+# ---------------------------------------------------------------------- combine
+
+
+def test_combine_weights_the_per_pair_losses():
+    """loss_type=[ipo, sigmoid], loss_weights=[0.5, 2] on the shared pair, β = 1:
+    ipo = 0.25 (test above), sigmoid = -log σ(3) = log(1 + e^-3) = 0.0485874
+    L = 0.5·0.25 + 2·0.0485874 = 0.125 + 0.0971748 = 0.2221748
+    Rewards come from the first loss: ipo's averaged ones, 0.5 and -0.5 (sigmoid's would be 2 and -1).
+    """
+    x = shared_pair()[0]
+    p = DPOParams(beta=1.0)
+    out = combine([DPO_LOSSES["ipo"](x, p), DPO_LOSSES["sigmoid"](x, p)], [0.5, 2.0])
+    assert isinstance(out, DPOLossOutput)
+    assert out.losses.item() == pytest.approx(0.2221748, abs=1e-7)
+    assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == (pytest.approx(0.5), pytest.approx(-0.5))
+    with pytest.raises(ValueError, match="one weight per loss"):
+        combine([DPO_LOSSES["ipo"](x, p)], [1.0, 1.0])
+
+
+def test_every_table_entry_has_a_hand_derived_test():
+    assert _COVERED == set(DPO_LOSSES)
+
+
+def test_every_loss_returns_per_pair_shapes_and_detached_rewards():
+    x = three_pairs(requires_grad=True)[0]
+    for name, fn in DPO_LOSSES.items():
+        out = fn(x, DPOParams(beta=0.5, label_smoothing=0.1))
+        assert out.losses.shape == (3,) and out.chosen_rewards.shape == (3,) and out.rejected_rewards.shape == (3,)
+        assert out.losses.requires_grad and not out.chosen_rewards.requires_grad, name

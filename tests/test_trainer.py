@@ -35,7 +35,9 @@ def test_dpo_with_peft_uses_adapter_disabled_reference_without_a_copy(tmp_path):
     # after training the adapter moved the policy; the reference (adapter off) is still the base model
     base, _ = tiny()
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    ref = trainer.reference.logps(trainer.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    from preftune.data.collate import PreferenceBatch
+
+    ref = trainer.reference.logps(trainer.model, PreferenceBatch.from_inputs(batch))
     from preftune.logps import sequence_logps
 
     expected = sequence_logps(base.eval(), batch["input_ids"], batch["attention_mask"], batch["completion_mask"])

@@ -1,0 +1,257 @@
+"""The DPO family, one pure function per `loss_type`, and the name → function table.
+
+Notation in the docstrings (all (B,), summed over completion tokens):
+  rc = log πθ(yc|x) - log πref(yc|x),  rr = log πθ(yr|x) - log πref(yr|x)   (log-ratios)
+  h  = rc - rr = (log πθ(yc) - log πθ(yr)) - (log πref(yc) - log πref(yr))
+  β = p.beta, ε = p.label_smoothing, σ = logistic sigmoid, |yc|, |yr| = completion lengths.
+Unless a docstring says otherwise the rewards are β·rc and β·rr, detached, as in TRL.
+Departures from the papers and from TRL are listed in `preftune.losses`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .dpo import (
+    DPOInputs,
+    DPOLossFn,
+    DPOLossOutput,
+    DPOParams,
+    f_divergence_logits,
+    output,
+    smoothed_sigmoid,
+)
+
+Tensor = torch.Tensor
+
+
+def _lengths(x: DPOInputs) -> tuple[Tensor, Tensor]:
+    # An empty completion counts as one token, as TRL's clamp(min=1): no division by zero.
+    return x.chosen_lengths.clamp(min=1), x.rejected_lengths.clamp(min=1)
+
+
+# ------------------------------------------------------- losses of the margin h (f-DPO aware)
+
+
+def sigmoid_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """DPO, Rafailov et al. 2023 (arXiv 2305.18290), eq. 7; cDPO label smoothing ε (Mitchell 2023).
+
+    L = -(1-ε)·log σ(β·h) - ε·log σ(-β·h)
+    h is replaced by the f-divergence margin when f_divergence_type is set (f_divergence_logits).
+    """
+    return output(smoothed_sigmoid(p.beta * f_divergence_logits(x, p), p.label_smoothing), x, p.beta)
+
+
+def hinge_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """RSO's hinge-norm loss, Liu et al. 2023 (arXiv 2309.06657): SLiC's hinge (arXiv 2305.10425) on
+    likelihoods normalised by the reference; equation number not checked against the paper.
+
+    L = max(0, 1 - β·h)      (1/β is the margin)
+    h is replaced by the f-divergence margin when f_divergence_type is set.
+    """
+    return output(torch.relu(1 - p.beta * f_divergence_logits(x, p)), x, p.beta)
+
+
+def robust_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """Robust DPO, Chowdhury et al. 2024 (arXiv 2403.00409), the unbiased loss for labels flipped
+    with probability ε; equation number not checked against the paper.
+
+    L = (-(1-ε)·log σ(β·h) + ε·log σ(-β·h)) / (1 - 2ε)
+    h is replaced by the f-divergence margin when f_divergence_type is set. Needs ε < 1/2.
+    """
+    eps = p.label_smoothing
+    if eps >= 0.5:
+        raise ValueError(f"robust needs label_smoothing < 0.5 (its 1/(1-2ε) factor); got {eps}.")
+    z = p.beta * f_divergence_logits(x, p)
+    return output((-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps), x, p.beta)
+
+
+def exo_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """EXO, Ji et al. 2024 (arXiv 2402.00856), eq. 16: the pairwise (K = 2) reverse-KL form.
+
+    L = σ(β·h)·(log σ(β·h) - log(1-ε)) + σ(-β·h)·(log σ(-β·h) - log ε)
+    i.e. KL(Bernoulli(σ(β·h)) ‖ Bernoulli(1-ε)), minimised at σ(β·h) = 1-ε. Needs 0 < ε < 1;
+    the config resolves the default ε = 1e-3. h is replaced by the f-divergence margin when set.
+    """
+    eps = p.label_smoothing
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"exo_pair needs 0 < label_smoothing < 1 (its log ε term); got {eps}.")
+    z = p.beta * f_divergence_logits(x, p)
+    losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (
+        F.logsigmoid(-z) - math.log(eps)
+    )
+    return output(losses, x, p.beta)
+
+
+# ----------------------------------------------------------------- other losses of the margin
+
+
+def ipo_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """IPO, Azar et al. 2023 (arXiv 2310.12036), eq. 17, with β in the role of the paper's τ.
+
+    h_avg = rc/|yc| - rr/|yr|      (log-probs averaged per token, as TRL)
+    L     = (h_avg - 1/(2β))²
+    Rewards are β·rc/|yc| and β·rr/|yr| (TRL logs the averaged ones for IPO), so
+    rewards/margins reads β·h_avg, whose target is 1/2.
+    """
+    lc, lr = _lengths(x)
+    rc_avg, rr_avg = x.chosen_logratios / lc, x.rejected_logratios / lr
+    losses = (rc_avg - rr_avg - 1 / (2 * p.beta)) ** 2
+    return DPOLossOutput(losses, (p.beta * rc_avg).detach(), (p.beta * rr_avg).detach())
+
+
+def sigmoid_norm_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """DPO's sigmoid loss on length-normalised log-ratios (Rafailov et al. 2023, arXiv 2305.18290,
+    eq. 7, with per-token log-ratios as in SimPO, Meng et al. 2024, arXiv 2405.14734, eq. 4, but
+    keeping the reference); TRL's `sigmoid_norm`.
+
+    h_norm = rc/|yc| - rr/|yr|
+    L      = -log σ(β·h_norm)       (no label smoothing, as TRL)
+    """
+    lc, lr = _lengths(x)
+    h_norm = x.chosen_logratios / lc - x.rejected_logratios / lr
+    return output(-F.logsigmoid(p.beta * h_norm), x, p.beta)
+
+
+def discopop_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """DiscoPOP (log-ratio modulated loss), Chris Lu et al. 2024 (arXiv 2406.08414), eq. 5.
+
+    l = β·h,  m = σ(l/τ)
+    L = -log σ(l)·(1 - m) + exp(-l)·m
+    exp(-l)·m is computed as exp(-l + log σ(l/τ)): equal, but finite when l is very negative
+    (where exp(-l) alone overflows and m underflows to 0, giving inf·0 = NaN).
+    """
+    logits = p.beta * x.logits
+    modulation = torch.sigmoid(logits / p.discopop_tau)
+    losses = -F.logsigmoid(logits) * (1 - modulation) + torch.exp(-logits + F.logsigmoid(logits / p.discopop_tau))
+    return output(losses, x, p.beta)
+
+
+def aot_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """AOT (paired), Melnyk et al. 2024 (arXiv 2406.05882), the paired distributional-alignment loss
+    (first-order stochastic dominance via sorting); equation number not checked against the paper.
+
+    For paired data (each prompt has a chosen and a rejected answer), as TRL's `aot`:
+    Δ = sort_B(log πθ(yc) - log πθ(yr)) - sort_B(log πref(yc) - log πref(yr))
+    L = -(1-ε)·log σ(β·Δ) - ε·log σ(-β·Δ)
+    The two margins are sorted over the batch independently, so loss[i] belongs to the i-th
+    sorted position, not to pair i; the loss depends on the whole batch (use large batches).
+    Rewards stay per pair.
+    """
+    policy_sorted, _ = torch.sort(x.policy_chosen_logps - x.policy_rejected_logps, dim=0)
+    ref_sorted, _ = torch.sort(x.ref_chosen_logps - x.ref_rejected_logps, dim=0)
+    return output(smoothed_sigmoid(p.beta * (policy_sorted - ref_sorted), p.label_smoothing), x, p.beta)
+
+
+def aot_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """AOT (unpaired), Melnyk et al. 2024 (arXiv 2406.05882), the unpaired distributional-alignment
+    loss; equation number not checked against the paper.
+
+    For unpaired data (chosen and rejected answers need not share a prompt), as TRL's `aot_pair`:
+    Δ = sort_B(rc) - sort_B(rr)
+    L = -(1-ε)·log σ(β·Δ) - ε·log σ(-β·Δ)
+    loss[i] belongs to the i-th sorted position, not to pair i. Rewards stay per pair.
+    """
+    chosen_sorted, _ = torch.sort(x.chosen_logratios, dim=0)
+    rejected_sorted, _ = torch.sort(x.rejected_logratios, dim=0)
+    return output(smoothed_sigmoid(p.beta * (chosen_sorted - rejected_sorted), p.label_smoothing), x, p.beta)
+
+
+# -------------------------------------------------- losses of each completion's log-ratio
+
+
+def nca_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """NCA, Chen et al. 2024 (arXiv 2402.05369), §4, the pairwise-preference (K = 2) NCA loss;
+    equation number not checked against the paper.
+
+    L = -log σ(β·rc) - ½·log σ(-β·rc) - ½·log σ(-β·rr)
+    Optimises each completion's likelihood, not only their difference: the chosen term alone is
+    minimised at β·rc = log 2, the rejected term pushes rr down.
+    """
+    zc, zr = p.beta * x.chosen_logratios, p.beta * x.rejected_logratios
+    losses = -F.logsigmoid(zc) - 0.5 * F.logsigmoid(-zc) - 0.5 * F.logsigmoid(-zr)
+    return output(losses, x, p.beta)
+
+
+def bco_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """BCO, Jung et al. 2024 (arXiv 2404.04656), the binary-classifier loss with reward shift δ,
+    applied to both answers of a pair; equation number not checked against the paper.
+
+    L = -log σ(β·rc - δ) - log σ(-(β·rr - δ))
+    δ = p.bco_delta, the running mean of the rewards kept by the caller. TRL updates it with the
+    mean of this batch's β·rc and β·rr (both halves together, detached) before computing L.
+    """
+    delta = p.bco_delta
+    zc, zr = p.beta * x.chosen_logratios, p.beta * x.rejected_logratios
+    return output(-F.logsigmoid(zc - delta) - F.logsigmoid(-(zr - delta)), x, p.beta)
+
+
+def sppo_hard_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """SPPO, Wu et al. 2024 (arXiv 2405.00675), eq. 4.7 of Algorithm 1 with hard win probabilities
+    (P = 1 for the chosen, 0 for the rejected answer), as TRL's `sppo_hard`.
+
+    L = (rc - 1/(2β))² + (rr + 1/(2β))²      (rc, rr raw log-ratios, not scaled by β)
+    """
+    target = 1 / (2 * p.beta)
+    return output((x.chosen_logratios - target) ** 2 + (x.rejected_logratios + target) ** 2, x, p.beta)
+
+
+def apo_zero_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """APO-zero, D'Oosterlinck et al. 2024 (arXiv 2408.06266), eq. 7.
+
+    L = (1 - σ(β·rc)) + σ(β·rr)
+    Raises the chosen and lowers the rejected likelihood: for answers better than the model's own.
+    """
+    zc, zr = p.beta * x.chosen_logratios, p.beta * x.rejected_logratios
+    return output((1 - torch.sigmoid(zc)) + torch.sigmoid(zr), x, p.beta)
+
+
+def apo_down_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """APO-down, D'Oosterlinck et al. 2024 (arXiv 2408.06266), eq. 8.
+
+    L = σ(β·rc) + (1 - σ(β·(rc - rr)))
+    Lowers both likelihoods, the rejected more: for chosen answers worse than the model's own.
+    """
+    zc = p.beta * x.chosen_logratios
+    zh = p.beta * (x.chosen_logratios - x.rejected_logratios)
+    return output(torch.sigmoid(zc) + (1 - torch.sigmoid(zh)), x, p.beta)
+
+
+def sft_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+    """Supervised NLL of the chosen completion, as TRL's `sft`: not a preference loss of its own but
+    the generation term to combine with one (e.g. MPO, Wang et al. 2024, arXiv 2411.10442).
+
+    L = -log πθ(yc|x) / |yc|     (per-token mean NLL of each pair's chosen answer)
+    Rewards stay β·rc and β·rr so the logged metrics keep their meaning.
+    """
+    lc, _ = _lengths(x)
+    return output(-x.policy_chosen_logps / lc, x, p.beta)
+
+
+# loss_type -> function. Every entry has a hand-derived test in tests/test_losses.py.
+DPO_LOSSES: dict[str, DPOLossFn] = {
+    "sigmoid": sigmoid_loss,
+    "hinge": hinge_loss,
+    "ipo": ipo_loss,
+    "exo_pair": exo_pair_loss,
+    "nca_pair": nca_pair_loss,
+    "robust": robust_loss,
+    "bco_pair": bco_pair_loss,
+    "sppo_hard": sppo_hard_loss,
+    "aot": aot_loss,
+    "aot_pair": aot_pair_loss,
+    "apo_zero": apo_zero_loss,
+    "apo_down": apo_down_loss,
+    "discopop": discopop_loss,
+    "sigmoid_norm": sigmoid_norm_loss,
+    "sft": sft_loss,
+}
+
+# The losses that replace h by the f-divergence margin (f_divergence_logits); the others ignore
+# f_divergence_type, and the config refuses a non-default f_divergence_type with them.
+F_DIVERGENCE_LOSSES: frozenset[str] = frozenset({"sigmoid", "hinge", "robust", "exo_pair"})
+
+# The losses whose formula has the label-noise ε (label_smoothing); the others ignore it.
+LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"sigmoid", "robust", "exo_pair", "aot", "aot_pair"})
