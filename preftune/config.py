@@ -125,8 +125,6 @@ class ORPOConfig(PreferenceConfig):
     )
 
 
-# Losses whose formula has a label-noise ε (label_smoothing); the rest would ignore it.
-LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust", "exo_pair", "aot", "aot_pair")
 EXO_DEFAULT_EPSILON = 1e-3  # EXO needs ε > 0; TRL's default for exo_pair
 
 
@@ -208,7 +206,7 @@ class DPOConfig(PreferenceConfig):
         self._validate_reference()
 
     def _validate_losses(self) -> None:
-        from .losses import DPO_LOSSES, F_DIVERGENCE_LOSSES, F_DIVERGENCES
+        from .losses import DPO_LOSSES, F_DIVERGENCE_LOSSES, F_DIVERGENCES, LABEL_SMOOTHING_LOSSES
 
         unknown = [t for t in self.loss_type if t not in DPO_LOSSES]
         if not self.loss_type or unknown:
@@ -224,10 +222,10 @@ class DPOConfig(PreferenceConfig):
             self.label_smoothing = EXO_DEFAULT_EPSILON if "exo_pair" in self.loss_type else 0.0
         elif not 0.0 <= eps <= 0.5:
             raise ConfigError(f"label_smoothing={eps} must be in [0, 0.5].")
-        elif eps > 0 and not set(self.loss_type) & set(LABEL_SMOOTHING_LOSSES):
+        elif eps > 0 and not set(self.loss_type) & LABEL_SMOOTHING_LOSSES:
             raise ConfigError(
                 f"label_smoothing={eps} has no effect on loss_type {', '.join(self.loss_type)}; it is used by "
-                f"{', '.join(LABEL_SMOOTHING_LOSSES)} — remove it or change loss_type."
+                f"{', '.join(sorted(LABEL_SMOOTHING_LOSSES))} — remove it or change loss_type."
             )
         if "robust" in self.loss_type and self.label_smoothing >= 0.5:
             raise ConfigError("loss_type 'robust' needs label_smoothing in [0, 0.5): at 0.5 its 1/(1-2ε) factor is infinite.")

@@ -95,8 +95,9 @@ class RunningMean:
 
 
 def ld_token_weights(completion_mask: Tensor, alpha: float) -> Tensor:
-    """LD-DPO (Liu et al. 2024, arXiv 2409.06411, eq. 7): weight 1 on the first l_p completion tokens,
-    alpha on the rest, with l_p the shorter completion's length in the pair. (N, T) -> (N, T)."""
+    """LD-DPO (Liu et al. 2024, arXiv 2409.06411): weight 1 on the first l_p completion tokens,
+    alpha on the rest, with l_p the shorter completion's length in the pair. (N, T) -> (N, T).
+    Applied to the policy's log-probs only, as TRL does."""
     position = completion_mask.cumsum(dim=1)  # 1-based index inside the completion
     lengths = completion_mask.sum(dim=1)
     chosen, rejected = _halves(lengths)

@@ -8,9 +8,9 @@ and drops the reference model, so training holds none. The values are cached in
   evenly spaced values (a fingerprint, not a full hash: cheap on a 70B model, and
   any real change of weights alters it);
 - the tokenized data (the prepared dataset's fingerprint, itself built from the
-  rows, the tokenizer and the length limits);
-- the settings that change the numbers: ld_alpha.
-A second run with the same three (a beta sweep, a resumed job) loads them and says so.
+  rows, the tokenizer and the length limits).
+No training setting changes the reference's numbers (LD-DPO weights only the
+policy's log-probs), so a second run with the same two (a beta sweep, a resumed job) loads them and says so.
 """
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def reference_fingerprint(provider, policy) -> str:
     raise TypeError(f"cannot fingerprint {type(provider).__name__}")
 
 
-def cache_key(weights: str, data_fingerprint: str, ld_alpha) -> str:
-    return hashlib.sha256(f"{weights}|{data_fingerprint}|ld_alpha={ld_alpha}".encode()).hexdigest()[:32]
+def cache_key(weights: str, data_fingerprint: str) -> str:
+    return hashlib.sha256(f"{weights}|{data_fingerprint}".encode()).hexdigest()[:32]
 
 
 @torch.no_grad()
-def compute_reference_logps(provider, model, dataset, collator, batch_size: int, device, token_weights) -> dict:
+def compute_reference_logps(provider, model, dataset, collator, batch_size: int, device) -> dict:
     """(n_pairs,) chosen and rejected reference log-probs, in dataset order."""
     chosen, rejected = [], []
     was_training = model.training
@@ -72,7 +72,7 @@ def compute_reference_logps(provider, model, dataset, collator, batch_size: int,
         features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         inputs = {k: v.to(device) for k, v in collator(features).items()}
         batch = PreferenceBatch.from_inputs(inputs)
-        out = provider.logps(model, batch, token_weights(batch.completion_mask))
+        out = provider.logps(model, batch)
         b = batch.batch_size
         chosen.append(out.preference_logps[:b].float().cpu())
         rejected.append(out.preference_logps[b:].float().cpu())
@@ -80,19 +80,19 @@ def compute_reference_logps(provider, model, dataset, collator, batch_size: int,
     return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
 
 
-def attach_reference_logps(dataset, provider, model, collator, *, batch_size, device, token_weights, cache_dir,
-                           weights_key, ld_alpha, split: str):
+def attach_reference_logps(dataset, provider, model, collator, *, batch_size, device, cache_dir, weights_key,
+                           split: str):
     """The dataset with reference log-prob columns, from the cache or computed now."""
     if dataset is None or REF_COLUMNS[0] in dataset.column_names:
         return dataset
-    key = cache_key(weights_key, dataset._fingerprint, ld_alpha)
+    key = cache_key(weights_key, dataset._fingerprint)
     path = os.path.join(cache_dir or default_cache_dir(), f"{key}.safetensors")
     if os.path.exists(path):
         values = load_file(path)
         logger.warning("%s: reusing precomputed reference log-probs from %s", split, path)
         print(f"preftune: {split}: reusing precomputed reference log-probs ({path})", flush=True)
     else:
-        values = compute_reference_logps(provider, model, dataset, collator, batch_size, device, token_weights)
+        values = compute_reference_logps(provider, model, dataset, collator, batch_size, device)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         save_file(values, tmp)

@@ -32,10 +32,10 @@ class _Chunking:
     chunked: bool = True
     chunk_size: int | None = None
 
-    def run(self, model, batch: PreferenceBatch, weights) -> SequenceLogps:
+    def run(self, model, batch: PreferenceBatch) -> SequenceLogps:
         with torch.no_grad():
             return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                  chunked=self.chunked, chunk_size=self.chunk_size, completion_weights=weights)
+                                  chunked=self.chunked, chunk_size=self.chunk_size)
 
 
 @dataclass
@@ -43,17 +43,17 @@ class ModelReference(_Chunking):
     model: torch.nn.Module = field(default=None)
     kind = "a frozen reference model"
 
-    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
-        return self.run(self.model, batch, weights)
+    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
+        return self.run(self.model, batch)
 
 
 @dataclass
 class AdapterDisabledReference(_Chunking):
     kind = "the policy with its adapter disabled"
 
-    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
+    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
         with _unwrap_ddp(policy_model).disable_adapter():
-            return self.run(policy_model, batch, weights)
+            return self.run(policy_model, batch)
 
 
 @dataclass
@@ -62,11 +62,11 @@ class AdapterSwitchReference(_Chunking):
     ref_adapter_name: str = "reference"
     kind = "a second adapter on the same model"
 
-    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
+    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
         peft_model = _unwrap_ddp(policy_model)
         peft_model.set_adapter(self.ref_adapter_name)
         try:
-            return self.run(policy_model, batch, weights)
+            return self.run(policy_model, batch)
         finally:
             peft_model.set_adapter(self.model_adapter_name)  # also makes the trained adapter trainable again
 
@@ -75,7 +75,7 @@ class AdapterSwitchReference(_Chunking):
 class PrecomputedReference:
     kind = "precomputed reference log-probs"
 
-    def logps(self, policy_model, batch: PreferenceBatch, weights=None) -> SequenceLogps:
+    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
         if batch.ref_logps is None:
             raise RuntimeError("precompute_ref_log_probs is on but the batch carries no reference log-probs")
         zeros = torch.zeros_like(batch.ref_logps)

@@ -125,8 +125,7 @@ class PreferenceTrainer(Trainer):
         provider, args = self.reference, self.args
         common = dict(
             batch_size=args.precompute_ref_batch_size or args.per_device_eval_batch_size, device=args.device,
-            token_weights=self.objective.token_weights, cache_dir=args.ref_logps_cache_dir,
-            weights_key=reference_fingerprint(provider, self.model), ld_alpha=args.ld_alpha,
+            cache_dir=args.ref_logps_cache_dir, weights_key=reference_fingerprint(provider, self.model),
         )
 
         def attach(dataset, split):
@@ -169,14 +168,14 @@ class PreferenceTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = PreferenceBatch.from_inputs(inputs)
         n_rows = batch.input_ids.shape[0]
-        weights = self.objective.token_weights(batch.completion_mask)  # LD-DPO, else None
+        weights = self.objective.token_weights(batch.completion_mask)  # LD-DPO (policy only, as TRL), else None
         policy = sequence_logps(
             model, batch.input_ids, batch.attention_mask, batch.completion_mask,
             sequence_rows=self.objective.sequence_rows(n_rows, batch.input_ids.device),
             chunked=self.args.logps_chunked, chunk_size=self.args.logps_chunk_size,
             completion_weights=weights, wpo=self.objective.use_weighting,
         )
-        ref = self.reference.logps(model, batch, weights) if self.reference is not None else None
+        ref = self.reference.logps(model, batch) if self.reference is not None else None
         out = self.objective(policy, ref)
         loss = out.loss
         metrics = dict(out.metrics)
