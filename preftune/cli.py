@@ -1,17 +1,40 @@
-"""`preftune` command line: `preftune orpo ...`, `preftune dpo ...`.
+"""`preftune` command line: ``preftune orpo|dpo ...``, ``preftune data inspect|list ...``.
 
-Every ORPOConfig / DPOConfig field is a flag (HfArgumentParser). With no --model and
-no --dataset, the run trains the bundled tiny model on the bundled preference set
-with demo settings (printed first); any flag given still wins.
+Every ORPOConfig / DPOConfig / TrainingArguments field is a flag (HfArgumentParser),
+and ``--config run.yaml`` holds the same keys (flags given on the command line win).
+The command lines of ms-swift (``swift orpo ...``) and of TRL's example scripts run
+with only the program name changed: their flag names are accepted as aliases
+(`ScriptArguments`, `_resolve_aliases`). With no model and no data set, the run
+trains the bundled tiny model on the bundled preference set with demo settings
+(printed first); any flag given still wins. ``NPROC_PER_NODE=N`` re-runs the
+command under torchrun (`preftune.launch`).
+
+Decisions, where ms-swift or TRL differ:
+
+- ``--dtype`` (ms-swift; ``--torch_dtype`` in TRL) sets both the dtype the weights
+  are loaded in and mixed precision: ``bf16`` loads bf16 weights and trains in bf16;
+  ``fp16`` turns on fp16 mixed precision and loads fp16 weights only for LoRA (full
+  fine-tuning keeps fp32 master weights, which fp16 mixed precision needs); ``fp32``
+  turns mixed precision off; ``AUTO`` is bf16 where the GPU has it, else fp16 mixed
+  precision on a GPU, else fp32. A ``--dtype`` that contradicts an explicit
+  ``--bf16`` / ``--fp16`` is an error, never silently overridden.
+- ``--model_type`` only names a hub id; ``--model`` (``--model_id_or_path``,
+  ``--model_name_or_path``) wins when both are given, as in ms-swift.
+- ms-swift's defaults (LoRA on, its learning rate, ...) are not copied: only its
+  flag names. preftune's defaults are the config's.
+- ``--warmup_ratio`` (gone from transformers 5) sets ``warmup_steps`` to the ratio,
+  which transformers reads as a fraction of the total steps when it is below 1.
 """
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Literal, Optional
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 DEMO_SETTINGS = dict(
     learning_rate=5e-4,
@@ -28,30 +51,82 @@ DEMO_SETTINGS = dict(
 )
 DEMO_BETA = {"orpo": 0.5, "dpo": 0.5}
 
+# ms-swift --model_type names (the common ones) -> Hugging Face hub ids.
+MODEL_TYPES = {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-7b-chat": "meta-llama/Llama-2-7b-chat-hf",
+    "llama2-13b-chat": "meta-llama/Llama-2-13b-chat-hf",
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama3-8b-instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "llama3-70b-instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
+    "llama3_1-8b": "meta-llama/Llama-3.1-8B",
+    "llama3_1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "qwen1half-7b-chat": "Qwen/Qwen1.5-7B-Chat",
+    "qwen2-0_5b": "Qwen/Qwen2-0.5B",
+    "qwen2-0_5b-instruct": "Qwen/Qwen2-0.5B-Instruct",
+    "qwen2-1_5b-instruct": "Qwen/Qwen2-1.5B-Instruct",
+    "qwen2-7b": "Qwen/Qwen2-7B",
+    "qwen2-7b-instruct": "Qwen/Qwen2-7B-Instruct",
+    "qwen2_5-0_5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+    "qwen2_5-7b-instruct": "Qwen/Qwen2.5-7B-Instruct",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "mistral-7b-instruct": "mistralai/Mistral-7B-Instruct-v0.1",
+    "mistral-7b-instruct-v2": "mistralai/Mistral-7B-Instruct-v0.2",
+    "mistral-7b-instruct-v3": "mistralai/Mistral-7B-Instruct-v0.3",
+    "mixtral-moe-7b-instruct": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "gemma-2b-instruct": "google/gemma-2b-it",
+    "gemma-7b-instruct": "google/gemma-7b-it",
+    "gemma2-9b-instruct": "google/gemma-2-9b-it",
+    "phi3-mini-4k-instruct": "microsoft/Phi-3-mini-4k-instruct",
+    "yi-6b-chat": "01-ai/Yi-6B-Chat",
+    "zephyr-7b-beta-chat": "HuggingFaceH4/zephyr-7b-beta",
+}
+
 
 @dataclass
 class ScriptArguments:
-    """What to train and on what (everything else is in the training config)."""
+    """What to train and on what; the aliases of ms-swift and TRL's scripts. Everything else is the training config."""
 
-    model: Optional[str] = field(
-        default=None, metadata={"help": "Model hub id or local path. Default: the bundled tiny model (demo)."}
-    )
-    dataset: Optional[str] = field(
-        default=None,
-        metadata={"help": "Preference data: hub id, local .json/.jsonl/.csv/.parquet file or folder; NAME#N keeps N rows. "
-                  "Default: the bundled tiny-prefs set (demo)."},
-    )
-    dataset_split: str = field(default="train", metadata={"help": "Split used for training."})
-    eval_split: Optional[str] = field(
-        default=None, metadata={"help": "Split used for evaluation (default: 'test' when the data has one)."}
-    )
-    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    config: Optional[str] = field(default=None, metadata={"help": "YAML file of flag values (keys are flag names); flags given on the command line win."})
+    # ---- model
+    model: Optional[str] = field(default=None, metadata={
+        "aliases": ["--model_name_or_path", "--model_id_or_path"],
+        "help": "Model hub id or local folder (TRL: --model_name_or_path, ms-swift: --model_id_or_path). Default: the bundled tiny model (demo)."})
+    model_type: Optional[str] = field(default=None, metadata={"help": "ms-swift model name, e.g. llama3-8b-instruct, qwen2-0_5b-instruct, mistral-7b-instruct-v2 (resolved to a hub id; --model wins)."})
+    dtype: Optional[str] = field(default=None, metadata={
+        "aliases": ["--torch_dtype"], "help": "AUTO, bf16, fp16 or fp32: weights' dtype and mixed precision (see the README)."})
+    attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention implementation passed to from_pretrained (e.g. sdpa, eager, flash_attention_2)."})
+    check_model_is_latest: Optional[bool] = field(default=None, metadata={"help": "Accepted for ms-swift command lines; preftune never checks for newer model versions."})
+    # ---- LoRA / QLoRA
+    sft_type: Optional[Literal["lora", "full"]] = field(default=None, metadata={"aliases": ["--train_type"], "help": "ms-swift: lora (= --use_peft) or full."})
+    use_peft: bool = field(default=False, metadata={"aliases": ["--lora"], "help": "Train a LoRA adapter instead of all weights (also --lora)."})
+    lora_r: int = field(default=16, metadata={"aliases": ["--lora_rank"], "help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: Optional[str] = field(
-        default=None, metadata={"help": "Comma-separated module names, or ALL for every linear layer (default: ALL)."}
-    )
+    lora_dropout: float = field(default=0.05, metadata={"aliases": ["--lora_dropout_p"], "help": "LoRA dropout."})
+    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "Module names (space- or comma-separated), ALL for every linear layer, DEFAULT for peft's choice per architecture. Default: ALL."})
+    lora_modules_to_save: Optional[list[str]] = field(default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. lm_head embed_tokens)."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling (alpha / sqrt(r))."})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base weights in 4 bits (bitsandbytes, CUDA GPU); needs --use_peft."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base weights in 8 bits (bitsandbytes, CUDA GPU); needs --use_peft."})
+    quantization_bit: Optional[int] = field(default=None, metadata={"help": "ms-swift: 4 or 8 (= --load_in_4bit / --load_in_8bit)."})
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = field(default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA's) or fp4."})
+    use_bnb_nested_quant: bool = field(default=False, metadata={"aliases": ["--bnb_4bit_use_double_quant"], "help": "Double quantization: quantize the 4-bit scales too."})
+    # ---- data
+    dataset: Optional[list[str]] = field(default=None, metadata={
+        "aliases": ["--dataset_name"],
+        "help": "Preference data, one or more (space- or comma-separated, mixed): hub id (NAME:CONFIG, NAME@SPLIT), local .json/.jsonl/.csv/.parquet "
+                "file or folder, or a registry name (preftune data list); NAME#N samples N rows. Default: the bundled tiny-prefs set (demo)."})
+    dataset_config: Optional[str] = field(default=None, metadata={"aliases": ["--dataset_config_name"], "help": "Hub config of the data set(s) (TRL: --dataset_config)."})
+    dataset_split: Optional[str] = field(default=None, metadata={"aliases": ["--dataset_train_split"], "help": "Split used for training (default: train, or the registry's train split)."})
+    eval_split: Optional[str] = field(default=None, metadata={"aliases": ["--dataset_test_split"], "help": "Split used for evaluation (default: the data's test split when it has one)."})
+    eval_dataset: Optional[list[str]] = field(default=None, metadata={"aliases": ["--val_dataset"], "help": "Separate evaluation data, same forms as --dataset."})
+    split_dataset_ratio: Optional[float] = field(default=None, metadata={"aliases": ["--dataset_test_ratio"], "help": "Hold out this fraction of the training rows (seeded) as the evaluation set."})
+    columns: Optional[str] = field(default=None, metadata={"help": "Rename columns to the ones preftune reads: JSON '{\"q\": \"prompt\"}' or q=prompt,good=chosen (empty target drops a column)."})
+    # ---- ms-swift names of training flags
+    batch_size: Optional[int] = field(default=None, metadata={"help": "ms-swift: = --per_device_train_batch_size."})
+    eval_batch_size: Optional[int] = field(default=None, metadata={"help": "ms-swift: = --per_device_eval_batch_size."})
+    warmup_ratio: Optional[float] = field(default=None, metadata={"help": "Fraction of the steps spent warming up the learning rate (= --warmup_steps below 1)."})
 
 
 def _config_class(command: str):
@@ -60,74 +135,366 @@ def _config_class(command: str):
     return {"orpo": ORPOConfig, "dpo": DPOConfig}[command]
 
 
-def _parse(command: str, argv: list[str]):
+# --------------------------------------------------------------------- parsing
+
+
+def _json_object(text: str):
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err.msg}); write an object such as '{{\"dtype\": \"bfloat16\"}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object")
+    return value
+
+
+def _make_parser(command: str):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((ScriptArguments, _config_class(command)), prog=f"preftune {command}")
-    demo = not any(a.split("=")[0] in ("--model", "--dataset") for a in argv)
+    class Parser(HfArgumentParser):
+        def error(self, message):  # one sentence, no usage dump, no SystemExit
+            if message.startswith("unrecognized arguments"):
+                unknown = [a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("-")]
+                near = difflib.get_close_matches(unknown[0], list(self._option_string_actions), n=1) if unknown else []
+                hint = f"; did you mean {near[0]}?" if near else f"; see preftune {command} --help."
+                raise ConfigError(f"unknown flag {' '.join(unknown) or message.split(':', 1)[1].strip()}{hint}")
+            raise ConfigError(f"{message}.")
+
+    parser = Parser((ScriptArguments, _config_class(command)), prog=f"preftune {command}", allow_abbrev=False)
+    for action in parser._actions:  # dict-typed config fields take JSON on the command line
+        if getattr(action.type, "__origin__", action.type) is dict:
+            action.type = _json_object
+    return parser
+
+
+def _yaml_argv(path: str, parser) -> list[str]:
+    import json
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]}).") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of flag names to values, e.g. 'learning_rate: 1.0e-5'.")
+    argv: list[str] = []
+    for key, value in values.items():
+        option = f"--{key}"
+        action = parser._option_string_actions.get(option)
+        if action is None or key == "config":
+            near = difflib.get_close_matches(option, list(parser._option_string_actions), n=1)
+            hint = f"; did you mean {near[0][2:]}?" if near else "; keys are flag names (preftune orpo --help)."
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+        if value is None:
+            continue
+        if action.nargs == 0:  # store_true / store_false flags
+            argv += [option] if value else []
+        elif isinstance(value, (list, tuple)):
+            if action.nargs not in ("+", "*"):
+                raise ConfigError(f"{path}: key {key!r} takes one value, not a list.")
+            argv += [option, *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            argv += [option, json.dumps(value)]
+        else:
+            argv += [option, str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def _given(argv: list[str], parser) -> set[str]:
+    """Destinations of the flags that appear in `argv` (explicitly set)."""
+    dests = set()
+    for token in argv:
+        if token.startswith("--"):
+            action = parser._option_string_actions.get(token.split("=", 1)[0])
+            if action is not None:
+                dests.add(action.dest)
+    return dests
+
+
+@dataclass
+class Run:
+    """Everything the command line resolved, before any model or data is loaded."""
+
+    command: str
+    script: ScriptArguments
+    config: object
+    demo: bool
+    model: str
+    model_kwargs: dict
+    peft_config: object = None
+    notes: list = field(default_factory=list)
+
+
+def parse_run(command: str, argv: list[str]) -> Run:
+    """Flags (and --config YAML) -> a validated `Run`. Raises UserError for bad input."""
+    parser = _make_parser(command)
+    argv = list(argv)
+    if "--config" in argv or any(a.startswith("--config=") for a in argv):
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        pre.add_argument("--config")
+        known, rest = pre.parse_known_args(argv)
+        argv = _yaml_argv(known.config, parser) + rest
+    given = _given(argv, parser)
+    demo = not given & {"model", "model_type", "dataset"}
     if demo:
         parser.set_defaults(**DEMO_SETTINGS, beta=DEMO_BETA[command])
-    if not any(a.split("=")[0] == "--output_dir" for a in argv):
-        argv = [*argv, "--output_dir", os.path.join("outputs", f"{command}-{'tiny-llama' if demo else 'run'}")]
-    script, config = parser.parse_args_into_dataclasses(args=argv)
-    return script, config, demo
+    if "output_dir" not in given:
+        argv += ["--output_dir", os.path.join("outputs", f"{command}-{'tiny-llama' if demo else 'run'}")]
+    values = vars(parser.parse_args(argv))
+    notes: list[str] = []
+    model_kwargs = _resolve_aliases(values, given)
+    script = ScriptArguments(**{f.name: values[f.name] for f in fields(ScriptArguments)})
+    config_cls = _config_class(command)
+    try:
+        config = config_cls(**{f.name: values[f.name] for f in fields(config_cls) if f.init})
+    except ConfigError:
+        raise
+    except ValueError as err:  # transformers' own checks of flag values and combinations
+        raise ConfigError(str(err).strip().splitlines()[0].rstrip(".") + ".") from None
+    if model_kwargs:
+        merged = dict(config.model_init_kwargs or {})
+        for key, value in model_kwargs.items():
+            if key in merged and merged[key] != value:
+                raise ConfigError(f"--model_init_kwargs sets {key}={merged[key]!r} but the flags ask for {value!r}; keep one.")
+            merged[key] = value
+        config.model_init_kwargs = merged
+    model = _model_name(script)
+    if script.model and script.model_type and script.model_type not in MODEL_TYPES:
+        notes.append(f"--model_type {script.model_type!r} is not in preftune's table; unused, since --model gives the model.")
+    peft_config = _peft_config(script, notes, given)
+    load_kwargs = dict(config.model_init_kwargs or {})
+    quantization = _quantization(script, values)
+    if quantization:  # the object goes to from_pretrained, its dict into the resolved config
+        load_kwargs.update(quantization)
+        config.model_init_kwargs = {**load_kwargs, "quantization_config": quantization["quantization_config"].to_dict()}
+    if script.check_model_is_latest:
+        notes.append("--check_model_is_latest is accepted for ms-swift command lines; preftune loads the model as found and never checks for a newer version.")
+    return Run(command, script, config, demo, model, load_kwargs, peft_config, notes)
 
 
-def _peft_config(script: ScriptArguments):
+def _take(values: dict, given: set, alias: str, target: str) -> None:
+    """An alias flag sets its target, unless the target was also given with another value (an error)."""
+    value = values.get(alias)
+    if value is None:
+        return
+    if target in given and values[target] != value:
+        raise ConfigError(f"--{alias} {values[alias]} and --{target} {values[target]} disagree; pass only one of them.")
+    values[target] = value
+
+
+def _resolve_aliases(values: dict, given: set) -> dict:
+    """ms-swift / TRL flag names -> config values (in place); returns from_pretrained kwargs."""
+    _take(values, given, "batch_size", "per_device_train_batch_size")
+    _take(values, given, "eval_batch_size", "per_device_eval_batch_size")
+    if values.get("warmup_ratio") is not None and not 0 <= values["warmup_ratio"] < 1:
+        raise ConfigError(f"--warmup_ratio={values['warmup_ratio']} must be in [0, 1); use --warmup_steps for a number of steps.")
+    _take(values, given, "warmup_ratio", "warmup_steps")
+    if values.get("sft_type") is not None:
+        lora = values["sft_type"] == "lora"
+        if "use_peft" in given and bool(values["use_peft"]) != lora:
+            raise ConfigError(f"--sft_type {values['sft_type']} and --use_peft {values['use_peft']} disagree; pass only one of them.")
+        values["use_peft"] = lora
+    bits = values.get("quantization_bit")
+    if bits is not None:
+        if bits not in (4, 8):
+            raise ConfigError(f"--quantization_bit={bits} is not supported; use 4 (QLoRA) or 8.")
+        values["load_in_4bit" if bits == 4 else "load_in_8bit"] = True
+    if values.get("load_in_4bit") and values.get("load_in_8bit"):
+        raise ConfigError("--load_in_4bit and --load_in_8bit exclude each other; pick one.")
+    kwargs = {}
+    if values.get("attn_implementation"):
+        kwargs["attn_implementation"] = values["attn_implementation"]
+    dtype = values.get("dtype")
+    if dtype is not None:
+        kwargs.update(_resolve_dtype(dtype, values, given))
+    return kwargs
+
+
+_DTYPE_NAMES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16",
+                "fp32": "fp32", "float32": "fp32", "float": "fp32"}
+
+
+def _resolve_dtype(dtype: str, values: dict, given: set) -> dict:
+    import torch
+
+    name = _DTYPE_NAMES.get(str(dtype).lower())
+    if name is None:
+        raise ConfigError(f"--dtype={dtype!r} is not known; use AUTO, bf16, fp16 or fp32.")
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            name = "bf16"
+        elif torch.cuda.is_available():
+            name = "fp16"
+        else:
+            name = "fp32"
+    want = {"bf16": (True, False), "fp16": (False, True), "fp32": (False, False)}[name]
+    for flag, value in zip(("bf16", "fp16"), want):
+        if flag in given and bool(values[flag]) != value:
+            raise ConfigError(f"--dtype {dtype} and --{flag} {values[flag]} disagree; pass only one of them.")
+        values[flag] = value
+    if name == "bf16":
+        return {"dtype": "bfloat16"}
+    if name == "fp16":  # fp16 mixed precision needs fp32 master weights, except under LoRA
+        return {"dtype": "float16" if values.get("use_peft") else "float32"}
+    return {"dtype": "float32"}
+
+
+def _model_name(script: ScriptArguments) -> str:
+    from .assets import tiny_model_path
+
+    if script.model:
+        return script.model
+    if script.model_type:
+        hub_id = MODEL_TYPES.get(script.model_type) or MODEL_TYPES.get(script.model_type.lower())
+        if hub_id is None:
+            near = difflib.get_close_matches(script.model_type.lower(), list(MODEL_TYPES), n=3, cutoff=0.5) or list(MODEL_TYPES)[3:7]
+            raise ConfigError(f"--model_type {script.model_type!r} is not in preftune's table (e.g. {', '.join(near)}); pass the hub id or a local folder with --model instead.")
+        return hub_id
+    return tiny_model_path()
+
+
+def _peft_config(script: ScriptArguments, notes: list, given: set):
+    lora_flags = sorted(given & {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "use_rslora", "use_dora"})
     if not script.use_peft:
+        if lora_flags:
+            notes.append(f"{', '.join('--' + f for f in lora_flags)} given but LoRA is off, so unused (add --use_peft, --lora or --sft_type lora).")
         return None
     from peft import LoraConfig
 
-    targets = script.lora_target_modules or "ALL"
-    targets = "all-linear" if targets.upper() == "ALL" else [t.strip() for t in targets.split(",")]
+    names = [n.strip() for item in (script.lora_target_modules or ["ALL"]) for n in item.split(",") if n.strip()]
+    upper = [n.upper() for n in names]
+    if "ALL" in upper or "ALL-LINEAR" in upper:
+        targets = "all-linear"
+    elif upper in (["DEFAULT"], ["AUTO"]):
+        targets = None
+    else:
+        targets = names
     return LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, lora_dropout=script.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets, modules_to_save=script.lora_modules_to_save,
+                      use_rslora=script.use_rslora, use_dora=script.use_dora, task_type="CAUSAL_LM")
+
+
+def _quantization(script: ScriptArguments, values: dict) -> dict:
+    """QLoRA flags -> from_pretrained kwargs; fails in words, before any download, where they cannot work."""
+    flag = "--load_in_4bit" if values.get("load_in_4bit") else "--load_in_8bit" if values.get("load_in_8bit") else None
+    if flag is None:
+        return {}
+    if not script.use_peft:
+        raise ConfigError(f"{flag} freezes the base weights in low precision, so only a LoRA adapter can train; add --use_peft (or --lora / --sft_type lora).")
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    if missing:
+        raise ConfigError(f"{flag} needs {' and '.join(missing)}, which this machine lacks; run there, or drop {flag} to train without quantization.")
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=bool(values.get("load_in_4bit")), load_in_8bit=bool(values.get("load_in_8bit")),
+        bnb_4bit_quant_type=script.bnb_4bit_quant_type, bnb_4bit_use_double_quant=script.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute,
+    )
+    return {"quantization_config": bnb, "device_map": {"": PartialState().local_process_index}}
+
+
+# ------------------------------------------------------------------------ train
+
+
+def _say(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, flush=True)
 
 
 def train(command: str, argv: list[str]) -> int:
     from transformers.trainer_callback import ProgressCallback
 
-    from .assets import tiny_model_path
     from .console import ConsoleProgressCallback
+    from .data.sources import parse_columns, train_and_eval
+    from .errors import DataError
     from .generation import generate_answers
-    from .data.sources import has_split, load_preference_data
-    from .models import load_model, load_tokenizer
+    from .models import check_model_ref, load_model, load_tokenizer
     from .trainer import DPOTrainer, ORPOTrainer
 
-    script, config, demo = _parse(command, argv)
-    model_name = script.model or tiny_model_path()
-    data_name = script.dataset or "tiny-prefs"
-    if demo:
-        print(f"preftune {command}: no --model/--dataset given, so this is the demo: the bundled tiny model on the "
-              f"bundled tiny-prefs set (lr={config.learning_rate}, epochs={config.num_train_epochs}, beta={config.beta}). "
-              f"Output: {config.output_dir}", flush=True)
-    eval_split = script.eval_split or ("test" if has_split(data_name, "test") else None)
-    train_ds = load_preference_data(data_name, script.dataset_split, seed=config.seed)
-    eval_ds = load_preference_data(data_name, eval_split, seed=config.seed) if eval_split else None
+    run = parse_run(command, argv)
+    script, config = run.script, run.config
+    check_model_ref(run.model)  # a missing local model fails before any data is read
+    if run.demo:
+        _say(f"preftune {command}: no --model/--dataset given, so this is the demo: the bundled tiny model on the "
+             f"bundled tiny-prefs set (lr={config.learning_rate}, epochs={config.num_train_epochs}, beta={config.beta}). "
+             f"Output: {config.output_dir}")
+    for note in run.notes:
+        _say(f"preftune: note: {note}")
+    seed = config.data_seed if config.data_seed is not None else config.seed
+    with config.main_process_first(desc="loading data"):  # one process downloads, the others read the cache
+        train_data, eval_data = train_and_eval(
+            script.dataset or ["tiny-prefs"], eval_dataset=script.eval_dataset, split=script.dataset_split,
+            eval_split=script.eval_split, split_ratio=script.split_dataset_ratio, config=script.dataset_config,
+            columns=parse_columns(script.columns), seed=seed, skip_bad_rows=config.skip_bad_rows,
+        )
+    notes = dict.fromkeys(n for data in (train_data, eval_data) if data is not None for n in data.notes)
+    for note in notes:
+        _say(f"preftune: note: {note}")
+    for name, data in (("train", train_data), ("eval", eval_data)):
+        summary = data.skipped_summary() if data is not None else None
+        if summary and not (name == "eval" and data.parts is train_data.parts):  # a held-out fraction shares the counts
+            _say(f"preftune: {name} data: {summary}")
+    eval_ds = eval_data.dataset if eval_data is not None else None
     if eval_ds is None and config.eval_strategy != "no":
         config.eval_strategy = "no"  # nothing to evaluate on; say so rather than fail at the first eval
-        print("preftune: no evaluation split found, so evaluation is off (pass --eval_split).", flush=True)
-    tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name, config.model_init_kwargs)
+        _say("preftune: no evaluation data found, so evaluation is off (pass --eval_split, --eval_dataset or --split_dataset_ratio).")
+    tokenizer = load_tokenizer(run.model)
+    model = load_model(run.model, run.model_kwargs)
     trainer_cls = ORPOTrainer if command == "orpo" else DPOTrainer
-    trainer = trainer_cls(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, peft_config=_peft_config(script))
+    try:
+        trainer = trainer_cls(model=model, args=config, train_dataset=train_data.dataset, eval_dataset=eval_ds,
+                              processing_class=tokenizer, peft_config=run.peft_config)
+    except DataError as err:
+        raise DataError(train_data.relabel(str(err)) if eval_data is None else str(err)) from None
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ConsoleProgressCallback)
     for split, report in trainer.data_reports.items():
-        print(f"preftune: {split} data: {report.summary()}", flush=True)
-    samples, before = _demo_samples(trainer.model, tokenizer, eval_ds) if demo else ([], [])
+        _say(f"preftune: {split} data: {report.summary()}")
+    samples, before = _demo_samples(trainer.model, tokenizer, eval_ds) if run.demo else ([], [])
+    _save_command(run, argv)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     for prompt, old, new in zip(samples, before, generate_answers(trainer.model, tokenizer, samples)):
-        print(f"\nprompt: {prompt[-1]['content']}\n  before: {old}\n  after:  {new}", flush=True)
-    if eval_ds is not None:
+        _say(f"\nprompt: {prompt[-1]['content']}\n  before: {old}\n  after:  {new}")
+    if eval_ds is not None and config.eval_strategy != "no":
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
         metrics = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
         keys = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected"]
-        print("preftune: held-out " + ", ".join(f"{k[5:]}={metrics[k]:.4f}" for k in keys if k in metrics), flush=True)
-    print(f"preftune: model saved to {config.output_dir}", flush=True)
+        _say("preftune: held-out " + ", ".join(f"{k[5:]}={metrics[k]:.4f}" for k in keys if k in metrics))
+    _say(f"preftune: model saved to {config.output_dir}")
     return 0
+
+
+def _save_command(run: Run, argv: list[str]) -> None:
+    """OUTPUT_DIR/preftune_command.json: the command line and what it resolved to (next to preftune_config.json)."""
+    import dataclasses
+    import json
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    os.makedirs(run.config.output_dir, exist_ok=True)
+    shown = [("<redacted>" if i and "token" in argv[i - 1] and argv[i - 1].startswith("--") else a) for i, a in enumerate(argv)]
+    shown = [a.split("=", 1)[0] + "=<redacted>" if a.startswith("--") and "token" in a and "=" in a else a for a in shown]
+    record = {"command": run.command, "argv": shown, "model": run.model, "script": dataclasses.asdict(run.script)}
+    with open(os.path.join(run.config.output_dir, "preftune_command.json"), "w") as f:
+        json.dump(record, f, indent=2, default=str)
 
 
 def _demo_samples(model, tokenizer, eval_ds, n: int = 3, pool: int = 12):
@@ -146,11 +513,13 @@ def _demo_samples(model, tokenizer, eval_ds, n: int = 3, pool: int = 12):
 USAGE = """usage: preftune COMMAND [flags]
 
 commands:
-  orpo   train with ORPO (no reference model)
-  dpo    train with DPO (a frozen reference model)
+  orpo           train with ORPO (no reference model)
+  dpo            train with DPO (a frozen reference model)
+  data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
+  data list      the registry of well-known preference data sets
 
 `preftune orpo` with no flags runs the offline demo on the bundled tiny model.
-`preftune COMMAND --help` lists every flag."""
+`preftune COMMAND --help` lists every flag. NPROC_PER_NODE=N runs N processes (torchrun)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +528,19 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command not in ("orpo", "dpo"):
-        print(f"preftune: error: unknown command {command!r}; choose orpo or dpo.", file=sys.stderr)
-        return 2
     try:
+        if command == "data":
+            from .data.inspect import data_main
+
+            return data_main(rest)
+        if command not in ("orpo", "dpo"):
+            near = difflib.get_close_matches(command, ["orpo", "dpo", "data"], n=1)
+            raise UserError(f"unknown command {command!r}; choose orpo, dpo or data{f' (did you mean {near[0]}?)' if near else ''}.")
+        from .launch import relaunch
+
+        code = relaunch(argv)
+        if code is not None:
+            return code
         return train(command, rest)
     except UserError as err:
         print(f"preftune: error: {err}", file=sys.stderr)

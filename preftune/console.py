@@ -39,3 +39,28 @@ class ConsoleProgressCallback(ProgressCallback):
             self.training_bar.write(line)
         else:
             print(line, flush=True)
+
+
+def format_table(headers: list[str], rows: list[list], indent: str = "  ") -> str:
+    """A plain-text table: columns padded to their widest cell, numbers right-aligned."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(row[i]) for row in rows if row[i] not in (None, "")) and any(row[i] not in (None, "") for row in rows)
+               for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [c.rjust(w) if numeric[i] and n else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append(indent + "  ".join(parts).rstrip())
+        if n == 0:
+            lines.append(indent + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    try:
+        float(str(value).rstrip("%"))
+        return True
+    except ValueError:
+        return False

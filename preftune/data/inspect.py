@@ -1,0 +1,294 @@
+"""``preftune data inspect DATASET``: what a data set holds, read before spending GPU hours on it.
+
+The report, for the model's tokenizer and chat template (default: the bundled tiny
+model): rows read, columns found and the shape they map to, rows that cannot be
+used (and how many have chosen identical to rejected), token-length percentiles of
+prompt / chosen / rejected / whole pair, how many pairs ``max_length`` /
+``max_prompt_length`` / ``max_completion_length`` would truncate or drop, duplicate
+pairs and repeated prompts, and the length bias (how often chosen is longer than
+rejected: a model can learn "longer wins" instead of the preference).
+
+It reuses the training pipeline rather than re-implementing it: `sources` loads
+the data, `prepare.prepare_dataset` (with no length limits) renders and tokenizes
+every pair exactly as training would, and `tokenize.truncate_pair` applies the
+limits. ``preftune data list`` prints the registry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Mapping, Sequence
+
+from ..errors import ConfigError, DataError
+
+PERCENTILES = (50, 90, 99)
+NO_LIMIT = "none"  # a length limit given as "none" on the command line: no limit (None: the default)
+_COMPLETIONS = {"shareai emoji": ("answer_zh", "answer_en"), "query/response": ("response", "rejected_response")}
+
+
+def _identical(row: Mapping[str, Any], shape_name: str | None) -> bool:
+    """Whether the row's two completions are the same value (before any other check)."""
+    if shape_name == "messages":
+        msgs = row.get("messages")
+        last = msgs[-1] if isinstance(msgs, (list, tuple)) and msgs else None
+        return isinstance(last, Mapping) and last.get("content") == row.get("rejected_response")
+    a, b = _COMPLETIONS.get(shape_name or "", ("chosen", "rejected"))
+    return a in row and row.get(a) == row.get(b)
+
+
+def _stats(values: Sequence[int]) -> dict:
+    import numpy as np
+
+    if not len(values):
+        return {"mean": 0, **{f"p{q}": 0 for q in PERCENTILES}, "max": 0}
+    arr = np.asarray(values)
+    out = {"mean": round(float(arr.mean()), 1)}
+    out.update({f"p{q}": int(np.percentile(arr, q, method="higher")) for q in PERCENTILES})
+    out["max"] = int(arr.max())
+    return out
+
+
+def _default_limits() -> dict:
+    from dataclasses import fields
+
+    from ..config import PreferenceConfig
+
+    names = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode")
+    return {f.name: f.default for f in fields(PreferenceConfig) if f.name in names}
+
+
+def inspect_dataset(
+    dataset: str | Sequence[str],
+    *,
+    model: str | None = None,
+    tokenizer=None,
+    split: str | None = None,
+    config: str | None = None,
+    columns: Mapping[str, str | None] | None = None,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    max_completion_length: int | None = None,
+    truncation_mode: str | None = None,
+    seed: int = 42,
+    use_defaults: bool = True,
+) -> dict:
+    """The report as a JSON-serialisable dict (see the module docstring).
+
+    Length limits left as None take the training config's defaults (unless
+    ``use_defaults=False``); `NO_LIMIT` means no limit.
+    """
+    from .formats import describe_shape, match_shape
+    from .prepare import ID_COLUMNS, prepare_dataset
+    from .sources import load_sources, split_specs
+    from .tokenize import LengthLimits, TokenizedPair, text_tokenizer, truncate_pair
+
+    defaults = _default_limits() if use_defaults else {}
+
+    def pick(name: str, value):
+        return None if value == NO_LIMIT else defaults.get(name) if value is None else value
+
+    limits = LengthLimits(pick("max_length", max_length), pick("max_prompt_length", max_prompt_length),
+                          pick("max_completion_length", max_completion_length),
+                          truncation_mode or defaults.get("truncation_mode") or "keep_end")
+    if tokenizer is None:
+        from ..assets import tiny_model_path
+        from ..models import load_tokenizer
+
+        model = model or tiny_model_path()
+        tokenizer = load_tokenizer(model)
+
+    specs = split_specs(dataset)
+    data = load_sources(specs, split, config=config, columns=columns, seed=seed, skip_bad_rows=True,
+                        check_rows=len(specs) > 1)
+    ds = data.dataset
+    names = list(ds.column_names)
+    shape = match_shape(names)
+    identical = 0
+    if shape is not None:
+        from .sources import _iter_rows
+
+        identical = sum(_identical(row, shape.name) for row in _iter_rows(ds))
+
+    report: dict[str, Any] = {
+        "dataset": specs,
+        "model": model or getattr(tokenizer, "name_or_path", None),
+        "sources": [{"name": p.spec.label, "split": p.split, "rows": len(p.dataset)} for p in data.parts],
+        "rows": len(ds),
+        "columns": names,
+        "shape": describe_shape(names),
+        "broken_json_lines": sum(p.n_bad_lines for p in data.parts),
+        "bad_rows_dropped_while_mixing": sum(p.n_bad_rows for p in data.parts),
+        "chosen_equals_rejected": identical,
+        "limits": {k: getattr(limits, k) for k in ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode")},
+        "notes": list(data.notes),
+    }
+    try:
+        prepared, prep = prepare_dataset(ds, tokenizer, LengthLimits(None, None, None, limits.truncation_mode),
+                                         skip_bad_rows=True, desc="tokenizing pairs")
+    except DataError as err:  # no usable pair at all
+        report.update(bad_rows=len(ds), first_bad_rows=[str(err)], pairs=0)
+        return report
+    report["bad_rows"] = prep.n_bad_rows
+    report["first_bad_rows"] = list(prep.first_errors)
+    report["pairs"] = prep.n_kept
+
+    table = prepared.flatten_indices().data  # (select() leaves an indices mapping over the full table)
+    cols = {c: table.column(c).to_pylist() for c in ID_COLUMNS}
+    prompts, chosens, rejecteds = cols["prompt_ids"], cols["chosen_ids"], cols["rejected_ids"]
+    bos = text_tokenizer(tokenizer).bos_token_id
+    lengths = {"prompt": [], "chosen": [], "rejected": [], "pair": []}
+    truncated = dropped = longer = shorter = 0
+    seen_pairs, seen_prompts = set(), set()
+    duplicate_pairs = repeated_prompts = 0
+    for p, c, r in zip(prompts, chosens, rejecteds):
+        lengths["prompt"].append(len(p))
+        lengths["chosen"].append(len(c))
+        lengths["rejected"].append(len(r))
+        lengths["pair"].append(len(p) + max(len(c), len(r)))
+        tp = TokenizedPair(p, c, r, bos)
+        cut = truncate_pair(tp, limits)
+        if cut is None:
+            dropped += 1
+        elif cut is not tp:
+            truncated += 1
+        longer += len(c) > len(r)
+        shorter += len(c) < len(r)
+        key = hash((tuple(p), tuple(c), tuple(r)))
+        duplicate_pairs += key in seen_pairs
+        seen_pairs.add(key)
+        pkey = hash(tuple(p))
+        repeated_prompts += pkey in seen_prompts
+        seen_prompts.add(pkey)
+    n = max(prep.n_kept, 1)
+    report["tokens"] = {name: _stats(values) for name, values in lengths.items()}
+    report["truncated"] = truncated
+    report["dropped_by_truncation"] = dropped
+    report["duplicate_pairs"] = duplicate_pairs
+    report["repeated_prompts"] = repeated_prompts
+    report["length_bias"] = {
+        "chosen_longer": round(longer / n, 4),
+        "rejected_longer": round(shorter / n, 4),
+        "same_length": round((prep.n_kept - longer - shorter) / n, 4),
+    }
+    return report
+
+
+def _pct(count: int, total: int) -> str:
+    return f"{count} ({100 * count / total:.1f}%)" if total else str(count)
+
+
+def format_report(report: dict) -> str:
+    """The report as a readable text block."""
+    from ..console import format_table
+
+    total = report["rows"]
+    lines = [f"data set: {', '.join(report['dataset'])}  (tokenizer: {report['model']})"]
+    if len(report["sources"]) > 1 or report["sources"][0]["split"]:
+        lines += [f"  {s['name']} [{s['split']}]: {s['rows']} rows" for s in report["sources"]]
+    lines += [f"rows: {total}", f"columns: {', '.join(report['columns'])}", f"shape: {report['shape']}"]
+    lines += [f"note: {n}" for n in report["notes"]]
+    checks = [
+        ["usable pairs", _pct(report.get("pairs", 0), total)],
+        ["bad rows (not usable)", _pct(report.get("bad_rows", 0), total)],
+        ["  of which chosen == rejected", report["chosen_equals_rejected"]],
+    ]
+    if report["broken_json_lines"]:
+        checks.append(["broken JSON lines (not read)", report["broken_json_lines"]])
+    if report["bad_rows_dropped_while_mixing"]:
+        checks.append(["bad rows dropped while mixing", report["bad_rows_dropped_while_mixing"]])
+    if "tokens" not in report:
+        lines += ["", format_table(["check", "count"], checks)]
+        lines += [f"first bad row: {e}" for e in report.get("first_bad_rows", [])[:1]]
+        return "\n".join(lines)
+    pairs = report["pairs"]
+    limits = report["limits"]
+    limit_text = ", ".join(f"{k}={v}" for k, v in limits.items())
+    bias = report["length_bias"]
+    checks += [
+        ["duplicate pairs", report["duplicate_pairs"]],
+        ["repeated prompts", report["repeated_prompts"]],
+        ["truncated by the limits", _pct(report["truncated"], pairs)],
+        ["dropped by truncation (empty completion)", _pct(report["dropped_by_truncation"], pairs)],
+        ["chosen longer than rejected", f"{100 * bias['chosen_longer']:.1f}%"],
+        ["rejected longer than chosen", f"{100 * bias['rejected_longer']:.1f}%"],
+    ]
+    heads = ["tokens", "mean", *(f"p{q}" for q in PERCENTILES), "max"]
+    rows = [[name, *(s[h] for h in heads[1:])] for name, s in report["tokens"].items()]
+    rows[-1][0] = "pair (prompt + longer completion)"
+    lines += ["", format_table(heads, rows), "", f"limits: {limit_text}", format_table(["check", "count"], checks)]
+    lines += [f"first bad row: {e}" for e in report.get("first_bad_rows", [])[:1]]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{message} (see {self.prog} --help).")
+
+
+def _limit(text: str):
+    if text.lower() in ("none", "null", "0"):
+        return NO_LIMIT
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (or none)")
+    return int(text)
+
+
+def _inspect_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="preftune data inspect", description="Report on a preference data set before training.", allow_abbrev=False)
+    p.add_argument("dataset", nargs="+", help="Data set(s), as for --dataset: hub id, local file or folder, registry name; NAME#N samples N rows.")
+    p.add_argument("--model", help="Tokenizer and chat template to measure with (default: the bundled tiny model).")
+    p.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    p.add_argument("--split", "--dataset_split", dest="split", help="Split to read (default: train, or the registry's train split).")
+    p.add_argument("--dataset_config", "--config", dest="config", help="Hub config of the data set.")
+    p.add_argument("--columns", help="Rename columns, as for training: '{\"q\": \"prompt\"}' or q=prompt,good=chosen.")
+    p.add_argument("--max_length", type=_limit, help="Limit to check against (default: the training default; none: no limit).")
+    p.add_argument("--max_prompt_length", type=_limit, help="Limit to check against (default: the training default).")
+    p.add_argument("--max_completion_length", type=_limit, help="Limit to check against (default: none).")
+    p.add_argument("--truncation_mode", choices=("keep_end", "keep_start"), help="How long prompts are cut (default: keep_end).")
+    p.add_argument("--seed", type=int, default=42, help="Seed for NAME#N sampling.")
+    return p
+
+
+def _list(argv: list[str]) -> int:
+    from ..console import format_table
+    from .registry import REGISTRY
+
+    p = _Parser(prog="preftune data list", description="The registry of well-known preference data sets.", allow_abbrev=False)
+    p.add_argument("--json", action="store_true", help="Print the registry as JSON.")
+    args = p.parse_args(argv)
+    entries = list(REGISTRY.values())
+    if args.json:
+        print(json.dumps([{"name": e.name, "hub_id": e.hub_id, "train_split": e.train_split, "test_split": e.test_split,
+                           "columns": list(e.raw_columns), "description": e.description} for e in entries], indent=2))
+        return 0
+    rows = [[e.name, e.hub_id, e.train_split + (f" / {e.test_split}" if e.test_split else ""), e.description] for e in entries]
+    print(format_table(["name", "hub id", "splits", "what"], rows, indent=""))
+    return 0
+
+
+def data_main(argv: list[str]) -> int:
+    """``preftune data inspect ...`` / ``preftune data list``."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: preftune data inspect DATASET [--model M] [--json] [--max_length N] ...\n"
+              "       preftune data list [--json]")
+        return 0 if argv else 2
+    sub, rest = argv[0], argv[1:]
+    if sub == "list":
+        return _list(rest)
+    if sub != "inspect":
+        raise ConfigError(f"unknown data command {sub!r}; use 'preftune data inspect DATASET' or 'preftune data list'.")
+    args = _inspect_parser().parse_args(rest)
+    from .sources import parse_columns
+
+    report = inspect_dataset(
+        args.dataset, model=args.model, split=args.split, config=args.config, columns=parse_columns(args.columns),
+        max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+        max_completion_length=args.max_completion_length, truncation_mode=args.truncation_mode, seed=args.seed,
+    )
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+    sys.stdout.flush()
+    return 0
