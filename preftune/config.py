@@ -80,6 +80,11 @@ class PreferenceConfig(TrainingArguments):
         default=True,
         metadata={"help": "Compute log-probs from hidden states in chunks, never the full (batch, seq, vocab) logits."},
     )
+    logps_prefix_sharing: bool = field(
+        default=True,
+        metadata={"help": "Run each pair's shared prompt once (one packed row with a prefix-sharing attention mask) "
+                  "where that is exact; falls back to the plain forward otherwise (e.g. flash-attention)."},
+    )
     logps_chunk_size: Optional[int] = field(
         default=None, metadata={"help": "Tokens per log-prob chunk (default: sized to about 256 MB of fp32 logits)."}
     )

@@ -18,7 +18,8 @@ import torch
 
 from .data.collate import PreferenceBatch
 from .errors import ConfigError
-from .logps import SequenceLogps, sequence_logps
+from .logps import SequenceLogps
+from .prefix import batch_logps
 
 
 def _unwrap_ddp(model):
@@ -27,15 +28,21 @@ def _unwrap_ddp(model):
     return model
 
 
+def logps_options(args) -> dict:
+    """The config's log-prob computation flags, as keyword arguments of `batch_logps`."""
+    return dict(prefix_sharing=args.logps_prefix_sharing, chunked=args.logps_chunked, chunk_size=args.logps_chunk_size)
+
+
 @dataclass
 class _Chunking:
+    prefix_sharing: bool = True
     chunked: bool = True
     chunk_size: int | None = None
 
     def run(self, model, batch: PreferenceBatch) -> SequenceLogps:
         with torch.no_grad():
-            return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                  chunked=self.chunked, chunk_size=self.chunk_size)
+            return batch_logps(model, batch, prefix_sharing=self.prefix_sharing, chunked=self.chunked,
+                               chunk_size=self.chunk_size)
 
 
 @dataclass
@@ -103,7 +110,7 @@ def reference_for(args, model, ref_model, is_peft: bool, copy_policy: bool = Tru
     """
     if not getattr(args, "loss_type", None) or args.reference_free:
         return None
-    chunking = dict(chunked=args.logps_chunked, chunk_size=args.logps_chunk_size)
+    chunking = logps_options(args)
     if args.ref_adapter_name is not None:
         if not is_peft or args.ref_adapter_name not in getattr(model, "peft_config", {}):
             raise ConfigError(f"ref_adapter_name={args.ref_adapter_name!r} is not an adapter of the model; load it with "

@@ -22,11 +22,11 @@ from .config import DPOConfig, ORPOConfig, PreferenceConfig
 from .data.collate import REF_COLUMNS, PreferenceBatch, PreferenceCollator
 from .data.prepare import prepare_dataset
 from .errors import ConfigError
-from .logps import sequence_logps
+from .prefix import batch_logps
 from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
 from .objectives import objective_from_config
 from .precompute import attach_reference_logps, reference_fingerprint
-from .reference import ModelReference, PrecomputedReference, reference_for
+from .reference import ModelReference, PrecomputedReference, logps_options, reference_for
 from .sync import SyncReferenceCallback
 
 logger = logging.getLogger(__name__)
@@ -169,10 +169,9 @@ class PreferenceTrainer(Trainer):
         batch = PreferenceBatch.from_inputs(inputs)
         n_rows = batch.input_ids.shape[0]
         weights = self.objective.token_weights(batch.completion_mask)  # LD-DPO (policy only, as TRL), else None
-        policy = sequence_logps(
-            model, batch.input_ids, batch.attention_mask, batch.completion_mask,
+        policy = batch_logps(
+            model, batch, **logps_options(self.args),
             sequence_rows=self.objective.sequence_rows(n_rows, batch.input_ids.device),
-            chunked=self.args.logps_chunked, chunk_size=self.args.logps_chunk_size,
             completion_weights=weights, wpo=self.objective.use_weighting,
         )
         ref = self.reference.logps(model, batch) if self.reference is not None else None

@@ -14,12 +14,14 @@ keeps N rows sampled with the run's seed (more than the set holds: whole copies
 plus a random remainder, as ms-swift does). Several specs (``--dataset a b`` or
 ``a,b``) are concatenated.
 
-Every row is checked (`preftune.data.formats.to_preference_pair`) when the data is
-loaded, so a bad row is reported with where it came from: ``row 7 (line 8)`` for a
-single JSONL file, ``row 7 of prefs.jsonl (line 8)`` when several sets are mixed.
-By default the first bad row stops the run, with a count; ``skip_bad_rows`` drops
-bad rows (and broken JSON lines) and counts them. A JSONL line that is not JSON is
-reported by its line number before the datasets library fails on it obscurely.
+Every row is checked when the data is loaded, and a bad row (or a broken JSON
+line) is reported with where it came from, or dropped and counted with
+``skip_bad_rows``.
+
+This module loads, samples, mixes and splits; the pieces it uses live beside it:
+`preftune.data.specs` (spec and ``--columns`` syntax), `preftune.data.files` (local
+files and the JSON-lines checks), `preftune.data.rows` (`LoadedData`, row origins
+and the row checks). Their public names are importable from here too.
 
 Decisions:
 
@@ -31,333 +33,21 @@ Decisions:
 - ``columns`` renames columns of data sets that are not in the registry (registry
   sets are mapped by their own preprocessor); mapping a column to None drops it,
   and a mapped column wins over one that already has the target name.
-- Row numbers count from 0 in the order the file (or hub split) holds the rows;
-  line numbers count from 1.
 """
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
-import re
-import tempfile
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, DataError
 from . import registry
-
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-BUNDLED = ("tiny-prefs", "preftune/tiny-prefs")
-_N_SHOWN = 3  # bad rows quoted in a skip summary
-
-
-# ------------------------------------------------------------------------- specs
+from .files import BUNDLED, _first_line, _load_json, _local_files, _resolve_local  # noqa: F401 - BUNDLED re-exported
+from .rows import LoadedData, _check_rows, _iter_rows, _Part  # noqa: F401 - _iter_rows re-exported (data.inspect)
+from .specs import SourceSpec, parse_columns, parse_spec, spec_text, split_specs  # noqa: F401 - re-exported
 
 
-@dataclass(frozen=True)
-class SourceSpec:
-    """One parsed ``--dataset`` value."""
-
-    text: str
-    name: str
-    config: str | None = None
-    split: str | None = None
-    count: int | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name if self.config is None else f"{self.name}:{self.config}"
-
-
-def _split_count(spec: str) -> tuple[str, int | None]:
-    if "#" in spec:
-        name, _, count = spec.rpartition("#")
-        if not count.isdigit() or int(count) < 1:
-            raise DataError(f"dataset {spec!r}: the part after '#' must be a positive row count, e.g. {name}#1000.")
-        return name, int(count)
-    return spec, None
-
-
-def _looks_local(name: str) -> bool:
-    return (os.path.splitext(name)[1].lower() in _FILE_BUILDERS or name.startswith((".", "/", "~"))
-            or name.count("/") > 1 or os.sep != "/" and os.sep in name)
-
-
-def _is_local_name(name: str) -> bool:
-    return name in BUNDLED or os.path.exists(os.path.expanduser(name))
-
-
-def spec_text(spec: SourceSpec, split: str | None = None) -> str:
-    """The spec written back as text, with its split replaced when `split` is given."""
-    split = split or spec.split
-    text = spec.label + (f"@{split}" if split else "")
-    return text + (f"#{spec.count}" if spec.count else "")
-
-
-def parse_spec(text: str) -> SourceSpec:
-    """``NAME[:CONFIG][@SPLIT][#N]`` -> SourceSpec; a path that exists is taken whole."""
-    text = text.strip()
-    if not text:
-        raise DataError("an empty data set name was given; pass a hub id, a local file or folder, or a registry name.")
-    name, count = _split_count(text)
-    if _is_local_name(name):
-        return SourceSpec(text, name, count=count)
-    split = config = None
-    if "@" in name:
-        name, _, split = name.rpartition("@")
-        if not split or not name:
-            raise DataError(f"dataset {text!r}: write NAME@SPLIT, e.g. {name or 'NAME'}@test.")
-        if _is_local_name(name):
-            return SourceSpec(text, name, split=split, count=count)
-    if ":" in name and not _looks_local(name):
-        name, _, config = name.partition(":")
-        if not config or not name:
-            raise DataError(f"dataset {text!r}: write NAME:CONFIG, e.g. {name or 'NAME'}:default.")
-    return SourceSpec(text, name, config, split, count)
-
-
-def split_specs(values: str | Iterable[str] | None) -> list[str]:
-    """``["a,b", "c"]`` or ``"a,b"`` -> ``["a", "b", "c"]``."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        values = [values]
-    out = []
-    for value in values:
-        out.extend(part.strip() for part in str(value).split(",") if part.strip())
-    return out
-
-
-def parse_columns(value: str | Mapping[str, str | None] | None) -> dict[str, str | None] | None:
-    """``'{"q": "prompt"}'`` or ``'q=prompt,good=chosen,junk='`` -> a mapping (empty/none/null: drop)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, Mapping):
-        mapping = dict(value)
-    else:
-        text = str(value).strip()
-        if text.startswith("{"):
-            try:
-                mapping = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"--columns is not valid JSON ({err.msg} at column {err.colno}); write it as '{{\"q\": \"prompt\"}}' or q=prompt,good=chosen.") from None
-            if not isinstance(mapping, dict):
-                raise ConfigError("--columns must be a JSON object mapping column names to canonical names, e.g. '{\"q\": \"prompt\"}'.")
-        else:
-            mapping = {}
-            for item in text.split(","):
-                if not item.strip():
-                    continue
-                if "=" not in item:
-                    raise ConfigError(f"--columns item {item.strip()!r} has no '='; write SOURCE=TARGET pairs, e.g. q=prompt,good=chosen.")
-                source, _, target = item.partition("=")
-                mapping[source.strip()] = target.strip()
-    out = {}
-    for source, target in mapping.items():
-        if target is not None and not isinstance(target, str):
-            raise ConfigError(f"--columns maps {source!r} to {target!r}; targets must be column names (or null to drop the column).")
-        out[str(source)] = None if target is None or target.strip().lower() in ("", "none", "null") else target.strip()
-    from .formats import check_columns
-
-    check_columns(out)
-    return out
-
-
-# ----------------------------------------------------------------------- parts
-
-
-@dataclass
-class _Part:
-    """One loaded source: its rows, and how to say where row r came from."""
-
-    spec: SourceSpec
-    dataset: Any
-    split: str
-    files: list[str] = field(default_factory=list)
-    json_lines: bool = False
-    skipped_lines: set = field(default_factory=set)  # (file, line) dropped as broken JSON
-    n_bad_lines: int = 0
-    n_bad_rows: int = 0
-    bad_examples: list[str] = field(default_factory=list)
-    _lines: list | None = None
-
-    def line_of(self, row: int) -> tuple[str, int] | None:
-        if not self.json_lines:
-            return None
-        if self._lines is None:
-            self._lines = []
-            for path in self.files:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    for number, line in enumerate(f, 1):
-                        if line.strip() and (path, number) not in self.skipped_lines:
-                            self._lines.append((path, number))
-        return self._lines[row] if 0 <= row < len(self._lines) else None
-
-    def where(self, row: int, alone: bool) -> str:
-        text = f"row {row}" if alone else f"row {row} of {self.spec.label}"
-        located = self.line_of(row)
-        if located:
-            path, number = located
-            text += f" (line {number})" if alone or len(self.files) == 1 else f" (line {number} of {os.path.basename(path)})"
-        return text
-
-
-@dataclass
-class LoadedData:
-    """A loaded (possibly mixed, sampled and split) data set and where its rows came from."""
-
-    dataset: Any
-    parts: list[_Part]
-    origins: list[tuple[int, int]] | None = None  # final row -> (part, row in part); None: identity
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def n_bad_skipped(self) -> int:
-        return sum(p.n_bad_rows + p.n_bad_lines for p in self.parts)
-
-    def describe_row(self, index: int) -> str:
-        if self.origins is not None:
-            if not 0 <= index < len(self.origins):
-                return f"row {index}"
-            part, row = self.origins[index]
-        else:
-            part, row = 0, index
-        return self.parts[part].where(row, alone=len(self.parts) == 1)
-
-    def relabel(self, message: str) -> str:
-        """Rewrite a leading ``row N`` (an index into `dataset`) as where that row came from."""
-        return re.sub(r"^row (\d+)\b", lambda m: self.describe_row(int(m.group(1))), message, count=1)
-
-    def skipped_summary(self) -> str | None:
-        lines = sum(p.n_bad_lines for p in self.parts)
-        rows = sum(p.n_bad_rows for p in self.parts)
-        if not lines and not rows:
-            return None
-        parts = []
-        if rows:
-            parts.append(f"{rows} bad {'row' if rows == 1 else 'rows'}")
-        if lines:
-            parts.append(f"{lines} broken JSON {'line' if lines == 1 else 'lines'}")
-        examples = [e for p in self.parts for e in p.bad_examples][:_N_SHOWN]
-        text = f"dropped {' and '.join(parts)} (--skip_bad_rows)"
-        if examples:
-            text += "; first: " + examples[0]
-        return text
-
-    def select(self, indices: Sequence[int]) -> "LoadedData":
-        indices = list(indices)
-        origins = [self.origins[i] for i in indices] if self.origins is not None else [(0, i) for i in indices]
-        return LoadedData(self.dataset.select(indices), self.parts, origins, list(self.notes))
-
-
-# --------------------------------------------------------------------- loading
-
-
-def _local_files(path: str) -> tuple[str, dict[str, list[str]]]:
-    if os.path.isfile(path):
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in _FILE_BUILDERS:
-            raise DataError(f"dataset file {path!r} has extension {ext!r}; use .json, .jsonl, .csv or .parquet.")
-        return _FILE_BUILDERS[ext], {"train": [path]}
-    files: dict[str, list[str]] = {}
-    builders = set()
-    for name in sorted(os.listdir(path)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in _FILE_BUILDERS:
-            builders.add(_FILE_BUILDERS[ext.lower()])
-            files.setdefault(stem.split("-")[0], []).append(os.path.join(path, name))
-    if not files:
-        raise DataError(f"dataset folder {path!r} holds no .json, .jsonl, .csv or .parquet file.")
-    if len(builders) > 1:
-        raise DataError(f"dataset folder {path!r} mixes file types ({', '.join(sorted(builders))}); keep one type per folder.")
-    return builders.pop(), files
-
-
-def _resolve_local(name: str) -> str | None:
-    if name in BUNDLED:
-        from ..assets import tiny_dataset_path
-
-        return tiny_dataset_path()
-    path = os.path.expanduser(name)
-    if os.path.exists(path):
-        return path
-    if _looks_local(name):
-        raise DataError(f"dataset file {name!r} does not exist; check the path (relative paths start from {os.getcwd()}).")
-    return None
-
-
-def _scan_json_lines(path: str) -> list[tuple[int, str]]:
-    """(line number, problem) for each non-blank line that is not one JSON object."""
-    problems = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append((number, f"is not valid JSON ({err.msg} at column {err.colno})"))
-                continue
-            if not isinstance(value, dict):
-                problems.append((number, f"holds a JSON {type(value).__name__}, not an object of column values"))
-    return problems
-
-
-def _is_json_array(path: str) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        head = f.read(4096).lstrip()
-    return head.startswith("[")
-
-
-def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, int]:
-    """Load JSON / JSONL files; broken lines are found and reported (or dropped) by number."""
-    import datasets
-
-    json_lines = not any(_is_json_array(p) for p in files)
-    quiet = logging.getLogger("datasets.packaged_modules.json.json")
-    was_disabled, quiet.disabled = quiet.disabled, True
-    try:
-        return datasets.load_dataset("json", data_files={"train": files}, split="train"), json_lines, set(), 0
-    except Exception as err:  # noqa: BLE001 - any failure: find the line, or report the cause
-        cause = err.__cause__ or err
-    finally:
-        quiet.disabled = was_disabled
-    if not json_lines:
-        for path in files:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} is not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); fix the file (--skip_bad_rows can drop broken lines of JSON-lines files only).") from None
-        raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
-    problems = {path: _scan_json_lines(path) for path in files}
-    total = sum(len(p) for p in problems.values())
-    if not total:
-        raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
-    path, (number, what) = next((p, probs[0]) for p, probs in problems.items() if probs)
-    if not skip_bad_rows:
-        raise DataError(
-            f"{path} line {number} {what}; fix it, or pass --skip_bad_rows to drop broken lines ({total} in all)."
-        )
-    bad = {(p, n) for p, probs in problems.items() for n, _ in probs}
-    clean_dir = tempfile.mkdtemp(prefix="preftune-clean-")
-    cleaned = []
-    for i, p in enumerate(files):
-        out = os.path.join(clean_dir, f"{i}.jsonl")
-        with open(p, encoding="utf-8", errors="replace") as src, open(out, "w", encoding="utf-8") as dst:
-            for n, line in enumerate(src, 1):
-                if line.strip() and (p, n) not in bad:
-                    dst.write(line.rstrip("\n") + "\n")
-        cleaned.append(out)
-    ds = datasets.load_dataset("json", data_files={"train": cleaned}, split="train")
-    return ds, True, bad, total
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__).rstrip(".")
+# ----------------------------------------------------------------------- loading
 
 
 def _hub_error(name: str, split: str, err: Exception) -> DataError:
@@ -450,48 +140,6 @@ def _sample(part: _Part, count: int, seed: int) -> tuple[list[int], str | None]:
     return idx, f"{part.spec.label} has {n} rows, fewer than the {count} asked for, so rows repeat ({count // n} whole copies + {count % n} sampled)."
 
 
-# ------------------------------------------------------------------ row checks
-
-
-def _iter_rows(ds, batch_size: int = 1000):
-    cols = [c for c in ds.column_names if c != "images"]  # never decode images just to check rows
-    view = ds.select_columns(cols) if len(cols) < len(ds.column_names) else ds
-    if view.format["type"] is not None:
-        view = view.with_format(None)
-    for batch in view.iter(batch_size=batch_size):
-        keys = list(batch)
-        n = len(batch[keys[0]]) if keys else 0
-        for i in range(n):
-            yield {k: batch[k][i] for k in keys}
-
-
-def _check_rows(part: _Part, rows: Sequence[int] | None, alone: bool, skip_bad_rows: bool, keep_pairs: bool):
-    """Check every row of a part (`rows`: which part rows, in order). Returns
-    (kept positions into `rows`, pairs or None). Raises on a bad row unless skipping."""
-    from .formats import to_preference_pair
-
-    order = list(rows) if rows is not None else None
-    source = part.dataset.select(order) if order is not None and order != list(range(len(part.dataset))) else part.dataset
-    kept, pairs, bad = [], [], []
-    for pos, row in enumerate(_iter_rows(source)):
-        r = order[pos] if order is not None else pos
-        try:
-            pair = to_preference_pair(row, r)
-        except DataError as err:
-            bad.append((r, str(err)))
-            continue
-        kept.append(pos)
-        if keep_pairs:
-            pairs.append(pair)
-    if bad:
-        first = re.sub(r"^row (\d+)\b", lambda m: part.where(int(m.group(1)), alone), bad[0][1], count=1)
-        if not skip_bad_rows:
-            raise DataError(f"{first.rstrip('.')} ({len(bad)} of {len(source)} rows are bad; fix them, or pass --skip_bad_rows to drop them).")
-        part.n_bad_rows += len(bad)
-        part.bad_examples.append(first)
-    return kept, (pairs if keep_pairs else None)
-
-
 def _as_conversational(pair) -> dict:
     prompt = pair.prompt if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
     chosen = pair.chosen if isinstance(pair.chosen, list) else [{"role": "assistant", "content": pair.chosen}]
@@ -499,7 +147,7 @@ def _as_conversational(pair) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-# ------------------------------------------------------------------------ entry
+# ------------------------------------------------------------------------- entry
 
 
 def load_sources(

@@ -1,0 +1,143 @@
+"""Local data files: finding them, reading them, and the JSON-lines checks.
+
+A local spec is a ``.json`` / ``.jsonl`` / ``.csv`` / ``.parquet`` file (one split,
+``train``) or a folder of such files named by split (``train.jsonl``,
+``test-0001.parquet``: the split is the name up to the first ``-``); ``tiny-prefs``
+is the bundled demo folder. A folder holds one file type.
+
+A JSONL line that is not one JSON object is reported by its file and line number
+before the datasets library fails on it obscurely; with ``skip_bad_rows`` the broken
+lines are dropped (the rest is read from a cleaned copy) and returned, so that
+`preftune.data.rows` can still give each remaining row its line number. A JSON
+array file that fails to parse is reported by line and column and cannot be
+repaired by skipping.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+from ..errors import DataError
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+BUNDLED = ("tiny-prefs", "preftune/tiny-prefs")
+
+
+def _looks_local(name: str) -> bool:
+    return (os.path.splitext(name)[1].lower() in _FILE_BUILDERS or name.startswith((".", "/", "~"))
+            or name.count("/") > 1 or os.sep != "/" and os.sep in name)
+
+
+def _is_local_name(name: str) -> bool:
+    return name in BUNDLED or os.path.exists(os.path.expanduser(name))
+
+
+def _local_files(path: str) -> tuple[str, dict[str, list[str]]]:
+    if os.path.isfile(path):
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise DataError(f"dataset file {path!r} has extension {ext!r}; use .json, .jsonl, .csv or .parquet.")
+        return _FILE_BUILDERS[ext], {"train": [path]}
+    files: dict[str, list[str]] = {}
+    builders = set()
+    for name in sorted(os.listdir(path)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in _FILE_BUILDERS:
+            builders.add(_FILE_BUILDERS[ext.lower()])
+            files.setdefault(stem.split("-")[0], []).append(os.path.join(path, name))
+    if not files:
+        raise DataError(f"dataset folder {path!r} holds no .json, .jsonl, .csv or .parquet file.")
+    if len(builders) > 1:
+        raise DataError(f"dataset folder {path!r} mixes file types ({', '.join(sorted(builders))}); keep one type per folder.")
+    return builders.pop(), files
+
+
+def _resolve_local(name: str) -> str | None:
+    if name in BUNDLED:
+        from ..assets import tiny_dataset_path
+
+        return tiny_dataset_path()
+    path = os.path.expanduser(name)
+    if os.path.exists(path):
+        return path
+    if _looks_local(name):
+        raise DataError(f"dataset file {name!r} does not exist; check the path (relative paths start from {os.getcwd()}).")
+    return None
+
+
+# -------------------------------------------------------------------- JSON lines
+
+
+def _scan_json_lines(path: str) -> list[tuple[int, str]]:
+    """(line number, problem) for each non-blank line that is not one JSON object."""
+    problems = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                problems.append((number, f"is not valid JSON ({err.msg} at column {err.colno})"))
+                continue
+            if not isinstance(value, dict):
+                problems.append((number, f"holds a JSON {type(value).__name__}, not an object of column values"))
+    return problems
+
+
+def _is_json_array(path: str) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096).lstrip()
+    return head.startswith("[")
+
+
+def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, int]:
+    """Load JSON / JSONL files; broken lines are found and reported (or dropped) by number."""
+    import datasets
+
+    json_lines = not any(_is_json_array(p) for p in files)
+    quiet = logging.getLogger("datasets.packaged_modules.json.json")
+    was_disabled, quiet.disabled = quiet.disabled, True
+    try:
+        return datasets.load_dataset("json", data_files={"train": files}, split="train"), json_lines, set(), 0
+    except Exception as err:  # noqa: BLE001 - any failure: find the line, or report the cause
+        cause = err.__cause__ or err
+    finally:
+        quiet.disabled = was_disabled
+    if not json_lines:
+        for path in files:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} is not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); fix the file (--skip_bad_rows can drop broken lines of JSON-lines files only).") from None
+        raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
+    problems = {path: _scan_json_lines(path) for path in files}
+    total = sum(len(p) for p in problems.values())
+    if not total:
+        raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
+    path, (number, what) = next((p, probs[0]) for p, probs in problems.items() if probs)
+    if not skip_bad_rows:
+        raise DataError(
+            f"{path} line {number} {what}; fix it, or pass --skip_bad_rows to drop broken lines ({total} in all)."
+        )
+    bad = {(p, n) for p, probs in problems.items() for n, _ in probs}
+    clean_dir = tempfile.mkdtemp(prefix="preftune-clean-")
+    cleaned = []
+    for i, p in enumerate(files):
+        out = os.path.join(clean_dir, f"{i}.jsonl")
+        with open(p, encoding="utf-8", errors="replace") as src, open(out, "w", encoding="utf-8") as dst:
+            for n, line in enumerate(src, 1):
+                if line.strip() and (p, n) not in bad:
+                    dst.write(line.rstrip("\n") + "\n")
+        cleaned.append(out)
+    ds = datasets.load_dataset("json", data_files={"train": cleaned}, split="train")
+    return ds, True, bad, total
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__).rstrip(".")
