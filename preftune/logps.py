@@ -85,6 +85,29 @@ def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bo
     return logps, logits.mean(-1).detach(), log_sq_sum
 
 
+def chunk_tokens(vocab: int) -> int:
+    """Default tokens per chunk: about `_CHUNK_ELEMENTS` logits."""
+    return max(64, _CHUNK_ELEMENTS // vocab)
+
+
+def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int):
+    """`_token_stats` over (M, H) hidden states, one chunk of (size, vocab) logits at a time.
+
+    Each chunk is checkpointed: only its inputs are kept, its logits are rebuilt in backward.
+    """
+
+    def chunk(h_c: Tensor, y_c: Tensor):
+        return _token_stats(head(h_c), y_c, softcap, wpo)
+
+    parts = []
+    for start in range(0, h.shape[0], size):
+        args = (h[start : start + size], targets[start : start + size])
+        parts.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
+    if not parts:
+        return (h.new_zeros(0, dtype=torch.float32),) * 3
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+
+
 def _reduce(stats, rows, is_completion, is_sequence, n: int, aux_loss, weights: Tensor | None) -> SequenceLogps:
     """Scatter per-token values (M,) back to per-row sums (N,)."""
     token_logps, token_logits_mean, log_sq_sum = stats
@@ -143,20 +166,7 @@ def sequence_logps(
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    size = chunk_size or max(64, _CHUNK_ELEMENTS // vocab)
-
-    def chunk(h_c: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return _token_stats(head(h_c), y_c, softcap, wpo)
-
-    parts = []
-    for start in range(0, h.shape[0], size):
-        args = (h[start : start + size], targets[start : start + size])
-        # Checkpointing keeps only the chunk's inputs; its logits are rebuilt in backward.
-        parts.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
-    if parts:
-        stats = tuple(torch.cat([p[i] for p in parts]) for i in range(3))
-    else:
-        stats = (hidden.new_zeros(0, dtype=torch.float32),) * 3
+    stats = chunked_token_stats(head, h, targets, softcap, wpo, chunk_size or chunk_tokens(vocab))
     weights = None if completion_weights is None else completion_weights[:, 1:][scored]
     return _reduce(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
                    getattr(out, "aux_loss", None), weights)

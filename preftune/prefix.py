@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .logps import _CHUNK_ELEMENTS, SequenceLogps, _reduce, _scored_positions, _token_stats, supports_chunked, unwrap
+from .logps import SequenceLogps, _reduce, _scored_positions, chunk_tokens, chunked_token_stats, supports_chunked, unwrap
 
 if TYPE_CHECKING:  # logps sits below data/ in the import order; only the batch's fields are used
     from .data.collate import PreferenceBatch
@@ -228,21 +228,6 @@ def supports_prefix_sharing(model) -> bool:
 # ------------------------------------------------------------------ the computation
 
 
-def _chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int):
-    """`_token_stats` over (M, H) hidden states, one checkpointed chunk of (size, vocab) logits at a time."""
-
-    def chunk(h_c: Tensor, y_c: Tensor):
-        return _token_stats(head(h_c), y_c, softcap, wpo)
-
-    parts = []
-    for start in range(0, h.shape[0], size):
-        args = (h[start : start + size], targets[start : start + size])
-        parts.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
-    if not parts:
-        return (h.new_zeros(0, dtype=torch.float32),) * 3
-    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
-
-
 def _attention_masks(base, layout: SharedPrefixLayout, dtype: torch.dtype):
     """The mask argument for the model: one 4D mask, or a dict by layer type when windows differ."""
     longest = int(torch.maximum(layout.chosen_len, layout.rejected_len).max())
@@ -346,7 +331,7 @@ def shared_prefix_logps(
     h = hidden.reshape(-1, hidden.shape[-1])[unique // span]  # (U, H)
     softcap = getattr(base.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    stats = _chunked_token_stats(head, h, unique % span, softcap, wpo, chunk_size or max(64, _CHUNK_ELEMENTS // vocab))
+    stats = chunked_token_stats(head, h, unique % span, softcap, wpo, chunk_size or chunk_tokens(vocab))
     stats = tuple(s[inverse] for s in stats)  # (M,) each: back to one entry per (row, token)
     weights = None if completion_weights is None else completion_weights[:, 1:][scored]
     return _reduce(stats, rows, completion[scored], sequence[scored], ids.shape[0], aux_loss, weights)
