@@ -1,0 +1,301 @@
+"""preftune's benchmark suite: training throughput and peak memory, side by side with TRL.
+
+Trains a fixed number of steps of a fixed random-init Llama-style model on synthetic
+preference pairs of realistic shapes, through each implementation's own Trainer, and
+prints one table row per (implementation, method):
+
+    python benchmarks/run.py                                   # small config, ORPO and DPO, preftune and TRL
+    python benchmarks/run.py --config micro --steps 2          # smoke test
+    python benchmarks/run.py --preftune-flags "" --preftune-flags "--logps_chunked false"
+    python benchmarks/run.py --config gpu-0.5b --peak-tflops 989 --json out.json
+
+Each row runs in a fresh subprocess (`worker.py`) so peak memory is that run's own.
+See benchmarks/README.md for what each column means and for recorded results.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from configs import CONFIGS  # noqa: E402
+
+COLUMNS = ["impl", "method", "tokens/s", "s/step", "peak mem MiB", "train Δmem MiB", "padding",
+           "speed vs TRL", "mem vs TRL", "MFU"]
+
+
+# ------------------------------------------------------------------ machine
+
+
+def machine_description() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    for name in ("torch", "transformers", "datasets", "accelerate", "trl", "preftune"):
+        try:
+            from importlib.metadata import version
+
+            info[name] = version(name)
+        except Exception:
+            info[name] = None
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except Exception:
+        pass
+    return info
+
+
+def describe(machine: dict) -> str:
+    parts = [machine.get("gpu") or f"{machine.get('cpu', 'CPU')}, {machine.get('cpus')} cores, "
+             f"{machine.get('memory_gib')} GiB"]
+    parts.append(", ".join(f"{k} {machine[k]}" for k in ("python", "torch", "transformers", "trl") if machine.get(k)))
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------ rows
+
+
+def label(impl: str, flags: str) -> str:
+    return f"{impl} {flags}".strip()
+
+
+def run_row(assets: Path, config: str, impl: str, method: str, flags: str, args, steps: int, warmup: int,
+            workdir: Path) -> dict:
+    tag = f"{impl}-{method}-{abs(hash(flags)) % 10**6}"
+    result_path, log_path = workdir / f"{tag}.json", workdir / f"{tag}.log"
+    cmd = [sys.executable, str(HERE / "worker.py"), "--assets", str(assets), "--config", config, "--impl", impl,
+           "--method", method, "--steps", str(steps), "--warmup", str(warmup), "--flags", flags,
+           "--result", str(result_path)]
+    if args.gradient_checkpointing:
+        cmd.append("--gradient-checkpointing")
+    if args.peak_tflops:
+        cmd += ["--peak-tflops", str(args.peak_tflops)]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        cmd += ["--profile", str(Path(args.profile) / f"{label(impl, flags).replace(' ', '_')}-{method}.txt")]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("WANDB_MODE", "disabled")
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=args.timeout)
+    row = {"impl": impl, "method": method, "flags": flags}
+    if result_path.exists():
+        row.update(json.loads(result_path.read_text()))
+    else:
+        row["error"] = f"worker exited with status {proc.returncode}"
+    if "error" in row:
+        tail = log_path.read_text().strip().splitlines()[-15:]
+        print(f"  {label(impl, flags)} {method}: n/a: {row['error']}\n    " + "\n    ".join(tail), file=sys.stderr)
+    row["label"] = label(impl, flags)
+    row["process_wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def best_run(runs: list[dict]) -> dict:
+    """Combine the repeats of one row (an error only when every run failed).
+
+    Other processes on the machine only ever slow a step down, and the repeats train on
+    the same batches in the same order, so each step's fastest time over the repeats is
+    the best estimate of its undisturbed time: tokens/s and s/step are computed from
+    those per-step minima. Peak memory is the median over the repeats.
+    """
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    best = dict(max(ok, key=lambda r: r["tokens_per_s"]))
+    best["repeats"] = len(ok)
+    best["all_runs_tokens_per_s"] = [r["tokens_per_s"] for r in ok]
+    best["all_runs_peak_rss_mib"] = [r["peak_rss_mib"] for r in ok]
+    best["all_runs_step_times_s"] = [r["step_times_s"] for r in ok]
+    same_batches = all(r["tokens_per_step"] == ok[0]["tokens_per_step"] for r in ok)
+    if len(ok) > 1 and same_batches:
+        fastest = [min(times) for times in zip(*(r["step_times_s"] for r in ok))]
+        measured = range(best["warmup_steps"], len(fastest))
+        best["step_times_s"] = fastest
+        best["tokens_per_s"] = sum(best["tokens_per_step"][i] for i in measured) / sum(fastest[i] for i in measured)
+        best["s_per_step"] = statistics.median(fastest[i] for i in measured)
+        for key in ("peak_rss_mib", "train_rss_delta_mib", "peak_gpu_mib"):
+            values = [r[key] for r in ok if r.get(key) is not None]
+            if values:
+                best[key] = statistics.median(values)
+        if "model_tflops_per_s" in best:
+            scale = best["tokens_per_s"] / max(ok, key=lambda r: r["tokens_per_s"])["tokens_per_s"]
+            best["model_tflops_per_s"] *= scale
+            if "mfu" in best:
+                best["mfu"] *= scale
+    return best
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """speed = preftune tokens/s ÷ TRL tokens/s; mem = preftune peak ÷ TRL peak (GPU memory on GPU)."""
+    for row in rows:
+        if row["impl"] != "preftune" or "error" in row:
+            continue
+        trl = next((r for r in rows if r["impl"] == "trl" and r["method"] == row["method"] and "error" not in r), None)
+        if trl is None:
+            continue
+        key = "peak_gpu_mib" if "peak_gpu_mib" in row else "peak_rss_mib"
+        row["speed_vs_trl"] = row["tokens_per_s"] / trl["tokens_per_s"]
+        row["mem_vs_trl"] = row[key] / trl[key]
+        if row.get("train_rss_delta_mib") and trl.get("train_rss_delta_mib"):
+            row["train_delta_mem_vs_trl"] = row["train_rss_delta_mib"] / trl["train_rss_delta_mib"]
+
+
+def format_table(rows: list[dict]) -> str:
+    show_mfu = any("mfu" in r for r in rows)
+    show_ratio = any("speed_vs_trl" in r for r in rows)
+    gpu = any("peak_gpu_mib" in r for r in rows)
+    cols = [c for c in COLUMNS if (c != "MFU" or show_mfu) and (c not in ("speed vs TRL", "mem vs TRL") or show_ratio)]
+    if gpu:
+        cols = [("peak GPU MiB" if c == "peak mem MiB" else c) for c in cols if c != "train Δmem MiB"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        if "error" in r:
+            cells = [r["label"], r["method"], f"n/a: {r['error']}"] + [""] * (len(cols) - 3)
+        else:
+            values = {
+                "impl": r["label"],
+                "method": r["method"],
+                "tokens/s": f"{r['tokens_per_s']:.0f}",
+                "s/step": f"{r['s_per_step']:.3f}",
+                "peak mem MiB": f"{r['peak_rss_mib']:.0f}",
+                "peak GPU MiB": f"{r.get('peak_gpu_mib', 0):.0f}",
+                "train Δmem MiB": "" if r.get("train_rss_delta_mib") is None else f"{r['train_rss_delta_mib']:.0f}",
+                "padding": f"{100 * r['padding_fraction']:.1f}%",
+                "speed vs TRL": f"{r['speed_vs_trl']:.2f}×" if "speed_vs_trl" in r else "",
+                "mem vs TRL": f"{r['mem_vs_trl']:.2f}×" if "mem_vs_trl" in r else "",
+                "MFU": f"{100 * r['mfu']:.1f}%" if "mfu" in r else "",
+            }
+            cells = [values[c] for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="small", choices=sorted(CONFIGS))
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's)")
+    p.add_argument("--warmup", type=int, default=None, help="first steps left out of the timing (default: the config's)")
+    p.add_argument("--methods", default="orpo,dpo")
+    p.add_argument("--impls", default="preftune,trl")
+    p.add_argument("--preftune-flags", action="append", default=None,
+                   help="preftune config flags, e.g. \"--logps_chunked false\"; repeat for several preftune rows")
+    p.add_argument("--trl-flags", default="", help="TRL config flags for the TRL rows")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="on for both (default off for both)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak dense TFLOP/s for MFU (default 989, H100 bf16, on a GPU config; none on CPU)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--assets-dir", default=None, help="where the model and data are written (reused when present)")
+    p.add_argument("--profile", default=None, help="folder for a torch.profiler table per row (slows the runs)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per row")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every row this many times, round-robin; times are each step's fastest over the "
+                        "repeats (other processes on the machine only ever slow a step down)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = CONFIGS[args.config]
+    steps = args.steps or cfg.steps
+    warmup = cfg.warmup_steps if args.warmup is None else args.warmup
+    if steps < 2:
+        print("--steps must be at least 2 (one warm-up step, one measured).", file=sys.stderr)
+        return 2
+    warmup = min(warmup, steps - 1)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    bad = [m for m in methods if m not in ("orpo", "dpo")] + [i for i in impls if i not in ("preftune", "trl")]
+    if bad or not methods or not impls:
+        print(f"unknown method or implementation: {', '.join(bad) or '(none given)'}; "
+              "use --methods orpo,dpo --impls preftune,trl.", file=sys.stderr)
+        return 2
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        print(f"config {cfg.name} needs a CUDA GPU; on CPU use --config small or micro.", file=sys.stderr)
+        return 2
+    if args.peak_tflops is None and cfg.device == "cuda":
+        args.peak_tflops = 989.0  # H100 SXM, dense bf16
+
+    variants = []
+    for impl in impls:
+        if impl == "preftune":
+            variants += [("preftune", f) for f in (args.preftune_flags or [""])]
+        else:
+            variants.append(("trl", args.trl_flags))
+    trl_missing = importlib.util.find_spec("trl") is None
+
+    machine = machine_description()
+    print(f"config {cfg.name}: {cfg.description}; {steps} steps ({warmup} warm-up)", file=sys.stderr)
+    print(f"machine: {describe(machine)}", file=sys.stderr)
+
+    tmp = Path(tempfile.mkdtemp(prefix="preftune-bench-"))
+    try:
+        from assets import build_assets
+
+        t0 = time.perf_counter()
+        assets = build_assets(cfg, steps * cfg.batch_size, args.assets_dir or tmp / "assets")
+        print(f"assets ready in {time.perf_counter() - t0:.1f}s: {assets}", file=sys.stderr)
+        runs: dict[tuple, list[dict]] = {}
+        for repeat in range(max(1, args.repeats)):
+            for method in methods:
+                for impl, flags in variants:
+                    key = (method, impl, flags)
+                    if impl == "trl" and trl_missing:
+                        runs[key] = [{"impl": "trl", "method": method, "flags": flags, "label": label(impl, flags),
+                                      "error": "trl is not installed (pip install --no-deps trl)"}]
+                        continue
+                    print(f"running {label(impl, flags)} {method} (run {repeat + 1}) ...", file=sys.stderr)
+                    runs.setdefault(key, []).append(
+                        run_row(assets, cfg.name, impl, method, flags, args, steps, warmup, tmp))
+        rows = [best_run(r) for r in runs.values()]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    add_ratios(rows)
+    print(f"\nconfig {cfg.name} ({steps} steps, {warmup} warm-up; {describe(machine)})\n")
+    print(format_table(rows))
+    if args.json:
+        command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        out = {"command": command, "config": cfg.to_dict(), "steps": steps, "warmup_steps": warmup,
+               "machine": machine, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""One benchmark run, (implementation, method), in a process of its own.
+
+`run.py` starts this script once per row of the table so that peak memory is the
+peak of that run alone. It loads the fixed model, tokenizer and pairs written by
+`assets.py`, builds the implementation's own config and trainer with the same
+settings, and calls ``trainer.train()`` for ``max_steps`` steps (no evaluation,
+no saving, logging off, sequential sampling). A `TrainerCallback` times each step
+(``on_step_begin`` -> ``on_step_end``, after a device synchronise) and the data
+collator is wrapped to count tokens from the batches the trainer really used.
+The result (or the reason it could not run) is written as JSON.
+
+    python benchmarks/worker.py --assets DIR --config small --impl preftune --method orpo --result out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from configs import CONFIGS, BenchConfig  # noqa: E402
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def rss_mib() -> float | None:
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib / 1024
+
+
+def peak_rss_mib() -> float:
+    kib = _status_kib("VmHWM")
+    if kib is None:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kib = kib / 1024 if sys.platform == "darwin" else kib
+    return kib / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's RSS high-water mark (Linux >= 4.0), so the training peak can be read alone."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ counting
+
+
+class CountingCollator:
+    """Wraps a trainer's data collator; records, per batch, the tokens of the chosen and
+    rejected sequences (logical: the prompt counts once in each), the positions the
+    model computes, and how many of those are not padding."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[dict] = []
+
+    def __call__(self, features, *args, **kwargs):
+        batch = self.inner(features, *args, **kwargs)
+        self.batches.append({"tokens": logical_tokens(features), **computed_positions(batch)})
+        return batch
+
+    def __getattr__(self, name):  # the trainer may read attributes of its collator
+        return getattr(self.inner, name)
+
+
+def logical_tokens(features) -> int:
+    f = features[0]
+    if "chosen_ids" in f:  # preftune and TRL's DPOTrainer: prompt_ids, chosen_ids, rejected_ids
+        return sum(2 * len(x["prompt_ids"]) + len(x["chosen_ids"]) + len(x["rejected_ids"]) for x in features)
+    if "chosen_input_ids" in f:  # TRL's ORPOTrainer: prompt + completion per side
+        return sum(len(x["chosen_input_ids"]) + len(x["rejected_input_ids"]) for x in features)
+    raise ValueError(f"unknown feature layout: {sorted(f)}")
+
+
+def computed_positions(batch) -> dict:
+    if "input_ids" in batch:  # one (2B, T) batch (preftune, TRL DPO)
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        computed = ids.numel()
+        real = int(mask.sum()) if mask is not None else computed
+    else:  # TRL ORPO: chosen (B, Tc) and rejected (B, Tr), concatenated to (2B, max(Tc, Tr)) in the step
+        c, r = batch["chosen_input_ids"], batch["rejected_input_ids"]
+        computed = (c.shape[0] + r.shape[0]) * max(c.shape[1], r.shape[1])
+        real = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+    return {"computed": computed, "real": real}
+
+
+# ------------------------------------------------------------------ trainers
+
+
+def common_settings(cfg: BenchConfig, steps: int, output_dir: str, gradient_checkpointing: bool) -> dict:
+    """TrainingArguments shared by both implementations (each has its own defaults; these override them)."""
+    return dict(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-6,
+        beta=0.1,
+        max_length=cfg.max_length,
+        bf16=cfg.precision == "bf16",
+        fp16=False,
+        gradient_checkpointing=gradient_checkpointing,  # TRL's default is True, preftune's False: set both
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        train_sampling_strategy="sequential",  # same batches, in the same order, for every implementation
+        seed=cfg.seed,
+    )
+
+
+def _parse_config(cls, settings: dict, flags: str):
+    """Build a config from the shared settings, then the user's flags, through HfArgumentParser (CLI semantics)."""
+    from transformers import HfArgumentParser
+
+    argv = []
+    for key, value in settings.items():
+        argv += [f"--{key}", str(value)]
+    argv += shlex.split(flags or "")
+    (config,) = HfArgumentParser(cls).parse_args_into_dataclasses(args=argv)
+    return config
+
+
+def build_trainer(impl: str, method: str, model, tokenizer, dataset, settings: dict, flags: str):
+    if impl == "preftune":
+        from preftune import DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
+
+        config_cls, trainer_cls = (ORPOConfig, ORPOTrainer) if method == "orpo" else (DPOConfig, DPOTrainer)
+    elif impl == "trl":
+        config_cls, trainer_cls = trl_classes(method)
+    else:
+        raise ValueError(f"unknown implementation {impl!r}")
+    if impl == "preftune":
+        # preftune checks max_prompt_length <= max_length; the data never needs cutting, so this cuts nothing.
+        settings = {**settings, "max_prompt_length": settings["max_length"] // 2}
+    config = _parse_config(config_cls, settings, flags)
+    return trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+
+
+def trl_classes(method: str):
+    """TRL's classes for a method: DPO at the top level, ORPO under trl.experimental since TRL 0.24."""
+    import trl
+
+    if method == "dpo":
+        return trl.DPOConfig, trl.DPOTrainer
+    try:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    except ImportError:
+        from trl import ORPOConfig, ORPOTrainer  # older TRL
+    return ORPOConfig, ORPOTrainer
+
+
+def matmul_params(model) -> int:
+    """Parameters that take part in a matrix multiply per token: every nn.Linear, the LM head
+    included (tied or not); the input embedding is a lookup and is left out."""
+    import torch
+
+    seen, n = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            for p in module.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    n += p.numel()
+    return n
+
+
+# ------------------------------------------------------------------ the run
+
+
+def run(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from assets import load_pairs
+
+    cfg = CONFIGS[args.config]
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config {cfg.name} needs a CUDA GPU")
+    cuda = torch.cuda.is_available() and cfg.device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    assets = Path(args.assets)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(assets / "model")
+    model = AutoModelForCausalLM.from_pretrained(assets / "model", dtype=dtype, attn_implementation="sdpa")
+    n_params = sum(p.numel() for p in model.parameters())
+    n_matmul = matmul_params(model)
+    dataset = datasets.Dataset.from_list(load_pairs(assets))
+
+    flags = args.flags
+    with tempfile.TemporaryDirectory(prefix="preftune-bench-") as out_dir:
+        settings = common_settings(cfg, args.steps, out_dir, args.gradient_checkpointing)
+        trainer = build_trainer(args.impl, args.method, model, tokenizer, dataset, settings, flags)
+        counter = CountingCollator(trainer.data_collator)
+        trainer.data_collator = counter
+
+        class StepTimer(TrainerCallback):
+            def __init__(self):
+                self.begin, self.end, self.cpu_begin, self.cpu_end = [], [], [], []
+
+            def on_step_begin(self, a, state, control, **kw):
+                sync()
+                self.begin.append(time.perf_counter())
+                self.cpu_begin.append(time.process_time())
+
+            def on_step_end(self, a, state, control, **kw):
+                sync()
+                self.end.append(time.perf_counter())
+                self.cpu_end.append(time.process_time())
+
+        timer = StepTimer()
+        trainer.add_callback(timer)
+
+        pre_train_peak = peak_rss_mib()
+        rss_before = rss_mib()
+        hwm_reset = reset_peak_rss()
+        if cuda:
+            gpu_before = torch.cuda.memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        profiler = _profiler(args.profile) if args.profile else None
+        load_before = _loadavg()
+        t0 = time.perf_counter()
+        if profiler is not None:
+            with profiler:
+                output = trainer.train()
+            _write_profile(profiler, args.profile)
+        else:
+            output = trainer.train()
+        wall = time.perf_counter() - t0
+        load_after = _loadavg()
+        train_peak = peak_rss_mib()
+
+    steps = len(timer.end)
+    if steps != args.steps:
+        raise RuntimeError(f"trained {steps} steps, expected {args.steps}")
+    batches = counter.batches[:steps]
+    warm = min(args.warmup, steps - 1)
+    step_s = [e - b for b, e in zip(timer.begin, timer.end)]
+    step_cpu = [e - b for b, e in zip(timer.cpu_begin, timer.cpu_end)]
+    loop_s = [timer.end[0] - timer.begin[0]] + [b - a for a, b in zip(timer.end, timer.end[1:])]
+    measured = range(warm, steps)
+    m_time = sum(step_s[i] for i in measured)
+    m_tokens = sum(batches[i]["tokens"] for i in measured)
+    computed = sum(b["computed"] for b in batches)
+    real = sum(b["real"] for b in batches)
+    result = {
+        "steps": steps,
+        "warmup_steps": warm,
+        "tokens_per_s": m_tokens / m_time,
+        "s_per_step": statistics.median(step_s[i] for i in measured),
+        "loop_s_per_step": statistics.median(loop_s[i] for i in measured),  # on_step_end to on_step_end (data included)
+        "step_times_s": step_s,
+        # CPU seconds of all this process's threads per step: less sensitive than wall time to other
+        # processes sharing the cores (but it counts the threads' spin-waiting too).
+        "cpu_s_per_step": statistics.median(step_cpu[i] for i in measured),
+        "step_cpu_s": step_cpu,
+        "loadavg_1min_before_after": [load_before, load_after],
+        "tokens_per_step": [b["tokens"] for b in batches],
+        "padding_fraction": 1 - real / computed,
+        "computed_positions": computed,
+        "train_wall_s": wall,
+        "params": n_params,
+        "matmul_params": n_matmul,
+        "peak_rss_mib": max(pre_train_peak, train_peak) if hwm_reset else train_peak,
+        "rss_before_train_mib": rss_before,
+        "train_rss_delta_mib": (train_peak - rss_before) if (hwm_reset and rss_before is not None) else None,
+        "train_loss": output.training_loss,  # each implementation's own loss definition (a sanity check only)
+        "device": "cuda" if cuda else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
+    # Model FLOPs: 6·N per token for the policy's forward + backward, 2·N per token for a DPO reference forward.
+    flops_per_token = 6 * n_matmul + (2 * n_matmul if args.method == "dpo" and _uses_reference(trainer) else 0)
+    result["model_tflops_per_s"] = flops_per_token * result["tokens_per_s"] / 1e12
+    if args.peak_tflops:
+        result["mfu"] = result["model_tflops_per_s"] / args.peak_tflops
+    if cuda:
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu_before_train_mib"] = gpu_before
+        result["gpu_name"] = torch.cuda.get_device_name()
+    return result
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _uses_reference(trainer) -> bool:
+    """Whether the DPO run does a reference forward each step (not with precomputed log-probs)."""
+    args = trainer.args
+    return not (getattr(args, "precompute_ref_log_probs", False) or getattr(args, "reference_free", False))
+
+
+def _profiler(path: str):
+    import torch
+
+    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                                  + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
+
+
+def _write_profile(profiler, path: str) -> None:
+    averages = profiler.key_averages()
+    with open(path, "w") as f:
+        f.write("# by self CPU time\n")
+        f.write(averages.table(sort_by="self_cpu_time_total", row_limit=60))
+        f.write("\n# by total CPU time (inclusive)\n")
+        f.write(averages.table(sort_by="cpu_time_total", row_limit=60))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", required=True)
+    p.add_argument("--config", required=True, choices=sorted(CONFIGS))
+    p.add_argument("--impl", required=True, choices=["preftune", "trl"])
+    p.add_argument("--method", required=True, choices=["orpo", "dpo"])
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--flags", default="", help="extra config flags for the implementation, e.g. '--logps_chunked false'")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--profile", default=None, help="write a torch.profiler table here (timings then include its overhead)")
+    p.add_argument("--result", required=True)
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = {"impl": args.impl, "method": args.method, "flags": args.flags, "config": args.config}
+    try:
+        result.update(run(args))
+    except Exception as err:  # reported as "n/a: reason" in the table
+        traceback.print_exc()
+        result["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    with open(args.result, "w") as f:
+        json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

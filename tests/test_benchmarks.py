@@ -1,0 +1,122 @@
+"""The benchmark suite runs and reports what it says it reports.
+
+The suite is run on the micro configuration for 2 steps, as a user runs it. Nothing
+here is timed as a pass/fail criterion: the checks are the table's columns, that
+every number is finite and in range, and that the token and padding counts equal
+what the synthetic pairs imply (worked out here from the pairs themselves).
+"""
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench_modules(monkeypatch):
+    """benchmarks/ is a folder of scripts, not a package: import its modules by path."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    names = ("configs", "assets", "run")
+    for name in names:
+        sys.modules.pop(name, None)
+    modules = {name: importlib.import_module(name) for name in names}
+    yield modules
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def expected_counts(pairs, batch_size, steps):
+    """Per step: tokens of chosen + rejected (BOS + prompt in each, EOS after each completion)
+    and the (2B, T) positions of a batch padded to its longest row."""
+    tokens, computed = [], []
+    for s in range(steps):
+        batch = pairs[s * batch_size:(s + 1) * batch_size]
+        lens = [(1 + len(p["prompt"].split()), len(p["chosen"].split()) + 1, len(p["rejected"].split()) + 1)
+                for p in batch]
+        tokens.append(sum(2 * a + c + r for a, c, r in lens))
+        computed.append(2 * len(batch) * max(a + max(c, r) for a, c, r in lens))
+    return tokens, computed
+
+
+@pytest.mark.slow
+def test_micro_suite_two_steps(tmp_path, bench_modules):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--config", "micro", "--steps", "2", "--impls", "preftune",
+         "--methods", "orpo,dpo", "--json", str(out), "--assets-dir", str(tmp_path / "assets")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| impl"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["impl", "method", "tokens/s", "s/step", "peak mem MiB", "train Δmem MiB", "padding"]
+
+    result = json.loads(out.read_text())
+    assert result["steps"] == 2 and result["warmup_steps"] == 1
+    rows = result["rows"]
+    assert [(r["impl"], r["method"]) for r in rows] == [("preftune", "orpo"), ("preftune", "dpo")]
+
+    cfg = bench_modules["configs"].CONFIGS["micro"]
+    assets_dir = next((tmp_path / "assets").iterdir())
+    pairs = bench_modules["assets"].load_pairs(assets_dir)
+    assert len(pairs) == 2 * cfg.batch_size
+    tokens, computed = expected_counts(pairs, cfg.batch_size, 2)
+    for row in rows:
+        assert "error" not in row, row.get("error")
+        assert row["steps"] == 2 and len(row["step_times_s"]) == 2
+        assert row["tokens_per_step"] == tokens  # counted from the batches the trainer used
+        assert row["computed_positions"] == sum(computed)
+        assert row["padding_fraction"] == pytest.approx(1 - sum(tokens) / sum(computed))
+        assert 0 <= row["padding_fraction"] < 1
+        for key in ("tokens_per_s", "s_per_step", "peak_rss_mib", "model_tflops_per_s"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        # tokens/s is the measured step's tokens over its time (step 1 is the warm-up)
+        assert row["tokens_per_s"] == pytest.approx(tokens[1] / row["step_times_s"][1])
+        assert row["peak_rss_mib"] >= row["rss_before_train_mib"] > 0
+        assert row["params"] > row["matmul_params"] > 0
+    # The configuration is what the README says: ~1M parameters, 1k vocabulary.
+    assert 0.5e6 < rows[0]["params"] < 2e6 and cfg.vocab_size == 1024
+
+
+def test_table_ratios_and_unavailable_rows(bench_modules):
+    run = bench_modules["run"]
+    rows = [
+        {"impl": "preftune", "method": "orpo", "label": "preftune", "tokens_per_s": 300.0, "s_per_step": 2.0,
+         "peak_rss_mib": 700.0, "train_rss_delta_mib": 200.0, "padding_fraction": 0.25},
+        {"impl": "trl", "method": "orpo", "label": "trl", "tokens_per_s": 200.0, "s_per_step": 3.0,
+         "peak_rss_mib": 1000.0, "train_rss_delta_mib": 500.0, "padding_fraction": 0.25},
+        {"impl": "preftune", "method": "dpo", "label": "preftune", "tokens_per_s": 100.0, "s_per_step": 1.0,
+         "peak_rss_mib": 500.0, "train_rss_delta_mib": None, "padding_fraction": 0.0},
+        {"impl": "trl", "method": "dpo", "label": "trl", "error": "trl is not installed"},
+    ]
+    run.add_ratios(rows)
+    assert rows[0]["speed_vs_trl"] == pytest.approx(1.5)
+    assert rows[0]["mem_vs_trl"] == pytest.approx(0.7)
+    assert rows[0]["train_delta_mem_vs_trl"] == pytest.approx(0.4)
+    assert "speed_vs_trl" not in rows[2]  # no TRL result to compare with
+    table = run.format_table(rows).splitlines()
+    assert table[0] == ("| impl | method | tokens/s | s/step | peak mem MiB | train Δmem MiB | padding "
+                        "| speed vs TRL | mem vs TRL |")
+    assert table[2].split(" | ")[-2:] == ["1.50×", "0.70× |"]
+    assert "n/a: trl is not installed" in table[5]
+
+
+def test_repeats_take_each_steps_fastest_time(bench_modules):
+    """Two repeats of the same 3 steps (step 0 is the warm-up): step 1 was disturbed in
+    the first run, step 2 in the second; the row keeps 2.0 s and 1.0 s."""
+    run = bench_modules["run"]
+    common = {"impl": "preftune", "method": "orpo", "label": "preftune", "warmup_steps": 1,
+              "tokens_per_step": [100, 400, 300], "padding_fraction": 0.1}
+    first = {**common, "step_times_s": [9.0, 8.0, 1.0], "tokens_per_s": 700 / 9.0, "peak_rss_mib": 100.0}
+    second = {**common, "step_times_s": [5.0, 2.0, 6.0], "tokens_per_s": 700 / 8.0, "peak_rss_mib": 300.0}
+    row = run.best_run([first, second])
+    assert row["step_times_s"] == [5.0, 2.0, 1.0]
+    assert row["tokens_per_s"] == pytest.approx(700 / 3.0)
+    assert row["s_per_step"] == pytest.approx(1.5)
+    assert row["peak_rss_mib"] == pytest.approx(200.0)  # median over the repeats
+    assert run.best_run([{**common, "error": "boom"}])["error"] == "boom"
