@@ -247,7 +247,7 @@ def run(args) -> dict:
         if cuda:
             gpu_before = torch.cuda.memory_allocated() / 2**20
             torch.cuda.reset_peak_memory_stats()
-        profiler = _profiler(args.profile) if args.profile else None
+        profiler = _profiler() if args.profile else None
         load_before = _loadavg()
         t0 = time.perf_counter()
         if profiler is not None:
@@ -323,7 +323,7 @@ def _uses_reference(trainer) -> bool:
     return not (getattr(args, "precompute_ref_log_probs", False) or getattr(args, "reference_free", False))
 
 
-def _profiler(path: str):
+def _profiler():
     import torch
 
     return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
