@@ -72,7 +72,7 @@ CONFIGS: dict[str, BenchConfig] = {
         ),
         BenchConfig(
             name="gpu-0.5b",
-            description="~0.5B parameters (Qwen2.5-0.5B shape, tied), 128k vocabulary, ~1.2k-token pairs, batch 4, bf16",
+            description="~0.5B parameters (Qwen2.5-0.5B shape, tied), 128k vocabulary, ~1.1k-token sequences (up to 2k), batch 4, bf16",
             vocab_size=128256, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
             num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
             prompt=LengthDist(512, 0.5, 64, 1000), completion=LengthDist(640, 0.5, 32, 1000), max_length=2048,
@@ -80,7 +80,7 @@ CONFIGS: dict[str, BenchConfig] = {
         ),
         BenchConfig(
             name="gpu-1b",
-            description="~1.2B parameters (Llama-3.2-1B shape, tied), 128k vocabulary, ~1.2k-token pairs, batch 4, bf16",
+            description="~1.2B parameters (Llama-3.2-1B shape, tied), 128k vocabulary, ~1.1k-token sequences (up to 2k), batch 4, bf16",
             vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
             num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
             prompt=LengthDist(512, 0.5, 64, 1000), completion=LengthDist(640, 0.5, 32, 1000), max_length=2048,

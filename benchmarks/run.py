@@ -61,6 +61,7 @@ def machine_description() -> dict:
             info[name] = version(name)
         except Exception:
             info[name] = None
+    info["preftune_source_sha256"] = source_hash(REPO / "preftune")
     try:
         import torch
 
@@ -70,6 +71,16 @@ def machine_description() -> dict:
     except Exception:
         pass
     return info
+
+
+def source_hash(folder: Path) -> str:
+    """sha256 over the package's .py files (path and content): which preftune code was measured."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def describe(machine: dict) -> str:

@@ -5,8 +5,9 @@ peak of that run alone. It loads the fixed model, tokenizer and pairs written by
 `assets.py`, builds the implementation's own config and trainer with the same
 settings, and calls ``trainer.train()`` for ``max_steps`` steps (no evaluation,
 no saving, logging off, sequential sampling). A `TrainerCallback` times each step
-(``on_step_begin`` -> ``on_step_end``, after a device synchronise) and the data
-collator is wrapped to count tokens from the batches the trainer really used.
+(``on_step_begin`` -> ``on_step_end``, after a device synchronise), the data
+collator is wrapped to count tokens from the batches the trainer really used, and a
+hook on the input-embedding lookups counts the positions every forward computes.
 The result (or the reason it could not run) is written as JSON.
 
     python benchmarks/worker.py --assets DIR --config small --impl preftune --method orpo --result out.json
@@ -70,9 +71,10 @@ def reset_peak_rss() -> bool:
 
 
 class CountingCollator:
-    """Wraps a trainer's data collator; records, per batch, the tokens of the chosen and
-    rejected sequences (logical: the prompt counts once in each), the positions the
-    model computes, and how many of those are not padding."""
+    """Wraps a trainer's data collator and records, per batch: the tokens of the chosen and
+    rejected sequences (the prompt counts once in each: the "tokens" of tokens/s), the real
+    (non-padding) positions of the batch as (2B, T) rows, and as B packed rows whose
+    chosen and rejected share their common prefix (preftune's prefix sharing)."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -80,32 +82,82 @@ class CountingCollator:
 
     def __call__(self, features, *args, **kwargs):
         batch = self.inner(features, *args, **kwargs)
-        self.batches.append({"tokens": logical_tokens(features), **computed_positions(batch)})
+        self.batches.append(batch_counts(features))
         return batch
 
     def __getattr__(self, name):  # the trainer may read attributes of its collator
         return getattr(self.inner, name)
 
 
-def logical_tokens(features) -> int:
-    f = features[0]
-    if "chosen_ids" in f:  # preftune and TRL's DPOTrainer: prompt_ids, chosen_ids, rejected_ids
-        return sum(2 * len(x["prompt_ids"]) + len(x["chosen_ids"]) + len(x["rejected_ids"]) for x in features)
-    if "chosen_input_ids" in f:  # TRL's ORPOTrainer: prompt + completion per side
-        return sum(len(x["chosen_input_ids"]) + len(x["rejected_input_ids"]) for x in features)
-    raise ValueError(f"unknown feature layout: {sorted(f)}")
+def _rows(x) -> tuple[list, list]:
+    if "chosen_ids" in x:  # preftune and TRL's DPOTrainer: prompt_ids, chosen_ids, rejected_ids
+        p = list(x["prompt_ids"])
+        return p + list(x["chosen_ids"]), p + list(x["rejected_ids"])
+    if "chosen_input_ids" in x:  # TRL's ORPOTrainer: prompt + completion per side
+        return list(x["chosen_input_ids"]), list(x["rejected_input_ids"])
+    raise ValueError(f"unknown feature layout: {sorted(x)}")
 
 
-def computed_positions(batch) -> dict:
-    if "input_ids" in batch:  # one (2B, T) batch (preftune, TRL DPO)
-        ids, mask = batch["input_ids"], batch.get("attention_mask")
-        computed = ids.numel()
-        real = int(mask.sum()) if mask is not None else computed
-    else:  # TRL ORPO: chosen (B, Tc) and rejected (B, Tr), concatenated to (2B, max(Tc, Tr)) in the step
-        c, r = batch["chosen_input_ids"], batch["rejected_input_ids"]
-        computed = (c.shape[0] + r.shape[0]) * max(c.shape[1], r.shape[1])
-        real = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
-    return {"computed": computed, "real": real}
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    for u, v in zip(a, b):
+        if u != v:
+            break
+        n += 1
+    return n
+
+
+def batch_counts(features) -> dict:
+    pairs = len(features)
+    tokens = real_shared = 0
+    for x in features:
+        chosen, rejected = _rows(x)
+        tokens += len(chosen) + len(rejected)
+        real_shared += len(chosen) + len(rejected) - _common_prefix(chosen, rejected)
+    return {"pairs": pairs, "tokens": tokens, "real_plain": tokens, "real_shared": real_shared}
+
+
+class PositionCounter:
+    """Counts the positions every model forward computes, from the input-embedding lookups
+    (policy and reference alike), and how many of them are real tokens: a (2B, T) forward
+    computes the batch's chosen and rejected rows; a (B, L) forward, B pairs packed one per
+    row, computes each shared prefix once."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+        self.step = 0  # index of the step in progress (set by the step timer)
+        self.computed: dict[int, int] = {}
+        self.real: dict[int, int] = {}
+        self.forwards: dict[int, int] = {}
+        self.unknown = 0
+        self._handle = None
+
+    def __enter__(self):
+        import torch
+
+        def hook(module, inputs):
+            if not isinstance(module, torch.nn.Embedding) or not inputs or not torch.is_tensor(inputs[0]):
+                return
+            ids = inputs[0]
+            if ids.dtype != torch.long or ids.dim() != 2 or self.step >= len(self.batches):
+                return
+            b = self.batches[self.step]
+            if ids.shape[0] == 2 * b["pairs"]:
+                real = b["real_plain"]
+            elif ids.shape[0] == b["pairs"]:
+                real = b["real_shared"]
+            else:
+                self.unknown += 1
+                return
+            self.computed[self.step] = self.computed.get(self.step, 0) + ids.numel()
+            self.real[self.step] = self.real.get(self.step, 0) + real
+            self.forwards[self.step] = self.forwards.get(self.step, 0) + 1
+
+        self._handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
 
 
 # ------------------------------------------------------------------ trainers
@@ -223,12 +275,14 @@ def run(args) -> dict:
         trainer = build_trainer(args.impl, args.method, model, tokenizer, dataset, settings, flags)
         counter = CountingCollator(trainer.data_collator)
         trainer.data_collator = counter
+        positions = PositionCounter(counter.batches)
 
         class StepTimer(TrainerCallback):
             def __init__(self):
                 self.begin, self.end, self.cpu_begin, self.cpu_end = [], [], [], []
 
             def on_step_begin(self, a, state, control, **kw):
+                positions.step = state.global_step  # forwards from here on belong to this step's batch
                 sync()
                 self.begin.append(time.perf_counter())
                 self.cpu_begin.append(time.process_time())
@@ -250,12 +304,13 @@ def run(args) -> dict:
         profiler = _profiler() if args.profile else None
         load_before = _loadavg()
         t0 = time.perf_counter()
-        if profiler is not None:
-            with profiler:
+        with positions:
+            if profiler is not None:
+                with profiler:
+                    output = trainer.train()
+                _write_profile(profiler, args.profile)
+            else:
                 output = trainer.train()
-            _write_profile(profiler, args.profile)
-        else:
-            output = trainer.train()
         wall = time.perf_counter() - t0
         load_after = _loadavg()
         train_peak = peak_rss_mib()
@@ -271,8 +326,11 @@ def run(args) -> dict:
     measured = range(warm, steps)
     m_time = sum(step_s[i] for i in measured)
     m_tokens = sum(batches[i]["tokens"] for i in measured)
-    computed = sum(b["computed"] for b in batches)
-    real = sum(b["real"] for b in batches)
+    computed = sum(positions.computed.values())
+    real = sum(positions.real.values())
+    if not computed or positions.unknown:
+        raise RuntimeError(f"could not count the positions the model computed ({positions.unknown} forwards "
+                           "of an unexpected shape)")
     result = {
         "steps": steps,
         "warmup_steps": warm,
@@ -286,8 +344,11 @@ def run(args) -> dict:
         "step_cpu_s": step_cpu,
         "loadavg_1min_before_after": [load_before, load_after],
         "tokens_per_step": [b["tokens"] for b in batches],
+        # over every forward of every step (policy and, for DPO, reference)
         "padding_fraction": 1 - real / computed,
         "computed_positions": computed,
+        "positions_per_token": computed / sum(b["tokens"] for b in batches),
+        "forwards_per_step": [positions.forwards.get(i, 0) for i in range(steps)],
         "train_wall_s": wall,
         "params": n_params,
         "matmul_params": n_matmul,

@@ -31,8 +31,8 @@ def bench_modules(monkeypatch):
 
 
 def expected_counts(pairs, batch_size, steps):
-    """Per step: tokens of chosen + rejected (BOS + prompt in each, EOS after each completion)
-    and the (2B, T) positions of a batch padded to its longest row."""
+    """Per step: tokens of chosen + rejected (BOS + prompt in each, EOS after each completion),
+    and the (2B, T) positions of the batch padded to its longest row."""
     tokens, computed = [], []
     for s in range(steps):
         batch = pairs[s * batch_size:(s + 1) * batch_size]
@@ -70,8 +70,12 @@ def test_micro_suite_two_steps(tmp_path, bench_modules):
         assert "error" not in row, row.get("error")
         assert row["steps"] == 2 and len(row["step_times_s"]) == 2
         assert row["tokens_per_step"] == tokens  # counted from the batches the trainer used
-        assert row["computed_positions"] == sum(computed)
-        assert row["padding_fraction"] == pytest.approx(1 - sum(tokens) / sum(computed))
+        forwards = 1 if row["method"] == "orpo" else 2  # DPO: policy and reference
+        assert row["forwards_per_step"] == [forwards, forwards]
+        # Positions computed: at most the plain padded batch per forward; at least each pair's
+        # distinct tokens once (prompt shared) — where in between depends on preftune's packing.
+        distinct = sum(tokens) - sum(1 + len(p["prompt"].split()) for p in pairs)
+        assert forwards * distinct <= row["computed_positions"] <= forwards * sum(computed)
         assert 0 <= row["padding_fraction"] < 1
         for key in ("tokens_per_s", "s_per_step", "peak_rss_mib", "model_tflops_per_s"):
             assert math.isfinite(row[key]) and row[key] > 0, key
@@ -81,6 +85,27 @@ def test_micro_suite_two_steps(tmp_path, bench_modules):
         assert row["params"] > row["matmul_params"] > 0
     # The configuration is what the README says: ~1M parameters, 1k vocabulary.
     assert 0.5e6 < rows[0]["params"] < 2e6 and cfg.vocab_size == 1024
+
+
+def test_position_counter_plain_and_packed_forwards(bench_modules, monkeypatch):
+    """Two pairs: prompt [1, 5, 6] (BOS included), chosen [7, 2], rejected [8, 9, 2]. As plain
+    rows they are 5 + 6 = 11 real tokens per pair; packed with the shared prefix [1, 5, 6] once,
+    8. A (4, 7) forward is plain (2B rows), a (2, 9) forward packed (B rows)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("worker", None)
+    worker = importlib.import_module("worker")
+    import torch
+
+    features = [{"prompt_ids": [1, 5, 6], "chosen_ids": [7, 2], "rejected_ids": [8, 9, 2]}] * 2
+    counts = worker.batch_counts(features)
+    assert counts == {"pairs": 2, "tokens": 22, "real_plain": 22, "real_shared": 16}
+    embed = torch.nn.Embedding(10, 4)
+    with worker.PositionCounter([counts]) as positions:
+        embed(torch.zeros(4, 7, dtype=torch.long))
+        embed(torch.zeros(2, 9, dtype=torch.long))
+    embed(torch.zeros(4, 7, dtype=torch.long))  # after the context: not counted
+    assert positions.computed == {0: 28 + 18} and positions.real == {0: 22 + 16} and positions.forwards == {0: 2}
+    sys.modules.pop("worker", None)
 
 
 def test_table_ratios_and_unavailable_rows(bench_modules):
