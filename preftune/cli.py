@@ -258,9 +258,16 @@ commands:
   dpo            train with DPO (a frozen reference model)
   data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
   data list      the registry of well-known preference data sets
+  chat PATH      talk to a trained model or adapter folder in the terminal
+  merge          fold a LoRA adapter into its base model (--adapter DIR --output DIR)
+  ui             a local web page: the trained model and the model it started from, side by side
 
 `preftune orpo` with no flags runs the offline demo on the bundled tiny model.
 `preftune COMMAND --help` lists every flag. NPROC_PER_NODE=N runs N processes (torchrun)."""
+
+
+# Commands that use a trained model: module whose `main(argv) -> int` runs them (UserError for bad input).
+TOOLS = {"chat": "preftune.chat", "merge": "preftune.merge", "ui": "preftune.ui"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,9 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             from .data.inspect import data_main
 
             return data_main(rest)
+        if command in TOOLS:
+            import importlib
+
+            return importlib.import_module(TOOLS[command]).main(rest)
         if command not in ("orpo", "dpo"):
-            near = difflib.get_close_matches(command, ["orpo", "dpo", "data"], n=1)
-            raise UserError(f"unknown command {command!r}; choose orpo, dpo or data{f' (did you mean {near[0]}?)' if near else ''}.")
+            near = difflib.get_close_matches(command, ["orpo", "dpo", "data", *TOOLS], n=1)
+            raise UserError(f"unknown command {command!r}; choose orpo, dpo, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
         from .launch import relaunch
 
         code = relaunch(argv)

@@ -132,3 +132,62 @@ def apply_peft(model, peft_config, gradient_checkpointing: bool = False):
         # With frozen embeddings, checkpointed blocks need inputs that require grad.
         model.enable_input_require_grads()
     return get_peft_model(model, peft_config)
+
+
+def is_adapter_folder(path: str) -> bool:
+    import os
+
+    return os.path.isfile(os.path.join(os.path.expanduser(path), "adapter_config.json"))
+
+
+def adapter_base(path: str) -> str:
+    """The base model an adapter folder was trained on (from its adapter_config.json)."""
+    import json
+    import os
+
+    with open(os.path.join(os.path.expanduser(path), "adapter_config.json")) as f:
+        base = json.load(f).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{path}/adapter_config.json names no base_model_name_or_path; pass the base model explicitly.")
+    return base
+
+
+def load_trained(path: str, base: str | None = None, dtype=None, device: str | None = None):
+    """A trained output folder -> (model in eval mode, tokenizer).
+
+    A full model folder loads as is; an adapter folder (adapter_config.json) loads its
+    base model (from the adapter's config, or `base`) with the adapter on top. The
+    tokenizer comes from the folder itself when saved there (it carries the chat
+    format the run trained with), else from the base.
+    """
+    import os
+
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path!r} is not a folder; pass a trained model or adapter folder (a run's output_dir).")
+    kwargs = {"dtype": resolve_dtype(dtype)} if dtype is not None else {}
+    if is_adapter_folder(path):
+        from peft import PeftModel
+
+        base = base or adapter_base(path)
+        model = load_model(base, kwargs)
+        tokenizer_src = path if _has_tokenizer(path) else base
+        tokenizer = load_tokenizer(tokenizer_src)
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))  # the run added tokens (setup_chat_format)
+        model = PeftModel.from_pretrained(model, path)
+    else:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"{path!r} holds neither a model (config.json) nor an adapter (adapter_config.json).")
+        model = load_model(path, kwargs)
+        tokenizer = load_tokenizer(path)
+    if device:
+        model = model.to(device)
+    ensure_pad_token(tokenizer)
+    return model.eval(), tokenizer
+
+
+def _has_tokenizer(path: str) -> bool:
+    import os
+
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
