@@ -67,7 +67,7 @@ def parse_run(command: str, argv: list[str]) -> Run:
     if demo:
         parser.set_defaults(**DEMO_SETTINGS, beta=DEMO_BETA[command])
     if "output_dir" not in given:
-        argv += ["--output_dir", os.path.join("outputs", f"{command}-{'tiny-llama' if demo else 'run'}")]
+        argv += ["--output_dir", _default_output_dir(command, demo, "resume_from_checkpoint" in given)]
     values = vars(parser.parse_args(argv))
     notes: list[str] = []
     model_kwargs = _resolve_aliases(values, given)
@@ -166,12 +166,13 @@ def train(command: str, argv: list[str]) -> int:
     from .data.sources import parse_columns, train_and_eval
     from .errors import DataError
     from .generation import generate_answers
-    from .models import check_model_ref, load_model, load_tokenizer
-    from .trainer import DPOTrainer, ORPOTrainer
+    from .models import check_model_config, ensure_pad_token, load_model, load_tokenizer, text_tokenizer
+    from .trainer import DPOTrainer, ORPOTrainer, prepare_split
 
     run = parse_run(command, argv)
     script, config = run.script, run.config
-    check_model_ref(run.model)  # a missing local model fails before any data is read
+    check_output_dir(config, rank=int(os.environ.get("RANK", "0")))
+    check_model_config(run.model)  # a missing or broken model fails before any data is read
     if run.demo:
         _say(f"preftune {command}: no --model/--dataset given, so this is the demo: the bundled tiny model on the "
              f"bundled tiny-prefs set (lr={config.learning_rate}, epochs={config.num_train_epochs}, beta={config.beta}). "
@@ -196,19 +197,28 @@ def train(command: str, argv: list[str]) -> int:
     if eval_ds is None and config.eval_strategy != "no":
         config.eval_strategy = "no"  # nothing to evaluate on; say so rather than fail at the first eval
         _say("preftune: no evaluation data found, so evaluation is off (pass --eval_split, --eval_dataset or --split_dataset_ratio).")
+    # Tokenizer and every row checked before the model's weights load (minutes for a large model).
     tokenizer = load_tokenizer(run.model)
+    ensure_pad_token(text_tokenizer(tokenizer))
+    try:
+        train_ds, train_report = prepare_split(train_data.dataset, tokenizer, config, "train")
+    except DataError as err:
+        raise DataError(train_data.relabel(str(err))) from None
+    reports = {"train": train_report}
+    if eval_ds is not None:
+        try:
+            eval_ds, reports["eval"] = prepare_split(eval_ds, tokenizer, config, "eval")
+        except DataError as err:
+            raise DataError(eval_data.relabel(str(err))) from None
+    for split, report in reports.items():
+        _say(f"preftune: {split} data: {report.summary()}")
     model = load_model(run.model, run.model_kwargs)
     trainer_cls = ORPOTrainer if command == "orpo" else DPOTrainer
-    try:
-        trainer = trainer_cls(model=model, args=config, train_dataset=train_data.dataset, eval_dataset=eval_ds,
-                              processing_class=tokenizer, peft_config=run.peft_config)
-    except DataError as err:
-        raise DataError(train_data.relabel(str(err)) if eval_data is None else str(err)) from None
+    trainer = trainer_cls(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, peft_config=run.peft_config)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ConsoleProgressCallback)
-    for split, report in trainer.data_reports.items():
-        _say(f"preftune: {split} data: {report.summary()}")
-    samples, before = _demo_samples(trainer.model, tokenizer, eval_ds) if run.demo else ([], [])
+    samples, before = _demo_samples(trainer.model, tokenizer, eval_data.dataset) if run.demo else ([], [])
     _save_command(run, argv)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
@@ -221,6 +231,38 @@ def train(command: str, argv: list[str]) -> int:
         _say("preftune: held-out " + ", ".join(f"{k[5:]}={metrics[k]:.4f}" for k in keys if k in metrics))
     _say(f"preftune: model saved to {config.output_dir}")
     return 0
+
+
+def check_output_dir(config, rank: int = 0) -> None:
+    """Refuse, before anything loads, an output folder that cannot be written, or one holding a
+    previous run's files (unless resuming or --overwrite_output_dir)."""
+    if rank != 0:  # the other processes would see rank 0's first files
+        return
+    path = config.output_dir
+    resuming = str(config.resume_from_checkpoint or "").strip().lower() not in ("", "false", "no", "0", "none")
+    if os.path.isdir(path) and os.listdir(path) and not (resuming or config.overwrite_output_dir):
+        raise ConfigError(f"output folder {path!r} already holds files (a previous run?); pass --overwrite_output_dir "
+                          "to train into it anyway, --resume_from_checkpoint true to continue that run, or another --output_dir.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to output folder {path!r}: {err.strerror or err}.") from None
+
+
+def _default_output_dir(command: str, demo: bool, resuming: bool) -> str:
+    """outputs/orpo-tiny-llama, or -2, -3, ... when that holds a previous run (resuming takes the first)."""
+    base = os.path.join("outputs", f"{command}-{'tiny-llama' if demo else 'run'}")
+    if resuming:
+        return base
+    path, n = base, 1
+    while os.path.isdir(path) and os.listdir(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
 
 
 def _save_command(run: Run, argv: list[str]) -> None:

@@ -88,6 +88,16 @@ class PreferenceConfig(TrainingArguments):
     logps_chunk_size: Optional[int] = field(
         default=None, metadata={"help": "Tokens per log-prob chunk (default: sized to about 256 MB of fp32 logits)."}
     )
+    max_nonfinite_steps: int = field(
+        default=5,
+        metadata={"help": "Optimizer steps with a NaN/inf loss or gradient are skipped; after this many in a row "
+                  "the run stops with a message (0: never stop)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Let the command line train into an output folder that already holds files "
+                  "(otherwise it refuses, unless resuming)."},
+    )
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:
@@ -112,6 +122,8 @@ class PreferenceConfig(TrainingArguments):
         self.length_limits()  # validates the length flags
         if self.beta <= 0:
             raise ConfigError(f"beta={self.beta} must be positive.")
+        if self.max_nonfinite_steps < 0:
+            raise ConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be 0 (never stop) or more.")
 
 
 @dataclass

@@ -36,6 +36,19 @@ def check_model_ref(name_or_path: str) -> None:
         raise ConfigError(f"model path {name_or_path!r} does not exist; pass a local model folder or a hub id.")
 
 
+def check_model_config(name_or_path: str, trust_remote_code: bool = False) -> None:
+    """Read only the model's config.json (a few KB): a wrong id, a folder without a model, or an
+    unknown architecture fails here, before any data is read or weights are downloaded."""
+    from transformers import AutoConfig
+
+    check_model_ref(name_or_path)
+    try:
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model {name_or_path!r} cannot be used: {first}") from None
+
+
 def load_model(name_or_path: str, init_kwargs: dict | None = None) -> PreTrainedModel:
     """Load a causal LM by hub id or local path."""
     check_model_ref(name_or_path)

@@ -18,10 +18,12 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
+from . import checkpoints
 from .config import DPOConfig, ORPOConfig, PreferenceConfig
 from .data.collate import REF_COLUMNS, PreferenceBatch, PreferenceCollator
 from .data.prepare import prepare_dataset
 from .errors import ConfigError
+from .guard import NonFiniteGuard
 from .prefix import batch_logps
 from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
 from .objectives import objective_from_config
@@ -31,6 +33,7 @@ from .sync import SyncReferenceCallback
 
 logger = logging.getLogger(__name__)
 
+REF_WEIGHTS = "reference_model.safetensors"  # TR-DPO: the synced reference, saved with each checkpoint
 _COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", *REF_COLUMNS]
 
 
@@ -116,6 +119,8 @@ class PreferenceTrainer(Trainer):
             self.reference.model = self.accelerator.prepare_model(self.reference.model, evaluation_mode=True)
         if precompute:
             self._precompute_reference()
+        self.nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
+        self.add_callback(self.nonfinite_guard)
         if getattr(args, "sync_ref_model", False):
             self.add_callback(SyncReferenceCallback(self.reference.model, self.model, args.ref_model_mixup_alpha,
                                                     args.ref_model_sync_steps))
@@ -144,14 +149,8 @@ class PreferenceTrainer(Trainer):
         """Rows of any supported shape -> token ids (already prepared data passes through)."""
         if dataset is None or _is_prepared(dataset):
             return dataset
-        with args.main_process_first(desc=f"preparing {split} data"):
-            prepared, report = prepare_dataset(
-                dataset, tokenizer, args.length_limits(), skip_bad_rows=args.skip_bad_rows, num_proc=args.dataset_num_proc,
-                desc=f"tokenizing {split} pairs",
-            )
+        prepared, report = prepare_split(dataset, tokenizer, args, split)
         self.data_reports[split] = report
-        level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
-        logger.log(level, "%s data: %s", split, report.summary())
         return prepared
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -181,6 +180,8 @@ class PreferenceTrainer(Trainer):
         if policy.aux_loss is not None:
             loss = loss + self._router_aux_loss_coef(model) * policy.aux_loss
             metrics["aux_loss"] = policy.aux_loss.detach().reshape(1)
+        if model.training:
+            self.nonfinite_guard.note_loss(loss)
         self._store_metrics(metrics, "train" if model.training else "eval")
         return (loss, metrics) if return_outputs else loss
 
@@ -216,13 +217,66 @@ class PreferenceTrainer(Trainer):
         for name, (total, count) in self._stored_metrics[split].items():
             logs[prefix + name] = total / max(count, 1)
         self._stored_metrics[split].clear()
+        if split == "train" and "loss" in logs and self.nonfinite_guard.skipped:
+            logs["skipped_steps"] = self.nonfinite_guard.skipped
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ run
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """As Trainer.train; `resume_from_checkpoint=True` (or "true") takes the newest *complete* checkpoint."""
+        say = print if self.is_world_process_zero() else (lambda *_: None)
+        resume = checkpoints.resolve_resume(resume_from_checkpoint, self.args.output_dir, say=say)
+        if resume is not None:
+            self._load_extra_state(resume)
         self.save_resolved_config()
-        return super().train(*args, **kwargs)
+        return super().train(resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    # ----------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self, model, trial):
+        """Trainer's checkpoint, plus preftune's own state, marked complete last; rotation only after that."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # Trainer would rotate before our marker exists
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save:
+            self._save_extra_state(folder)
+        self.accelerator.wait_for_everyone()  # every process's RNG state is written
+        if self.args.should_save:
+            checkpoints.mark_complete(folder, self.state.global_step)
+            checkpoints.rotate(run_dir, limit, keep=self.state.best_model_checkpoint)
+
+    def _save_extra_state(self, folder: str) -> None:
+        """What Trainer does not know about: BCO's running reward mean, a TR-DPO reference's weights."""
+        state = {"nonfinite_skipped": self.nonfinite_guard.skipped}
+        bco = getattr(self.objective, "bco", None)
+        if bco is not None:
+            state["bco_running_mean"] = {"mean": bco.mean, "count": bco.count}
+        checkpoints.save_extra_state(folder, state)
+        if getattr(self.args, "sync_ref_model", False) and isinstance(self.reference, ModelReference):
+            from safetensors.torch import save_model
+
+            save_model(self.accelerator.unwrap_model(self.reference.model), os.path.join(folder, REF_WEIGHTS))
+
+    def _load_extra_state(self, folder: str) -> None:
+        state = checkpoints.load_extra_state(folder)
+        self.nonfinite_guard.skipped = state.get("nonfinite_skipped", 0)
+        bco = getattr(self.objective, "bco", None)
+        if bco is not None and "bco_running_mean" in state:
+            bco.mean, bco.count = state["bco_running_mean"]["mean"], state["bco_running_mean"]["count"]
+        ref_path = os.path.join(folder, REF_WEIGHTS)
+        if getattr(self.args, "sync_ref_model", False) and isinstance(self.reference, ModelReference):
+            if not os.path.isfile(ref_path):
+                raise ConfigError(f"{folder} has no {REF_WEIGHTS}: it was not saved by a TR-DPO run, so the synced "
+                                  "reference cannot be restored; resume without --sync_ref_model or from another run.")
+            from safetensors.torch import load_model
+
+            load_model(self.accelerator.unwrap_model(self.reference.model), ref_path)
 
     def save_resolved_config(self) -> None:
         """Write the full, resolved config (tokens redacted) next to the checkpoints."""
@@ -235,9 +289,25 @@ class PreferenceTrainer(Trainer):
             json.dump(config, f, indent=2, sort_keys=True, default=str)
 
 
+def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str):
+    """Rows -> token ids with `args`' length limits and bad-row policy: (prepared dataset, PrepareReport).
+
+    The command line calls this before loading the model's weights, so that every
+    data problem is found first; the trainer calls it for raw datasets it is given.
+    """
+    with args.main_process_first(desc=f"preparing {split} data"):
+        prepared, report = prepare_dataset(
+            dataset, text_tokenizer(tokenizer), args.length_limits(), skip_bad_rows=args.skip_bad_rows,
+            num_proc=args.dataset_num_proc, desc=f"tokenizing {split} pairs",
+        )
+    level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
+    logger.log(level, "%s data: %s", split, report.summary())
+    return prepared, report
+
+
 def _is_prepared(dataset) -> bool:
     names = getattr(dataset, "column_names", None)
-    return names is not None and set(_COLUMNS) <= set(names)
+    return names is not None and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(names)
 
 
 def _one_of(processing_class, tokenizer):
