@@ -90,6 +90,8 @@ def parse_run(command: str, argv: list[str]) -> Run:
     if script.model and script.model_type and script.model_type not in MODEL_TYPES:
         notes.append(f"--model_type {script.model_type!r} is not in preftune's table; unused, since --model gives the model.")
     peft_config = _peft_config(script, notes, given)
+    if script.merge and peft_config is None:
+        raise ConfigError("--merge folds a LoRA adapter into its base, but this run trains all weights; add --use_peft or drop --merge.")
     load_kwargs = dict(config.model_init_kwargs or {})
     quantization = _quantization(script, values)
     if quantization:  # the object goes to from_pretrained, its dict into the resolved config
@@ -172,6 +174,10 @@ def train(command: str, argv: list[str]) -> int:
     run = parse_run(command, argv)
     script, config = run.script, run.config
     check_output_dir(config, rank=int(os.environ.get("RANK", "0")))
+    merge_to = script.merge_output or config.output_dir.rstrip("/\\") + "-merged"
+    if script.merge and os.path.isdir(merge_to) and os.listdir(merge_to) and not config.overwrite_output_dir:
+        raise ConfigError(f"--merge would write into {merge_to!r}, which already holds files; pass --merge_output "
+                          "with another folder, or --overwrite_output_dir.")
     check_model_config(run.model)  # a missing or broken model fails before any data is read
     if run.demo:
         _say(f"preftune {command}: no --model/--dataset given, so this is the demo: the bundled tiny model on the "
@@ -218,6 +224,8 @@ def train(command: str, argv: list[str]) -> int:
                           processing_class=tokenizer, peft_config=run.peft_config)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ConsoleProgressCallback)
+    trainer.data_reports = reports
+    trainer.dataset_names = script.dataset or (["tiny-prefs (bundled)"] if run.demo else None)
     samples, before = _demo_samples(trainer.model, tokenizer, eval_data.dataset) if run.demo else ([], [])
     _save_command(run, argv)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
@@ -230,6 +238,11 @@ def train(command: str, argv: list[str]) -> int:
         keys = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected"]
         _say("preftune: held-out " + ", ".join(f"{k[5:]}={metrics[k]:.4f}" for k in keys if k in metrics))
     _say(f"preftune: model saved to {config.output_dir}")
+    if script.merge and int(os.environ.get("RANK", "0")) == 0:
+        from .merge import merge_adapter
+
+        merged = merge_adapter(config.output_dir, merge_to, overwrite=config.overwrite_output_dir)
+        _say(f"preftune: merged model saved to {merged}")
     return 0
 
 

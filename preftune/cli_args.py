@@ -128,6 +128,9 @@ class ScriptArguments:
     batch_size: Optional[int] = field(default=None, metadata={"help": "ms-swift: = --per_device_train_batch_size."})
     eval_batch_size: Optional[int] = field(default=None, metadata={"help": "ms-swift: = --per_device_eval_batch_size."})
     warmup_ratio: Optional[float] = field(default=None, metadata={"help": "Fraction of the steps spent warming up the learning rate (= --warmup_steps below 1)."})
+    # ---- after training
+    merge: bool = field(default=False, metadata={"aliases": ["--merge_lora"], "help": "With LoRA: fold the trained adapter into its base at the end and save the merged model (see --merge_output)."})
+    merge_output: Optional[str] = field(default=None, metadata={"help": "Folder of the merged model (default: OUTPUT_DIR-merged)."})
 
 
 def _config_class(command: str):

@@ -67,7 +67,13 @@ class PreferenceConfig(TrainingArguments):
     padding_value: Optional[int] = field(
         default=None, metadata={"help": "Token id used for padding (default: the tokenizer's pad token)."}
     )
-    generate_during_eval: bool = field(default=False, metadata={"help": "Generate samples at each evaluation."})
+    generate_during_eval: bool = field(
+        default=False,
+        metadata={"help": "At each evaluation, answer a few eval prompts (policy, and reference for DPO) and log them "
+                  "to OUTPUT_DIR/eval_generations.jsonl and the trackers."},
+    )
+    generation_num_prompts: int = field(default=4, metadata={"help": "Prompts answered by generate_during_eval."})
+    generation_max_new_tokens: int = field(default=64, metadata={"help": "Longest answer of generate_during_eval."})
     is_encoder_decoder: Optional[bool] = field(default=None, metadata={"help": "Set when using model_init."})
     model_init_kwargs: Optional[dict[str, Any]] = field(
         default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name."}
@@ -122,8 +128,32 @@ class PreferenceConfig(TrainingArguments):
         self.length_limits()  # validates the length flags
         if self.beta <= 0:
             raise ConfigError(f"beta={self.beta} must be positive.")
+        _check_trackers(self.report_to)
         if self.max_nonfinite_steps < 0:
             raise ConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be 0 (never stop) or more.")
+
+
+# report_to name -> (modules any one of which must import, what to install)
+_TRACKERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "comet_ml": (("comet_ml",), "comet_ml"),
+    "trackio": (("trackio",), "trackio"),
+}
+
+
+def _check_trackers(report_to) -> None:
+    """A tracker named in report_to whose package is missing fails here, not at the first log."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in _TRACKERS:
+            modules, package = _TRACKERS[name]
+            if not any(importlib.util.find_spec(m) for m in modules):
+                raise ConfigError(f"report_to={name!r} needs the {package} package, which is not installed; "
+                                  f"pip install {package}, or pass --report_to none.")
 
 
 @dataclass

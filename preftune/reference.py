@@ -11,6 +11,7 @@ ORPO and reference-free DPO use no provider (None).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 
@@ -53,14 +54,24 @@ class ModelReference(_Chunking):
     def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
         return self.run(self.model, batch)
 
+    @contextlib.contextmanager
+    def as_model(self, policy_model):
+        """The reference as a model to call (e.g. to generate with)."""
+        yield self.model
+
 
 @dataclass
 class AdapterDisabledReference(_Chunking):
     kind = "the policy with its adapter disabled"
 
     def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
+        with self.as_model(policy_model) as model:
+            return self.run(model, batch)
+
+    @contextlib.contextmanager
+    def as_model(self, policy_model):
         with _unwrap_ddp(policy_model).disable_adapter():
-            return self.run(policy_model, batch)
+            yield policy_model
 
 
 @dataclass
@@ -70,10 +81,15 @@ class AdapterSwitchReference(_Chunking):
     kind = "a second adapter on the same model"
 
     def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
+        with self.as_model(policy_model) as model:
+            return self.run(model, batch)
+
+    @contextlib.contextmanager
+    def as_model(self, policy_model):
         peft_model = _unwrap_ddp(policy_model)
         peft_model.set_adapter(self.ref_adapter_name)
         try:
-            return self.run(policy_model, batch)
+            yield policy_model
         finally:
             peft_model.set_adapter(self.model_adapter_name)  # also makes the trained adapter trainable again
 
@@ -87,6 +103,10 @@ class PrecomputedReference:
             raise RuntimeError("precompute_ref_log_probs is on but the batch carries no reference log-probs")
         zeros = torch.zeros_like(batch.ref_logps)
         return SequenceLogps(batch.ref_logps, zeros, zeros, zeros, zeros)
+
+    @contextlib.contextmanager
+    def as_model(self, policy_model):
+        yield None  # no reference model exists
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

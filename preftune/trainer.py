@@ -23,6 +23,7 @@ from .config import DPOConfig, ORPOConfig, PreferenceConfig
 from .data.collate import REF_COLUMNS, PreferenceBatch, PreferenceCollator
 from .data.prepare import prepare_dataset
 from .errors import ConfigError
+from .eval_generations import log_eval_generations
 from .guard import NonFiniteGuard
 from .prefix import batch_logps
 from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
@@ -119,6 +120,8 @@ class PreferenceTrainer(Trainer):
             self.reference.model = self.accelerator.prepare_model(self.reference.model, evaluation_mode=True)
         if precompute:
             self._precompute_reference()
+        self.base_model_name = _base_model_name(self.model)
+        self.dataset_names = None  # named in the model card; the command line sets it
         self.nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
         if getattr(args, "sync_ref_model", False):
@@ -157,7 +160,10 @@ class PreferenceTrainer(Trainer):
         """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first."""
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
             eval_dataset = self._prepare(eval_dataset, text_tokenizer(self.processing_class), self.args, "eval")
-        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.args.generate_during_eval:
+            log_eval_generations(self)
+        return metrics
 
     def _set_signature_columns_if_needed(self):
         self._signature_columns = list(_COLUMNS)
@@ -230,7 +236,44 @@ class PreferenceTrainer(Trainer):
         if resume is not None:
             self._load_extra_state(resume)
         self.save_resolved_config()
-        return super().train(resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        output = super().train(resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        self.write_report(self.args.output_dir)
+        return output
+
+    # ---------------------------------------------------------------- report
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """As Trainer.save_model; a final save (not a checkpoint) also gets the run report (card, metrics, curves)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if not _internal_call:
+            self.write_report(output_dir or self.args.output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """As Trainer._save, but the pickled training_args.bin it writes carries no hub token."""
+        token = self.args.hub_token
+        self.args.hub_token = None
+        try:
+            super()._save(output_dir, state_dict=state_dict)
+        finally:
+            self.args.hub_token = token
+
+    def create_model_card(self, model_name=None, **kwargs):
+        """Called by push_to_hub before the upload: preftune's card instead of Trainer's."""
+        self.write_report(self.args.output_dir)
+
+    def write_report(self, folder: str) -> dict:
+        """metrics.jsonl, training_curves.png and the model card README.md into `folder` (main process only)."""
+        if not self.is_world_process_zero():
+            return {}
+        from .report import write_run_report
+
+        adapter = is_peft_model(self.model)
+        return write_run_report(
+            folder, self.state.log_history, trainer_name=type(self).__name__, base_model=self.base_model_name,
+            datasets=self.dataset_names, config_dict={"trainer": type(self).__name__, **self.args.to_dict()},
+            adapter=adapter, lora=self.model if adapter else None,
+            data_summaries={k: r.summary() for k, r in self.data_reports.items()},
+        )
 
     # ----------------------------------------------------------- checkpoints
 
@@ -287,6 +330,16 @@ class PreferenceTrainer(Trainer):
         config = {"trainer": type(self).__name__, **self.args.to_dict()}
         with open(path, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True, default=str)
+
+
+def _base_model_name(model) -> str | None:
+    """The hub id or path the policy was loaded from (the base, for an adapter)."""
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and peft_config:
+        name = next(iter(peft_config.values())).base_model_name_or_path
+        if name:
+            return name
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
 def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str):
