@@ -178,7 +178,8 @@ def train(command: str, argv: list[str]) -> int:
     if script.merge and os.path.isdir(merge_to) and os.listdir(merge_to) and not config.overwrite_output_dir:
         raise ConfigError(f"--merge would write into {merge_to!r}, which already holds files; pass --merge_output "
                           "with another folder, or --overwrite_output_dir.")
-    check_model_config(run.model)  # a missing or broken model fails before any data is read
+    remote_code = bool(run.model_kwargs.get("trust_remote_code"))
+    check_model_config(run.model, trust_remote_code=remote_code)  # a missing or broken model fails before any data is read
     if run.demo:
         _say(f"preftune {command}: no --model/--dataset given, so this is the demo: the bundled tiny model on the "
              f"bundled tiny-prefs set (lr={config.learning_rate}, epochs={config.num_train_epochs}, beta={config.beta}). "
@@ -204,7 +205,7 @@ def train(command: str, argv: list[str]) -> int:
         config.eval_strategy = "no"  # nothing to evaluate on; say so rather than fail at the first eval
         _say("preftune: no evaluation data found, so evaluation is off (pass --eval_split, --eval_dataset or --split_dataset_ratio).")
     # Tokenizer and every row checked before the model's weights load (minutes for a large model).
-    tokenizer = load_tokenizer(run.model)
+    tokenizer = load_tokenizer(run.model, trust_remote_code=remote_code)
     ensure_pad_token(text_tokenizer(tokenizer))
     try:
         train_ds, train_report = prepare_split(train_data.dataset, tokenizer, config, "train")

@@ -97,6 +97,7 @@ class ScriptArguments:
     dtype: Optional[str] = field(default=None, metadata={
         "aliases": ["--torch_dtype"], "help": "AUTO, bf16, fp16 or fp32: weights' dtype and mixed precision (see the README)."})
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention implementation passed to from_pretrained (e.g. sdpa, eager, flash_attention_2)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the Python code a hub model ships with its weights (off by default: only for models you trust)."})
     check_model_is_latest: Optional[bool] = field(default=None, metadata={"help": "Accepted for ms-swift command lines; preftune never checks for newer model versions."})
     # ---- LoRA / QLoRA
     sft_type: Optional[Literal["lora", "full"]] = field(default=None, metadata={"aliases": ["--train_type"], "help": "ms-swift: lora (= --use_peft) or full."})
@@ -256,6 +257,8 @@ def _resolve_aliases(values: dict, given: set) -> dict:
     kwargs = {}
     if values.get("attn_implementation"):
         kwargs["attn_implementation"] = values["attn_implementation"]
+    if values.get("trust_remote_code"):
+        kwargs["trust_remote_code"] = True
     dtype = values.get("dtype")
     if dtype is not None:
         kwargs.update(_resolve_dtype(dtype, values, given))

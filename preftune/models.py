@@ -62,10 +62,10 @@ def load_model(name_or_path: str, init_kwargs: dict | None = None) -> PreTrained
         raise ConfigError(f"could not load model {name_or_path!r}: {err}") from err
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     check_model_ref(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(f"could not load the tokenizer of {name_or_path!r}: {err}") from err
 

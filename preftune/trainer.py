@@ -69,7 +69,8 @@ class PreferenceTrainer(Trainer):
         if isinstance(model, str):
             name = model
             model = load_model(name, args.model_init_kwargs)
-            processing_class = processing_class or load_tokenizer(name)
+            remote_code = bool((args.model_init_kwargs or {}).get("trust_remote_code"))
+            processing_class = processing_class or load_tokenizer(name, trust_remote_code=remote_code)
         if isinstance(ref_model, str):
             ref_model = load_model(ref_model, getattr(args, "ref_model_init_kwargs", None))
         if processing_class is None:
