@@ -9,6 +9,7 @@ install:
 demo: install
 	$(PYTHON) -m preftune orpo
 
-# Install, then run the whole test suite.
-test: install
+# Install with the test tools (and Debian's chromium for the browser test), then run the whole test suite.
+test:
+	PYTHON=$(PYTHON) bash scripts/install.sh --test
 	$(PYTHON) -m pytest tests

@@ -1,0 +1,411 @@
+"""`preftune ui PATH`: a local web page to chat with a trained model and, side by side,
+the model it started from, so the effect of preference training is visible.
+
+Every prompt goes to both models; each column keeps its own conversation. The model
+it started from is, for a LoRA adapter folder, the same weights with the adapter
+switched off (no second copy in memory); for a full model folder, ``--base`` or the
+model recorded in the run's ``preftune_command.json``; with neither, the page shows
+the trained model alone and says why.
+
+The page is served by gradio on 127.0.0.1 unless ``--host`` says otherwise. Another
+host without a password is allowed, with a warning; ``--password`` (or the
+``PREFTUNE_UI_PASSWORD`` environment variable) puts a login in front of the page.
+There is no public share link. Gradio's analytics and version check are off, and the
+page loads nothing from outside this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import ipaddress
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError, UserError
+
+# Set before gradio is imported anywhere in this process: no telemetry, no version check.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_USER = "preftune"
+PASSWORD_ENV = "PREFTUNE_UI_PASSWORD"
+
+
+# ------------------------------------------------------------------ answering
+
+
+@torch.no_grad()
+def answer(model, tokenizer, history_messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0) -> str:
+    """The model's next assistant turn for a conversation (a list of role/content messages).
+
+    Uses the tokenizer's chat template; temperature 0 is greedy decoding (as
+    `preftune.generation.generate_answers`), above 0 samples at that temperature.
+    Special tokens are removed and surrounding whitespace stripped. When the
+    conversation would not fit the model's context, the oldest turns are dropped.
+    """
+    messages = list(history_messages)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    while True:
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        fits = not limit or enc["input_ids"].shape[1] + max_new_tokens <= limit
+        if fits or len(messages) <= 1:
+            break
+        messages = _drop_oldest_turn(messages)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    sampling = {"do_sample": True, "temperature": float(temperature)} if temperature > 0 else {"do_sample": False}
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **sampling)
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def _drop_oldest_turn(messages: list[dict]) -> list[dict]:
+    """Drop the first user turn and its answer, keeping a leading system message."""
+    head = [m for m in messages[:1] if m.get("role") == "system"]
+    rest = messages[len(head):]
+    cut = 1
+    while cut < len(rest) - 1 and rest[cut].get("role") != "user":
+        cut += 1
+    return head + rest[cut:]
+
+
+# ---------------------------------------------------------------------- models
+
+
+@dataclass
+class Side:
+    """One column of the page: a model, its tokenizer, its title; `adapter_off` runs it with its LoRA disabled."""
+
+    model: object
+    tokenizer: object
+    label: str
+    adapter_off: bool = False
+
+    def reply(self, messages: list[dict], max_new_tokens: int, temperature: float) -> str:
+        if self.adapter_off:
+            with self.model.disable_adapter():
+                return answer(self.model, self.tokenizer, messages, max_new_tokens, temperature)
+        return answer(self.model, self.tokenizer, messages, max_new_tokens, temperature)
+
+
+@dataclass
+class Loaded:
+    trained: Side
+    base: Side | None
+    notes: list = field(default_factory=list)
+
+
+def recorded_base(path: str) -> str | None:
+    """The model a run started from, as its output folder records it (or its parent's, for a checkpoint).
+
+    `preftune_command.json` (written by the `preftune` command line) names it under
+    `model`; `preftune_config.json` is read too, for a `model_name_or_path` or
+    `model` entry, in case a caller recorded it there.
+    """
+    path = os.path.expanduser(path)
+    for folder in (path, os.path.dirname(os.path.normpath(path))):
+        for name, keys in (("preftune_command.json", ("model",)), ("preftune_config.json", ("model_name_or_path", "model"))):
+            file = os.path.join(folder, name)
+            if not os.path.isfile(file):
+                continue
+            try:
+                with open(file) as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                continue
+            for key in keys:
+                value = record.get(key) if isinstance(record, dict) else None
+                if isinstance(value, str) and value:
+                    return value
+    return None
+
+
+def load_models(path: str, base: str | None = None, dtype=None, device: str | None = None) -> Loaded:
+    """PATH (and --base) -> the trained side and the side it started from, with notes for the person."""
+    from .models import adapter_base, ensure_pad_token, is_adapter_folder, load_model, load_tokenizer, load_trained
+
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"PATH {path!r} is not a folder; pass a run's output folder (a trained model or LoRA adapter).")
+    notes: list[str] = []
+    if is_adapter_folder(path):
+        model, tokenizer = load_trained(path, base=base, dtype=dtype, device=device)
+        _check_chat_template(tokenizer, path)
+        base_name = base or adapter_base(path)
+        trained = Side(model, tokenizer, f"trained ({path})")
+        return Loaded(trained, Side(model, tokenizer, f"started from ({base_name})", adapter_off=True), notes)
+    model, tokenizer = load_trained(path, dtype=dtype, device=device)
+    _check_chat_template(tokenizer, path)
+    trained = Side(model, tokenizer, f"trained ({path})")
+    base_name = base or recorded_base(path)
+    if not base_name:
+        notes.append(f"{path} is a full model and its run recorded no starting model, so only the trained model is "
+                     f"shown; pass --base MODEL to compare with the model it started from.")
+        return Loaded(trained, None, notes)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    try:
+        base_model = load_model(base_name, kwargs)
+        base_tokenizer = load_tokenizer(base_name)
+    except UserError as err:
+        if base:  # asked for by name: a failure is the user's to fix
+            raise ConfigError(f"--base {base!r} could not be loaded: {err}") from None
+        notes.append(f"the model this run started from ({base_name}) could not be loaded ({err}); only the trained "
+                     f"model is shown; pass --base MODEL to compare.")
+        return Loaded(trained, None, notes)
+    if device:
+        base_model = base_model.to(device)
+    ensure_pad_token(base_tokenizer)
+    if not getattr(base_tokenizer, "chat_template", None):
+        base_tokenizer.chat_template = tokenizer.chat_template
+        notes.append(f"{base_name}'s tokenizer has no chat template; it is prompted with the trained model's template.")
+    return Loaded(trained, Side(base_model.eval(), base_tokenizer, f"started from ({base_name})"), notes)
+
+
+def _check_chat_template(tokenizer, path: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"the tokenizer of {path!r} has no chat template, so it cannot be chatted with; "
+                          f"save the tokenizer the run trained with into that folder.")
+
+
+# ------------------------------------------------------------------------ page
+
+
+def _gradio():
+    try:
+        import gradio as gr
+    except ImportError:
+        raise UserError("preftune ui needs gradio, which is not installed; pip install 'preftune[ui]'.") from None
+    return gr
+
+
+def build_app(trained, tokenizer, base=None, base_tokenizer=None, *, trained_label: str = "trained",
+              base_label: str = "started from", notes: list[str] | tuple = (), max_new_tokens: int = 256,
+              temperature: float = 0.0, title: str = "preftune ui"):
+    """The page as a `gr.Blocks` (not launched): a prompt box, Send and Clear, one chat column per model.
+
+    `base` is the model to compare with: another model (with `base_tokenizer`, default
+    `tokenizer`), or `trained` itself when it is a PEFT model, meaning the same weights
+    with the adapter disabled; None shows the trained model alone. Answers use
+    `answer(...)` with `max_new_tokens` and `temperature`; one generation runs at a time.
+    """
+    from .models import is_peft_model
+
+    trained_side = Side(trained, tokenizer, trained_label)
+    base_side = None
+    if base is not None:
+        adapter_off = base is trained
+        if adapter_off and not is_peft_model(trained):
+            raise ConfigError("base is the trained model itself, which has no adapter to switch off; pass the starting model.")
+        base_side = Side(base, base_tokenizer if base_tokenizer is not None else tokenizer, base_label, adapter_off)
+    return _build_page(trained_side, base_side, list(notes), max_new_tokens, temperature, title)
+
+
+def _build_page(trained: Side, base: Side | None, notes: list[str], max_new_tokens: int, temperature: float, title: str):
+    gr = _gradio()
+    lock = threading.Lock()  # one generation at a time: the adapter switch is model-wide state
+    chat_params = inspect.signature(gr.Chatbot.__init__).parameters
+    chat_kwargs = {"type": "messages"} if "type" in chat_params else {}  # gradio 5; gradio 6 has only messages
+    if "buttons" in chat_params:  # no "share to the Hugging Face Hub" button: nothing leaves this machine
+        chat_kwargs["buttons"] = ["copy", "copy_all"]
+    elif "show_share_button" in chat_params:
+        chat_kwargs["show_share_button"] = False
+    decoding = "greedy decoding" if temperature <= 0 else f"sampling at temperature {temperature:g}"
+    blocks_kwargs = {}
+    if "theme" not in inspect.signature(gr.Blocks.launch).parameters:
+        # gradio 5's default theme takes its font from fonts.googleapis.com, and the page waits for it: where
+        # the network drops packets it never renders. The same font ships inside gradio; use that copy.
+        from gradio.themes.utils.fonts import LocalFont
+
+        font = [LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"]
+        blocks_kwargs["theme"] = gr.themes.Default(font=font)
+    with gr.Blocks(title=title, analytics_enabled=False, **blocks_kwargs) as app:
+        gr.Markdown(f"## {title}\nThe same prompt goes to both models; each column keeps its own conversation "
+                    f"({decoding}, at most {max_new_tokens} new tokens).")
+        for note in notes:
+            gr.Markdown(f"**Note:** {note}", elem_classes=["preftune-note"])
+        with gr.Row():
+            with gr.Column():
+                trained_chat = gr.Chatbot(value=[], label=trained.label, show_label=True, elem_id="trained-chat",
+                                          height=460, **chat_kwargs)
+            if base is not None:
+                with gr.Column():
+                    base_chat = gr.Chatbot(value=[], label=base.label, show_label=True, elem_id="base-chat",
+                                           height=460, **chat_kwargs)
+        prompt = gr.Textbox(label="Prompt", placeholder="Ask both models something, then press Send (or Enter).",
+                            lines=2, elem_id="prompt")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            clear = gr.Button("Clear", elem_id="clear")
+        trained_state = gr.State([])
+        base_state = gr.State([])
+
+        def respond(message, trained_history, base_history):
+            message = (message or "").strip()
+            if not message:
+                yield gr.update(), trained_history, base_history, trained_history, base_history
+                return
+            turn = {"role": "user", "content": message}
+            trained_history = [*trained_history, turn]
+            base_history = [*base_history, turn]
+            yield "", trained_history, base_history, trained_history, base_history
+            with lock:
+                reply = trained.reply(trained_history, max_new_tokens, temperature)
+            trained_history = [*trained_history, {"role": "assistant", "content": reply}]
+            yield "", trained_history, base_history, trained_history, base_history
+            if base is not None:
+                with lock:
+                    reply = base.reply(base_history, max_new_tokens, temperature)
+                base_history = [*base_history, {"role": "assistant", "content": reply}]
+                yield "", trained_history, base_history, trained_history, base_history
+
+        def reset():
+            return "", [], [], [], []
+
+        chats = [trained_chat, base_chat] if base is not None else [trained_chat, gr.State([])]
+        outputs = [prompt, *chats, trained_state, base_state]
+        for event in (send.click, prompt.submit):
+            event(respond, inputs=[prompt, trained_state, base_state], outputs=outputs)
+        clear.click(reset, outputs=outputs)
+        for chat in [trained_chat] + ([base_chat] if base is not None else []):
+            chat.clear(reset, outputs=outputs)  # a column's own trash icon clears both conversations too
+    return app
+
+
+def launch(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, user: str = DEFAULT_USER,
+           password: str | None = None, block: bool = True, quiet: bool = False):
+    """Serve the page on host:port (login `user`/`password` when a password is given); returns the local URL.
+
+    With `block`, waits until Ctrl+C and closes the server; otherwise returns at once
+    (close it with `app.close()`).
+    """
+    # A proxy in the environment must not catch the server's own check of its loopback URL.
+    for name in ("NO_PROXY", "no_proxy"):
+        have = [h for h in os.environ.get(name, "").split(",") if h]
+        os.environ[name] = ",".join(have + [h for h in ("127.0.0.1", "localhost", "::1") if h not in have])
+    auth = (user, password) if password else None
+    extra = {}
+    if "run_history" in inspect.signature(app.launch).parameters:
+        # gradio 6 records runs in the browser and offers to upload them to a Hugging Face bucket: off.
+        extra["run_history"] = False
+    try:
+        _, local_url, _ = app.launch(server_name=host, server_port=port, auth=auth, share=False, inbrowser=False,
+                                     prevent_thread_lock=True, quiet=True, ssr_mode=False, show_error=True,
+                                     auth_message=f"preftune ui: log in as {user}." if auth else None, **extra)
+    except OSError:
+        raise ConfigError(f"--port {port} on --host {host} cannot be served (in use, or the address is not this "
+                          f"machine's); pick another --port or --host.") from None
+    if not quiet:
+        print(f"preftune ui: serving {local_url} " + ("(login required) " if auth else "") + "- Ctrl+C to stop", flush=True)
+    if block:
+        try:
+            app.block_thread()
+        finally:
+            app.close()
+    return local_url
+
+
+# ------------------------------------------------------------------ command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{message} (see preftune ui --help).")
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is below 0")
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="preftune ui", allow_abbrev=False,
+                description="A local web page: chat with a trained model and, side by side, the model it started from.")
+    p.add_argument("path", metavar="PATH", help="A run's output folder: a full model or a LoRA adapter.")
+    p.add_argument("--base", help="The model it started from (hub id or folder). For an adapter, the base to load it on "
+                                  "(default: from adapter_config.json); for a full model, the model to compare with "
+                                  "(default: the model recorded in PATH/preftune_command.json).")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"Address to serve on (default {DEFAULT_HOST}: this machine only).")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"Port to serve on (default {DEFAULT_PORT}).")
+    p.add_argument("--password", help=f"Require a login with this password (default: ${PASSWORD_ENV}, if set). "
+                                      f"Prefer the environment variable: flags show up in the process list.")
+    p.add_argument("--user", default=DEFAULT_USER, help=f"User name for the login (default {DEFAULT_USER}).")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=_positive_int, default=256,
+                   help="Longest answer, in tokens (default 256).")
+    p.add_argument("--temperature", type=_temperature, default=0.0,
+                   help="0 (default) answers greedily; above 0 samples at that temperature.")
+    p.add_argument("--dtype", help="Load the models in this dtype (auto, bf16, fp16, fp32).")
+    p.add_argument("--device", help="Put the models on this device (e.g. cuda, cpu).")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    argv = list(argv)
+    if any(a == "--share" or a.startswith("--share=") for a in argv):
+        raise ConfigError("--share is not offered: preftune ui serves only on --host (127.0.0.1 by default); "
+                          "to reach it from elsewhere use --host 0.0.0.0 with --password, or an SSH tunnel.")
+    args = make_parser().parse_args(argv)
+    if args.password is None:
+        args.password = os.environ.get(PASSWORD_ENV) or None
+    if args.password == "":
+        raise ConfigError("--password is empty; give a password, or leave the flag out.")
+    if not args.user:
+        raise ConfigError("--user is empty; give a user name for the login.")
+    return args
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    if not os.path.isdir(os.path.expanduser(args.path)):
+        raise ConfigError(f"PATH {args.path!r} is not a folder; pass a run's output folder (a trained model or LoRA adapter).")
+    _gradio()  # fail on a missing gradio before any model is loaded
+    if not is_loopback(args.host) and not args.password:
+        print(f"preftune ui: warning: --host {args.host} serves the page beyond this machine and no password is set; "
+              f"anyone who can reach port {args.port} can use the models (set --password or ${PASSWORD_ENV}).",
+              file=sys.stderr, flush=True)
+    loaded = load_models(args.path, base=args.base, dtype=args.dtype, device=args.device)
+    for note in loaded.notes:
+        print(f"preftune ui: note: {note}", file=sys.stderr, flush=True)
+    base = loaded.base
+    app = _build_page(loaded.trained, base, loaded.notes, args.max_new_tokens, args.temperature, "preftune ui")
+    launch(app, host=args.host, port=args.port, user=args.user, password=args.password, block=True)
+    return 0
