@@ -116,6 +116,9 @@ class PreferenceConfig(TrainingArguments):
             self.eval_strategy = wanted
         if self.bf16 is None:
             self.bf16 = bool(_bf16_available() and not self.fp16 and not self.use_cpu)
+        from .parallel import resolve_presets
+
+        resolve_presets(self)
         self._validate_preference_fields()
         super().__post_init__()
 

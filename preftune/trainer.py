@@ -28,6 +28,7 @@ from .guard import NonFiniteGuard
 from .prefix import batch_logps
 from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
 from .objectives import objective_from_config
+from .parallel import prepare_reference_model
 from .precompute import attach_reference_logps, reference_fingerprint
 from .reference import ModelReference, PrecomputedReference, logps_options, reference_for
 from .sync import SyncReferenceCallback
@@ -118,7 +119,7 @@ class PreferenceTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
         if isinstance(self.reference, ModelReference) and self.reference.model is not self.model:
-            self.reference.model = self.accelerator.prepare_model(self.reference.model, evaluation_mode=True)
+            self.reference.model = prepare_reference_model(self.accelerator, self.reference.model)
         if precompute:
             self._precompute_reference()
         self.base_model_name = _base_model_name(self.model)
