@@ -97,6 +97,7 @@ class ScriptArguments:
     dtype: Optional[str] = field(default=None, metadata={
         "aliases": ["--torch_dtype"], "help": "AUTO, bf16, fp16 or fp32: weights' dtype and mixed precision (see the README)."})
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention implementation passed to from_pretrained (e.g. sdpa, eager, flash_attention_2)."})
+    device_map: Optional[str] = field(default=None, metadata={"help": "One process, the model split across its GPUs (ms-swift's MP mode): auto, balanced or sequential (passed to from_pretrained)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the Python code a hub model ships with its weights (off by default: only for models you trust)."})
     check_model_is_latest: Optional[bool] = field(default=None, metadata={"help": "Accepted for ms-swift command lines; preftune never checks for newer model versions."})
     # ---- LoRA / QLoRA
@@ -259,6 +260,10 @@ def _resolve_aliases(values: dict, given: set) -> dict:
         kwargs["attn_implementation"] = values["attn_implementation"]
     if values.get("trust_remote_code"):
         kwargs["trust_remote_code"] = True
+    if values.get("device_map"):
+        if values["device_map"] not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ConfigError(f"--device_map {values['device_map']!r} is not known; use auto, balanced or sequential.")
+        kwargs["device_map"] = values["device_map"]
     dtype = values.get("dtype")
     if dtype is not None:
         kwargs.update(_resolve_dtype(dtype, values, given))

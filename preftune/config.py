@@ -116,6 +116,7 @@ class PreferenceConfig(TrainingArguments):
             self.eval_strategy = wanted
         if self.bf16 is None:
             self.bf16 = bool(_bf16_available() and not self.fp16 and not self.use_cpu)
+        _check_precision(self)
         from .parallel import resolve_presets
 
         resolve_presets(self)
@@ -134,6 +135,20 @@ class PreferenceConfig(TrainingArguments):
         _check_trackers(self.report_to)
         if self.max_nonfinite_steps < 0:
             raise ConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be 0 (never stop) or more.")
+
+
+def _check_precision(args) -> None:
+    """bf16 asked for where the hardware lacks it: say so in words (seed 000's V100 note)."""
+    if not args.bf16:
+        return
+    if torch.cuda.is_available() and not args.use_cpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"bf16 needs a GPU with bf16 support (Ampere or newer), and {torch.cuda.get_device_name()} "
+                          "has none; use --dtype fp16 (or --dtype AUTO, which picks it).")
+    accelerators = [getattr(torch, name, None) for name in ("xpu", "mps", "npu")]
+    has_other = any(a is not None and hasattr(a, "is_available") and a.is_available() for a in accelerators)
+    if not torch.cuda.is_available() and not has_other and not args.use_cpu:
+        raise ConfigError("bf16 was asked for but this machine has no GPU; pass --use_cpu true to train in bf16 on the "
+                          "CPU (slow), or drop --bf16 / use --dtype fp32.")
 
 
 # report_to name -> (modules any one of which must import, what to install)

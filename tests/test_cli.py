@@ -370,3 +370,12 @@ def test_bad_row_is_reported_with_its_number(tmp_path):
                    "--output_dir", "skip", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "dropped 1 bad row (--skip_bad_rows)" in out.stdout
+
+
+def test_model_loading_flags_reach_from_pretrained():
+    run = cli.parse_run("orpo", ["--model", "m", "--device_map", "auto", "--trust_remote_code", "--attn_implementation", "eager"])
+    kwargs = run.model_kwargs
+    assert (kwargs["device_map"], kwargs["trust_remote_code"], kwargs["attn_implementation"]) == ("auto", True, "eager")
+    assert cli.parse_run("orpo", ["--model", "m"]).model_kwargs.get("trust_remote_code") is None  # off unless asked
+    with pytest.raises(ConfigError, match="--device_map 'everywhere'"):
+        cli.parse_run("orpo", ["--model", "m", "--device_map", "everywhere"])

@@ -59,3 +59,23 @@ def test_dpo_loss_settings_resolve(tmp_path):
     assert DPOConfig(output_dir=str(tmp_path), loss_type="exo_pair").label_smoothing == 1e-3
     both = DPOConfig(output_dir=str(tmp_path), loss_type=["sigmoid", "sft"], loss_weights=[0.8, 0.2])
     assert both.loss_types == ["sigmoid", "sft"]
+
+
+def test_bf16_without_a_gpu_says_how_to_proceed(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="--use_cpu true"):
+        ORPOConfig(output_dir=str(tmp_path), bf16=True)
+    assert ORPOConfig(output_dir=str(tmp_path), bf16=True, use_cpu=True).bf16 is True
+
+
+def test_bf16_on_a_gpu_without_bf16_names_the_gpu(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
+    with pytest.raises(ConfigError, match="V100.*--dtype fp16"):
+        ORPOConfig(output_dir=str(tmp_path), bf16=True)
