@@ -10,7 +10,9 @@ before the datasets library fails on it obscurely; with ``skip_bad_rows`` the br
 lines are dropped (the rest is read from a cleaned copy) and returned, so that
 `preftune.data.rows` can still give each remaining row its line number. A JSON
 array file that fails to parse is reported by line and column and cannot be
-repaired by skipping.
+repaired by skipping. A line that is not UTF-8 text is a broken line too (the
+datasets library reads it without a word and fails only when the row is used), and
+an empty file is reported as such.
 """
 from __future__ import annotations
 
@@ -88,7 +90,63 @@ def _scan_json_lines(path: str) -> list[tuple[int, str]]:
     return problems
 
 
+def _is_utf8(path: str, chunk: int = 1 << 20) -> bool:
+    """Whether the whole file decodes as UTF-8 (read in chunks; the datasets library does not check,
+    and a stray byte would only fail later, when a row is read)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf8_problems(path: str) -> list[tuple[int, str]]:
+    """(line number, problem) for each line that is not UTF-8 text."""
+    problems = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problems.append((number, f"is not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"))
+    return problems
+
+
+def _line_problems(path: str) -> list[tuple[int, str]]:
+    """One fast pass over a JSON-lines file: lines that are not UTF-8, or cannot be a JSON object
+    (they do not start with '{'). Such lines must never reach the datasets library: a leading
+    `null` line makes its JSON reader crash the process (datasets 5.2, pyarrow 26)."""
+    problems = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problems.append((number, f"is not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"))
+                continue
+            if not line.startswith(b"{"):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as err:
+                    problems.append((number, f"is not valid JSON ({err.msg} at column {err.colno})"))
+                else:
+                    problems.append((number, f"holds a JSON {type(value).__name__}, not an object of column values"))
+    return problems
+
+
 def _is_json_array(path: str) -> bool:
+    """A .json file holding one JSON array (a .jsonl file is JSON lines, whatever its first line holds)."""
+    if path.lower().endswith(".jsonl"):
+        return False
     with open(path, encoding="utf-8", errors="replace") as f:
         head = f.read(4096).lstrip()
     return head.startswith("[")
@@ -99,14 +157,26 @@ def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, i
     import datasets
 
     json_lines = not any(_is_json_array(p) for p in files)
-    quiet = logging.getLogger("datasets.packaged_modules.json.json")
-    was_disabled, quiet.disabled = quiet.disabled, True
-    try:
-        return datasets.load_dataset("json", data_files={"train": files}, split="train"), json_lines, set(), 0
-    except Exception as err:  # noqa: BLE001 - any failure: find the line, or report the cause
-        cause = err.__cause__ or err
-    finally:
-        quiet.disabled = was_disabled
+    if json_lines:
+        suspect = {p: _line_problems(p) for p in files}
+    else:
+        suspect = {p: _utf8_problems(p) for p in files if not _is_utf8(p)}
+    suspect = {p: problems for p, problems in suspect.items() if problems}
+    cause = None
+    if not suspect:
+        quiet = logging.getLogger("datasets.packaged_modules.json.json")
+        was_disabled, quiet.disabled = quiet.disabled, True
+        try:
+            return datasets.load_dataset("json", data_files={"train": files}, split="train"), json_lines, set(), 0
+        except Exception as err:  # noqa: BLE001 - any failure: find the line, or report the cause
+            cause = err.__cause__ or err
+        finally:
+            quiet.disabled = was_disabled
+    if suspect and not json_lines:
+        path, [(number, what), *_] = next(iter(suspect.items()))
+        raise DataError(f"{path} line {number} {what}; save the file as UTF-8.")
+    if all(_holds_nothing(p) for p in files):
+        raise DataError(f"{', '.join(files)} {'holds' if len(files) == 1 else 'hold'} no rows (empty); check the file, or the split it was taken for.")
     if not json_lines:
         for path in files:
             try:
@@ -115,7 +185,11 @@ def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, i
             except json.JSONDecodeError as e:
                 raise DataError(f"{path} is not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); fix the file (--skip_bad_rows can drop broken lines of JSON-lines files only).") from None
         raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
-    problems = {path: _scan_json_lines(path) for path in files}
+    problems = {}
+    for path in files:  # a line that is not UTF-8 is reported as such, whatever else is wrong with it
+        by_line = dict(_scan_json_lines(path))
+        by_line.update(suspect.get(path, []))
+        problems[path] = sorted(by_line.items())
     total = sum(len(p) for p in problems.values())
     if not total:
         raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
@@ -126,16 +200,35 @@ def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, i
         )
     bad = {(p, n) for p, probs in problems.items() for n, _ in probs}
     clean_dir = tempfile.mkdtemp(prefix="preftune-clean-")
-    cleaned = []
+    cleaned, kept = [], 0
     for i, p in enumerate(files):
         out = os.path.join(clean_dir, f"{i}.jsonl")
         with open(p, encoding="utf-8", errors="replace") as src, open(out, "w", encoding="utf-8") as dst:
             for n, line in enumerate(src, 1):
                 if line.strip() and (p, n) not in bad:
                     dst.write(line.rstrip("\n") + "\n")
+                    kept += 1
         cleaned.append(out)
-    ds = datasets.load_dataset("json", data_files={"train": cleaned}, split="train")
+    if not kept:  # the datasets library cannot read a file without rows (it raises StopIteration)
+        raise DataError(f"{', '.join(files)} holds no readable row: all {total} non-blank lines are broken "
+                        f"(first: line {number} {what}); fix the file.")
+    try:
+        ds = datasets.load_dataset("json", data_files={"train": cleaned}, split="train")
+    except Exception as err:  # noqa: BLE001 - the remaining lines are JSON objects, yet unreadable together
+        raise DataError(f"could not read {', '.join(files)}: {_first_line(err.__cause__ or err)}.") from None
     return ds, True, bad, total
+
+
+def _holds_nothing(path: str) -> bool:
+    """An empty or blank file, or one JSON value with nothing in it ([] or {}). Read only after a failed load."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    if not text.strip():
+        return True
+    try:
+        return json.loads(text) in ([], {})
+    except ValueError:
+        return False
 
 
 def _first_line(err: BaseException) -> str:

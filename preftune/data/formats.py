@@ -356,7 +356,8 @@ def to_preference_pair(
                 "rename columns with --columns (e.g. columns={'question': 'prompt'})",
             )
         prompt, chosen, rejected = shape.convert(data)
-        if _is_empty(prompt) if isinstance(prompt, str) else not prompt:
+        # messages whose contents are all blank are an empty prompt too (unless images carry it)
+        if not prompt or _is_empty(prompt) and (isinstance(prompt, str) or not data.get("images")):
             raise _Problem("prompt", "is empty", "every pair needs a prompt; fill it in or drop the row")
         for field, value in (("chosen", chosen), ("rejected", rejected)):
             if _is_empty(value):

@@ -115,7 +115,9 @@ def _message(m: Any, field: str, pos: int) -> dict:
     content = m.get("content")
     if content is None:
         content = m.get("value")
-    if not isinstance(role, str) or not role:
+    if role is not None and not isinstance(role, str):
+        raise _Problem(field, f"has message {pos} whose role is {_type_name(role)}", "a role is a string such as 'user' or 'assistant'")
+    if not role:
         raise _Problem(field, f"has message {pos} without a role", "give every message a 'role' (or ShareGPT 'from')")
     if content is None:
         raise _Problem(field, f"has message {pos} without content", "give every message a 'content' (or ShareGPT 'value')")
