@@ -69,6 +69,9 @@ def parse_run(command: str, argv: list[str]) -> Run:
     if "output_dir" not in given:
         argv += ["--output_dir", _default_output_dir(command, demo, "resume_from_checkpoint" in given)]
     values = vars(parser.parse_args(argv))
+    for action in parser._actions:  # argparse reads `--save_steps=--` as an empty list
+        if action.nargs is None and values.get(action.dest) == []:
+            raise ConfigError(f"{action.option_strings[0]} needs a value.")
     notes: list[str] = []
     model_kwargs = _resolve_aliases(values, given)
     script = ScriptArguments(**{f.name: values[f.name] for f in fields(ScriptArguments)})
@@ -108,6 +111,10 @@ def _peft_config(script: ScriptArguments, notes: list, given: set):
         if lora_flags:
             notes.append(f"{', '.join('--' + f for f in lora_flags)} given but LoRA is off, so unused (add --use_peft, --lora or --sft_type lora).")
         return None
+    if script.lora_r < 1:
+        raise ConfigError(f"--lora_r {script.lora_r} must be at least 1.")
+    if not 0 <= script.lora_dropout < 1:
+        raise ConfigError(f"--lora_dropout {script.lora_dropout} must be in [0, 1).")
     from peft import LoraConfig
 
     names = [n.strip() for item in (script.lora_target_modules or ["ALL"]) for n in item.split(",") if n.strip()]
@@ -179,7 +186,9 @@ def train(command: str, argv: list[str]) -> int:
         raise ConfigError(f"--merge would write into {merge_to!r}, which already holds files; pass --merge_output "
                           "with another folder, or --overwrite_output_dir.")
     remote_code = bool(run.model_kwargs.get("trust_remote_code"))
-    check_model_config(run.model, trust_remote_code=remote_code)  # a missing or broken model fails before any data is read
+    model_config = check_model_config(run.model, trust_remote_code=remote_code)  # a missing or broken model fails before any data is read
+    if config.is_encoder_decoder is None:  # T5/BART: the data is tokenized for an encoder and a decoder
+        config.is_encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
     if run.demo:
         _say(f"preftune {command}: no --model/--dataset given, so this is the demo: the bundled tiny model on the "
              f"bundled tiny-prefs set (lr={config.learning_rate}, epochs={config.num_train_epochs}, beta={config.beta}). "
@@ -265,6 +274,9 @@ def check_output_dir(config, rank: int = 0) -> None:
             pass
     except OSError as err:
         raise ConfigError(f"cannot write to output folder {path!r}: {err.strerror or err}.") from None
+    from .checkpoints import check_resume
+
+    check_resume(config.resume_from_checkpoint, path)  # nothing to resume from: say so before anything loads
 
 
 def _default_output_dir(command: str, demo: bool, resuming: bool) -> str:
@@ -289,9 +301,26 @@ def _save_command(run: Run, argv: list[str]) -> None:
     os.makedirs(run.config.output_dir, exist_ok=True)
     shown = [("<redacted>" if i and "token" in argv[i - 1] and argv[i - 1].startswith("--") else a) for i, a in enumerate(argv)]
     shown = [a.split("=", 1)[0] + "=<redacted>" if a.startswith("--") and "token" in a and "=" in a else a for a in shown]
+    shown = [_redact_json(a) for a in shown]  # e.g. --model_init_kwargs '{"token": "..."}'
     record = {"command": run.command, "argv": shown, "model": run.model, "script": dataclasses.asdict(run.script)}
     with open(os.path.join(run.config.output_dir, "preftune_command.json"), "w") as f:
         json.dump(record, f, indent=2, default=str)
+
+
+def _redact_json(arg: str) -> str:
+    import json
+
+    from .report import redact_config
+
+    prefix, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+    try:
+        obj = json.loads(value)
+    except ValueError:
+        return arg
+    if not isinstance(obj, dict):
+        return arg
+    redacted = json.dumps(redact_config(obj))
+    return f"{prefix}={redacted}" if prefix else redacted
 
 
 def _demo_samples(model, tokenizer, eval_ds, n: int = 3, pool: int = 12):

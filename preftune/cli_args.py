@@ -187,6 +187,8 @@ def _yaml_argv(path: str, parser) -> list[str]:
             values = yaml.safe_load(f) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save the YAML file as UTF-8.") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of flag names to values, e.g. 'learning_rate: 1.0e-5'.")
     argv: list[str] = []

@@ -48,10 +48,12 @@ class PreferenceConfig(TrainingArguments):
 
     # Lengths (see preftune.data.tokenize for the exact truncation rules).
     max_length: Optional[int] = field(
-        default=1024, metadata={"help": "Maximum tokens of prompt + completion; longer pairs are truncated."}
+        default=1024, metadata={"help": "Maximum tokens of prompt + completion; longer pairs are truncated "
+                                "(encoder-decoder models: of the prompt, and of each completion)."}
     )
     max_prompt_length: Optional[int] = field(
-        default=512, metadata={"help": "Maximum prompt tokens, applied when a pair exceeds max_length."}
+        default=512, metadata={"help": "Maximum prompt tokens, applied when a pair exceeds max_length "
+                               "(encoder-decoder models: always)."}
     )
     max_completion_length: Optional[int] = field(
         default=None, metadata={"help": "Maximum tokens of each completion (None: no separate limit)."}
@@ -74,7 +76,11 @@ class PreferenceConfig(TrainingArguments):
     )
     generation_num_prompts: int = field(default=4, metadata={"help": "Prompts answered by generate_during_eval."})
     generation_max_new_tokens: int = field(default=64, metadata={"help": "Longest answer of generate_during_eval."})
-    is_encoder_decoder: Optional[bool] = field(default=None, metadata={"help": "Set when using model_init."})
+    is_encoder_decoder: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Encoder-decoder model (T5, BART): the prompt is the encoder's input, each completion a decoder "
+                  "target. Default: read from the model's config; set it when using model_init."},
+    )
     model_init_kwargs: Optional[dict[str, Any]] = field(
         default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name."}
     )
@@ -129,6 +135,18 @@ class PreferenceConfig(TrainingArguments):
         return LengthLimits(self.max_length, self.max_prompt_length, self.max_completion_length, self.truncation_mode)
 
     def _validate_preference_fields(self) -> None:
+        import math
+        from dataclasses import fields
+
+        for f in fields(self):
+            value = getattr(self, f.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value} must be a finite number.")
+        if self.learning_rate < 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must not be negative.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
         self.length_limits()  # validates the length flags
         if self.beta <= 0:
             raise ConfigError(f"beta={self.beta} must be positive.")

@@ -1,14 +1,16 @@
 """Loading the policy and its tokenizer; LoRA; the ChatML chat format.
 
-A model given by name goes through `AutoModelForCausalLM.from_pretrained`, so a hub
-id and a local folder take the same path. Tokens never appear in what we log.
+A model given by name goes through `AutoModelForCausalLM.from_pretrained`, or
+`AutoModelForSeq2SeqLM.from_pretrained` when its config says ``is_encoder_decoder``
+(T5, BART), so a hub id and a local folder take the same path. Tokens never appear
+in what we log.
 """
 from __future__ import annotations
 
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from .errors import ConfigError
 
@@ -36,30 +38,44 @@ def check_model_ref(name_or_path: str) -> None:
         raise ConfigError(f"model path {name_or_path!r} does not exist; pass a local model folder or a hub id.")
 
 
-def check_model_config(name_or_path: str, trust_remote_code: bool = False) -> None:
+def check_model_config(name_or_path: str, trust_remote_code: bool = False):
     """Read only the model's config.json (a few KB): a wrong id, a folder without a model, or an
-    unknown architecture fails here, before any data is read or weights are downloaded."""
+    unknown architecture fails here, before any data is read or weights are downloaded. Returns the config."""
     from transformers import AutoConfig
 
     check_model_ref(name_or_path)
     try:
-        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model {name_or_path!r} cannot be used: {first}") from None
 
 
+# from_pretrained kwargs that also locate or authorize the config (the rest configure the weights).
+_CONFIG_KWARGS = ("trust_remote_code", "revision", "token", "cache_dir", "local_files_only", "subfolder")
+
+
 def load_model(name_or_path: str, init_kwargs: dict | None = None) -> PreTrainedModel:
-    """Load a causal LM by hub id or local path."""
+    """Load a causal LM, or a seq2seq LM when the config says is_encoder_decoder, by hub id or local path."""
+    from transformers import AutoConfig
+
     check_model_ref(name_or_path)
     kwargs = dict(init_kwargs or {})
+    kwargs.setdefault("trust_remote_code", False)  # never run a model's own code unless asked (and never prompt)
     for key in ("dtype", "torch_dtype"):
         if key in kwargs:
             kwargs["dtype"] = resolve_dtype(kwargs.pop(key))
+    import pickle
+
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        config = AutoConfig.from_pretrained(name_or_path, **{k: kwargs[k] for k in _CONFIG_KWARGS if k in kwargs})
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        return auto.from_pretrained(name_or_path, **kwargs)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused it; nothing in it ran
+        raise ConfigError(f"could not load model {name_or_path!r}: its weights file is a pickle holding more than "
+                          "tensors, so it was not loaded; use a .safetensors copy from a source you trust.") from None
     except (OSError, ValueError) as err:
-        raise ConfigError(f"could not load model {name_or_path!r}: {err}") from err
+        raise ConfigError(f"could not load model {name_or_path!r}: {_first_line(err)}") from err
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -67,7 +83,12 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"could not load the tokenizer of {name_or_path!r}: {err}") from err
+        raise ConfigError(f"could not load the tokenizer of {name_or_path!r}: {_first_line(err)}") from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def text_tokenizer(processing_class):
@@ -119,9 +140,14 @@ def setup_chat_format(model, tokenizer, format: str = "chatml", resize_to_multip
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off: `nn.Dropout` modules, and the float rates that layers pass to functional dropout
+    (T5's attention `dropout`, BART's `dropout`/`activation_dropout`/`attention_dropout`, `layerdrop`)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if type(value) is float and ("dropout" in name or name == "layerdrop"):
+                setattr(module, name, 0.0)
 
 
 def is_peft_model(model) -> bool:
@@ -144,6 +170,12 @@ def apply_peft(model, peft_config, gradient_checkpointing: bool = False):
     elif gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         # With frozen embeddings, checkpointed blocks need inputs that require grad.
         model.enable_input_require_grads()
+    if getattr(model.config, "is_encoder_decoder", False) and getattr(peft_config, "task_type", None) == "CAUSAL_LM":
+        import copy
+
+        peft_config = copy.deepcopy(peft_config)  # the command line's LoRA config says CAUSAL_LM before the model is known
+        peft_config.task_type = "SEQ_2_SEQ_LM"
+        logger.info("encoder-decoder model: LoRA task_type CAUSAL_LM changed to SEQ_2_SEQ_LM")
     return get_peft_model(model, peft_config)
 
 

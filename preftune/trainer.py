@@ -20,12 +20,12 @@ from transformers import Trainer
 
 from . import checkpoints
 from .config import DPOConfig, ORPOConfig, PreferenceConfig
-from .data.collate import REF_COLUMNS, PreferenceBatch, PreferenceCollator
+from .data.collate import REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, batch_from_inputs
 from .data.prepare import prepare_dataset
 from .errors import ConfigError
 from .eval_generations import log_eval_generations
 from .guard import NonFiniteGuard
-from .prefix import batch_logps
+from .seq2seq import is_encoder_decoder_model, preference_batch_logps
 from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
 from .objectives import objective_from_config
 from .parallel import prepare_reference_model
@@ -81,6 +81,7 @@ class PreferenceTrainer(Trainer):
             processing_class = load_tokenizer(name)
         tok = text_tokenizer(processing_class)
         ensure_pad_token(tok)
+        args.is_encoder_decoder = _resolve_encoder_decoder(model, args.is_encoder_decoder)
 
         if peft_config is not None:
             model = apply_peft(model, peft_config, gradient_checkpointing=args.gradient_checkpointing)
@@ -99,7 +100,8 @@ class PreferenceTrainer(Trainer):
         else:
             eval_dataset = self._prepare(eval_dataset, tok, args, "eval")
         pad_id = args.padding_value if args.padding_value is not None else tok.pad_token_id
-        data_collator = data_collator or PreferenceCollator(pad_token_id=pad_id)
+        collator_cls = EncoderDecoderCollator if args.is_encoder_decoder else PreferenceCollator
+        data_collator = data_collator or collator_cls(pad_token_id=pad_id)
 
         super().__init__(
             model=model,
@@ -173,12 +175,12 @@ class PreferenceTrainer(Trainer):
     # ------------------------------------------------------------------ loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        batch = PreferenceBatch.from_inputs(inputs)
-        n_rows = batch.input_ids.shape[0]
+        batch = batch_from_inputs(inputs)  # PreferenceBatch, or Seq2SeqBatch for encoder-decoder models
+        n_rows = 2 * batch.batch_size
         weights = self.objective.token_weights(batch.completion_mask)  # LD-DPO (policy only, as TRL), else None
-        policy = batch_logps(
+        policy = preference_batch_logps(
             model, batch, **logps_options(self.args),
-            sequence_rows=self.objective.sequence_rows(n_rows, batch.input_ids.device),
+            sequence_rows=self.objective.sequence_rows(n_rows, batch.completion_mask.device),
             completion_weights=weights, wpo=self.objective.use_weighting,
         )
         ref = self.reference.logps(model, batch) if self.reference is not None else None
@@ -234,7 +236,10 @@ class PreferenceTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """As Trainer.train; `resume_from_checkpoint=True` (or "true") takes the newest *complete* checkpoint."""
         say = print if self.is_world_process_zero() else (lambda *_: None)
-        resume = checkpoints.resolve_resume(resume_from_checkpoint, self.args.output_dir, say=say)
+        with self.args.main_process_first(desc="resolving the checkpoint to resume from"):  # one process renames
+            resume = checkpoints.resolve_resume(resume_from_checkpoint, self.args.output_dir, say=say)
+            if resume is None and self.args.should_save:  # a fresh run must not rotate or resume an older run's
+                checkpoints.set_aside_previous(self.args.output_dir, say=say)
         if resume is not None:
             self._load_extra_state(resume)
         self.save_resolved_config()
@@ -252,12 +257,17 @@ class PreferenceTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """As Trainer._save, but the pickled training_args.bin it writes carries no hub token."""
-        token = self.args.hub_token
-        self.args.hub_token = None
+        from .report import redact_config
+
+        secret_fields = ("hub_token", "model_init_kwargs", "ref_model_init_kwargs")
+        kept = {name: getattr(self.args, name) for name in secret_fields if hasattr(self.args, name)}
+        for name, value in kept.items():
+            setattr(self.args, name, None if name == "hub_token" else redact_config(value))
         try:
             super()._save(output_dir, state_dict=state_dict)
         finally:
-            self.args.hub_token = token
+            for name, value in kept.items():
+                setattr(self.args, name, value)
 
     def create_model_card(self, model_name=None, **kwargs):
         """Called by push_to_hub before the upload: preftune's card instead of Trainer's."""
@@ -281,6 +291,8 @@ class PreferenceTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, plus preftune's own state, marked complete last; rotation only after that."""
+        if self.args.should_save:  # a folder written again is not complete until it is marked again
+            checkpoints.unmark(os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}"))
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # Trainer would rotate before our marker exists
         try:
@@ -329,7 +341,9 @@ class PreferenceTrainer(Trainer):
             return
         os.makedirs(self.args.output_dir, exist_ok=True)
         path = os.path.join(self.args.output_dir, "preftune_config.json")
-        config = {"trainer": type(self).__name__, **self.args.to_dict()}
+        from .report import redact_config
+
+        config = redact_config({"trainer": type(self).__name__, **self.args.to_dict()})
         with open(path, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True, default=str)
 
@@ -354,10 +368,22 @@ def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str):
         prepared, report = prepare_dataset(
             dataset, text_tokenizer(tokenizer), args.length_limits(), skip_bad_rows=args.skip_bad_rows,
             num_proc=args.dataset_num_proc, desc=f"tokenizing {split} pairs",
+            is_encoder_decoder=bool(args.is_encoder_decoder),
         )
     level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
     logger.log(level, "%s data: %s", split, report.summary())
     return prepared, report
+
+
+def _resolve_encoder_decoder(model, flag: bool | None) -> bool:
+    """args.is_encoder_decoder, or the model's config when unset (False for model_init without the flag)."""
+    if model is None:
+        return bool(flag)
+    detected = is_encoder_decoder_model(model)
+    if flag is not None and bool(flag) != detected:
+        raise ConfigError(f"is_encoder_decoder={flag} but the model's config says is_encoder_decoder={detected}; "
+                          "leave is_encoder_decoder unset (it is read from the model).")
+    return detected
 
 
 def _is_prepared(dataset) -> bool:
