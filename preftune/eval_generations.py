@@ -31,10 +31,14 @@ def pick_prompts(eval_dataset, n: int) -> list[list[int]]:
 
 @torch.no_grad()
 def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """One greedy answer per prompt (token ids, chat template already applied), special tokens removed."""
+    """One greedy answer per prompt (token ids, chat template already applied), special tokens removed.
+
+    A decoder-only model returns prompt + answer (the answer follows the prompt's ids); an
+    encoder-decoder model returns only the decoder's tokens, all of them the answer."""
     from .logps import unwrap
 
     model = unwrap(model)
+    answer_start = 0 if getattr(model.config, "is_encoder_decoder", False) else None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -45,7 +49,8 @@ def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                  max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            answers.append(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip())
+            start = len(ids) if answer_start is None else answer_start
+            answers.append(tokenizer.decode(out[0, start:], skip_special_tokens=True).strip())
     finally:
         model.train(was_training)
     return answers

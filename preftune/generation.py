@@ -15,6 +15,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
         ids = {k: v.to(model.device) for k, v in ids.items()}
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        start = 0 if getattr(model.config, "is_encoder_decoder", False) else ids["input_ids"].shape[1]  # seq2seq: answer only
+        answers.append(tokenizer.decode(out[0, start:], skip_special_tokens=True).strip())
     model.train(was_training)
     return answers

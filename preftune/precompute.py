@@ -21,7 +21,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data.collate import REF_COLUMNS, PreferenceBatch
+from .data.collate import REF_COLUMNS, batch_from_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def compute_reference_logps(provider, model, dataset, collator, batch_size: int,
     for start in range(0, len(dataset), batch_size):
         features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         inputs = {k: v.to(device) for k, v in collator(features).items()}
-        batch = PreferenceBatch.from_inputs(inputs)
+        batch = batch_from_inputs(inputs)  # PreferenceBatch, or Seq2SeqBatch for encoder-decoder models
         out = provider.logps(model, batch)
         b = batch.batch_size
         chosen.append(out.preference_logps[:b].float().cpu())

@@ -20,7 +20,7 @@ import torch
 from .data.collate import PreferenceBatch
 from .errors import ConfigError
 from .logps import SequenceLogps
-from .prefix import batch_logps
+from .seq2seq import preference_batch_logps
 
 
 def _unwrap_ddp(model):
@@ -42,8 +42,8 @@ class _Chunking:
 
     def run(self, model, batch: PreferenceBatch) -> SequenceLogps:
         with torch.no_grad():
-            return batch_logps(model, batch, prefix_sharing=self.prefix_sharing, chunked=self.chunked,
-                               chunk_size=self.chunk_size)
+            return preference_batch_logps(model, batch, prefix_sharing=self.prefix_sharing, chunked=self.chunked,
+                                          chunk_size=self.chunk_size)
 
 
 @dataclass

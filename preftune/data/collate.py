@@ -4,6 +4,10 @@ The chosen and rejected sequences of B pairs are stacked into 2B rows so the
 policy (and reference) run one forward pass per batch: rows ``[0, B)`` are
 prompt + chosen, rows ``[B, 2B)`` prompt + rejected, in the same pair order.
 Rows are right-padded to the longest row of this batch only.
+
+Encoder-decoder models (T5, BART) get `EncoderDecoderCollator` instead: the prompt
+is the encoder's input, once per pair (B rows), and the completions are the
+decoder's targets, 2B rows in the same order (`Seq2SeqBatch`).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 from preftune.errors import ConfigError
 
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
+SEQ2SEQ_KEYS = ("prompt_input_ids", "prompt_attention_mask", "completion_input_ids", "completion_mask")
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # optional float columns, one value per pair
 
 
@@ -63,8 +68,79 @@ class PreferenceBatch:
         return out
 
 
+@dataclass(frozen=True)
+class Seq2SeqBatch:
+    """A padded batch of B preference pairs for an encoder-decoder model.
+
+    prompt_input_ids:      (B, Tp) long — the encoder input, ONE row per pair (chosen
+                           and rejected share it), right-padded with the pad token.
+    prompt_attention_mask: (B, Tp) long — 1 on real prompt tokens.
+    completion_input_ids:  (2B, Tc) long — the decoder targets: rows [0, B) chosen,
+                           rows [B, 2B) rejected, right-padded with the pad token.
+    completion_mask:       (2B, Tc) long — 1 on real completion tokens (all scored); it is
+                           also the decoder's attention mask.
+    ref_logps:             (2B,) float or None — precomputed reference log-probs.
+    """
+
+    prompt_input_ids: torch.Tensor
+    prompt_attention_mask: torch.Tensor
+    completion_input_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    ref_logps: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        p, c = self.prompt_input_ids.shape, self.completion_input_ids.shape
+        if self.prompt_input_ids.dim() != 2 or self.completion_input_ids.dim() != 2 or c[0] != 2 * p[0]:
+            raise ValueError(f"prompt_input_ids must be (B, Tp) and completion_input_ids (2B, Tc), got {tuple(p)} and {tuple(c)}")
+        if self.prompt_attention_mask.shape != p or self.completion_mask.shape != c:
+            raise ValueError(
+                f"masks must match their ids, got prompt_attention_mask {tuple(self.prompt_attention_mask.shape)} for {tuple(p)} "
+                f"and completion_mask {tuple(self.completion_mask.shape)} for {tuple(c)}"
+            )
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping[str, Any]) -> "Seq2SeqBatch":
+        """Build from `EncoderDecoderCollator`'s dict (extra keys are ignored)."""
+        return cls(*(inputs[k] for k in SEQ2SEQ_KEYS), inputs.get("ref_logps"))
+
+    @property
+    def batch_size(self) -> int:
+        """B, the number of pairs."""
+        return self.prompt_input_ids.shape[0]
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        out = {k: getattr(self, k) for k in SEQ2SEQ_KEYS}
+        if self.ref_logps is not None:
+            out["ref_logps"] = self.ref_logps
+        return out
+
+
+def batch_from_inputs(inputs: Mapping[str, Any]) -> "PreferenceBatch | Seq2SeqBatch":
+    """The batch a collator's dict holds: `Seq2SeqBatch` for encoder-decoder keys, else `PreferenceBatch`."""
+    if "prompt_input_ids" in inputs:
+        return Seq2SeqBatch.from_inputs(inputs)
+    return PreferenceBatch.from_inputs(inputs)
+
+
 def _ids(value: Any) -> list[int]:
     return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def _check_pad(pad_token_id, pad_to_multiple_of):
+    if pad_token_id is None or isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral):
+        raise ConfigError(f"The pad token id must be an integer, not {pad_token_id!r}; set tokenizer.pad_token (e.g. tokenizer.pad_token = tokenizer.eos_token).")
+    if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
+        raise ConfigError(f"pad_to_multiple_of must be a positive integer or None, not {pad_to_multiple_of!r}.")
+    return int(pad_token_id)
+
+
+def _ref_logps(features: Sequence[Mapping[str, Any]]) -> torch.Tensor | None:
+    """(2B,) precomputed reference log-probs (chosen first) when the features carry them."""
+    if REF_COLUMNS[0] not in features[0]:
+        return None
+    chosen = [float(f[REF_COLUMNS[0]]) for f in features]
+    rejected = [float(f[REF_COLUMNS[1]]) for f in features]
+    return torch.tensor(chosen + rejected, dtype=torch.float32)
 
 
 @dataclass
@@ -78,11 +154,7 @@ class PreferenceCollator:
     pad_to_multiple_of: int | None = None
 
     def __post_init__(self) -> None:
-        if self.pad_token_id is None or isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, numbers.Integral):
-            raise ConfigError(f"The pad token id must be an integer, not {self.pad_token_id!r}; set tokenizer.pad_token (e.g. tokenizer.pad_token = tokenizer.eos_token).")
-        self.pad_token_id = int(self.pad_token_id)
-        if self.pad_to_multiple_of is not None and (not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1):
-            raise ConfigError(f"pad_to_multiple_of must be a positive integer or None, not {self.pad_to_multiple_of!r}.")
+        self.pad_token_id = _check_pad(self.pad_token_id, self.pad_to_multiple_of)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
@@ -105,8 +177,47 @@ class PreferenceCollator:
             "attention_mask": torch.tensor(attention, dtype=torch.long),
             "completion_mask": torch.tensor(completion, dtype=torch.long),
         }
-        if REF_COLUMNS[0] in features[0]:  # precomputed reference log-probs travel with their pairs
-            chosen = [float(f[REF_COLUMNS[0]]) for f in features]
-            rejected = [float(f[REF_COLUMNS[1]]) for f in features]
-            batch["ref_logps"] = torch.tensor(chosen + rejected, dtype=torch.float32)
+        ref = _ref_logps(features)  # precomputed reference log-probs travel with their pairs
+        if ref is not None:
+            batch["ref_logps"] = ref
+        return batch
+
+
+@dataclass
+class EncoderDecoderCollator:
+    """Collate features with ``prompt_ids``/``chosen_ids``/``rejected_ids`` (extra keys
+    ignored) for an encoder-decoder model: ``prompt_input_ids`` and
+    ``prompt_attention_mask`` (B, Tp), one row per pair; ``completion_input_ids`` and
+    ``completion_mask`` (2B, Tc), chosen rows first; ``ref_logps`` (2B,) when the
+    features carry reference log-probs. Right-padded; see `Seq2SeqBatch`."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        self.pad_token_id = _check_pad(self.pad_token_id, self.pad_to_multiple_of)
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(max(len(r) for r in rows), 1)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = [r + [self.pad_token_id] * (width - len(r)) for r in rows]
+        mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty list of features")
+        prompt_ids, prompt_mask = self._pad([_ids(f["prompt_ids"]) for f in features])
+        completions = [_ids(f["chosen_ids"]) for f in features] + [_ids(f["rejected_ids"]) for f in features]
+        completion_ids, completion_mask = self._pad(completions)
+        batch = {
+            "prompt_input_ids": prompt_ids,
+            "prompt_attention_mask": prompt_mask,
+            "completion_input_ids": completion_ids,
+            "completion_mask": completion_mask,
+        }
+        ref = _ref_logps(features)
+        if ref is not None:
+            batch["ref_logps"] = ref
         return batch

@@ -3,7 +3,10 @@
 `prepare_dataset` runs, per row: `to_preference_pair` (formats) -> `render_pair`
 (chat template) -> one batched tokenizer call for the whole map batch -> BOS/EOS
 rules -> `truncate_pair`. The result holds only ``prompt_ids``, ``chosen_ids`` and
-``rejected_ids`` (int32 lists), ready for `PreferenceCollator`.
+``rejected_ids`` (int32 lists), ready for `PreferenceCollator`. With
+``is_encoder_decoder=True`` (T5, BART) the texts keep the tokenizer's special tokens
+and the prompt and completions are limited separately (see `preftune.data.tokenize`);
+the columns are the same, ready for `EncoderDecoderCollator`.
 
 Rows are never dropped silently: pairs that truncation would leave with an empty
 completion are dropped and counted; rows that cannot be used (wrong shape, None
@@ -13,7 +16,7 @@ or are dropped and counted with ``skip_bad_rows=True``. Images are not read here
 
 The map passes ``new_fingerprint`` computed from the input fingerprint, the
 tokenizer (vocabulary, special tokens, chat template), the limits, the column
-mapping and this package's data code, so datasets never tries to hash the
+mapping, the encoder-decoder flag and this package's data code, so datasets never tries to hash the
 tokenizer and its on-disk cache is reused exactly when the output would be equal.
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from preftune.data.formats import check_columns, to_preference_pair
-from preftune.data.tokenize import LengthLimits, _finish, _specials, render_pair, text_tokenizer, truncate_pair
+from preftune.data.tokenize import LengthLimits, _specials, finish_pair, render_pair, text_tokenizer, truncate_pair
 from preftune.errors import DataError
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -69,10 +72,12 @@ class PrepareReport:
 class _RowProcessor:
     """The map function; a plain picklable object (no closures) for num_proc."""
 
-    def __init__(self, tokenizer, limits: LengthLimits, columns: Mapping[str, str | None] | None):
+    def __init__(self, tokenizer, limits: LengthLimits, columns: Mapping[str, str | None] | None,
+                 is_encoder_decoder: bool = False):
         self.tokenizer = tokenizer
         self.limits = limits
         self.columns = dict(columns) if columns else None
+        self.is_encoder_decoder = bool(is_encoder_decoder)
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         keys = list(batch)
@@ -94,10 +99,11 @@ class _RowProcessor:
         if good:
             specials = _specials(self.tokenizer)
             tok = text_tokenizer(self.tokenizer)
-            ids = tok(texts, add_special_tokens=False)["input_ids"]  # one batched call
+            enc_dec = self.is_encoder_decoder
+            ids = tok(texts, add_special_tokens=enc_dec)["input_ids"]  # one batched call
             for m, j in enumerate(good):
-                tp = _finish(ids[3 * m], ids[3 * m + 1], ids[3 * m + 2], tok, specials)
-                cut = truncate_pair(tp, self.limits)
+                tp = finish_pair(ids[3 * m], ids[3 * m + 1], ids[3 * m + 2], tok, specials, is_encoder_decoder=enc_dec)
+                cut = truncate_pair(tp, self.limits, is_encoder_decoder=enc_dec)
                 if cut is None:
                     status[j] = DROPPED_EMPTY
                     continue
@@ -135,9 +141,10 @@ def _tokenizer_hash(tokenizer) -> str:
     return h.hexdigest()
 
 
-def _fingerprint(dataset, tokenizer, limits: LengthLimits, columns) -> str:
+def _fingerprint(dataset, tokenizer, limits: LengthLimits, columns, is_encoder_decoder: bool = False) -> str:
     h = hashlib.sha256()
-    for part in (dataset._fingerprint, _code_hash(), _tokenizer_hash(tokenizer), repr(limits), repr(sorted((columns or {}).items(), key=str))):
+    for part in (dataset._fingerprint, _code_hash(), _tokenizer_hash(tokenizer), repr(limits),
+                 repr(sorted((columns or {}).items(), key=str)), f"is_encoder_decoder={bool(is_encoder_decoder)}"):
         h.update(str(part).encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -160,6 +167,7 @@ def prepare_dataset(
     skip_bad_rows: bool = False,
     num_proc: int | None = None,
     desc: str = "Tokenizing preference pairs",
+    is_encoder_decoder: bool = False,
 ):
     """Turn a `datasets.Dataset` (or a list of dict rows) into token ids.
 
@@ -167,6 +175,7 @@ def prepare_dataset(
     ``chosen_ids`` and ``rejected_ids`` columns, and a `PrepareReport`. Raises
     DataError naming the first bad row and the number of bad rows (unless
     `skip_bad_rows`), and DataError when no row is left to train on.
+    `is_encoder_decoder`: tokenize and truncate for an encoder-decoder model (T5, BART).
     """
     import datasets
 
@@ -180,17 +189,17 @@ def prepare_dataset(
         if source.format["type"] is not None:
             source = source.with_format(None)  # rows as plain python objects, whatever the user's format
         processed = source.map(
-            _RowProcessor(tokenizer, limits, map_columns),
+            _RowProcessor(tokenizer, limits, map_columns, is_encoder_decoder),
             with_indices=True,
             batched=True,
             remove_columns=source.column_names,
             features=_features(),
             num_proc=num_proc if num_proc and num_proc > 1 else None,
-            new_fingerprint=_fingerprint(source, tokenizer, limits, map_columns),
+            new_fingerprint=_fingerprint(source, tokenizer, limits, map_columns, is_encoder_decoder),
             desc=desc,
         )
     elif isinstance(dataset, (list, tuple)):
-        processor = _RowProcessor(tokenizer, limits, map_columns)
+        processor = _RowProcessor(tokenizer, limits, map_columns, is_encoder_decoder)
         parts: dict[str, list] = {c: [] for c in (*ID_COLUMNS, _STATUS, _ERROR)}
         for start in range(0, len(dataset), _LIST_CHUNK):
             chunk = [{k: v for k, v in row.items() if k not in image_sources} if isinstance(row, Mapping) else row for row in dataset[start : start + _LIST_CHUNK]]

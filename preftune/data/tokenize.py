@@ -40,6 +40,28 @@ Departures from TRL, and why:
 - Pairs whose completion would be empty are dropped instead of trained on.
 - Chat-templated completions end at the template's own end-of-turn token when it
   is the EOS (ChatML), so the trailing newline after ``<|im_end|>`` is not trained.
+
+Encoder-decoder models (T5, BART; ``is_encoder_decoder=True``)
+--------------------------------------------------------------
+The prompt is the encoder's input and each completion is a decoder target, two
+separate sequences, so the same three columns hold different things:
+
+- All three texts are tokenized WITH the tokenizer's own special tokens, as
+  ``tokenizer(text)`` / ``tokenizer(text_target=...)`` do in seq2seq fine-tuning:
+  T5 gives ``prompt </s>`` and ``completion </s>``; BART ``<s> prompt </s>`` and
+  ``<s> completion </s>`` (BART generates with ``<s>`` forced first, so its targets
+  start with it). A BOS doubled by a chat template that writes it is kept once.
+  Each completion then ends with EOS exactly once (rule above). The model's
+  ``decoder_start_token_id`` is never in the ids: it is put in front by the shift
+  right of the targets (`preftune.seq2seq`).
+- Truncation (`truncate_pair(..., is_encoder_decoder=True)`), TRL's seq2seq
+  semantics, with ``max_length`` kept as a cap on every sequence: the prompt is cut
+  to ``max_prompt_length`` ids (or ``max_length`` when that is None) whatever the
+  completions' length, keeping its leading BOS and closing EOS where the tokenizer
+  added them (``keep_end`` drops the start of the text, ``keep_start`` its end);
+  each completion keeps its first ``max_completion_length`` ids, and never more than
+  ``max_length``. A cut completion loses its EOS (as above); a pair left with an
+  empty completion is dropped.
 """
 from __future__ import annotations
 
@@ -86,6 +108,7 @@ class TokenizedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     bos_token_id: int | None = None
+    eos_token_id: int | None = None  # encoder-decoder pairs: the EOS that closes the prompt, kept by truncation
 
 
 # ------------------------------------------------------------------------ specials
@@ -98,6 +121,7 @@ class _Specials:
     adds_bos: bool
     key: tuple
     whitespace: dict = field(default_factory=dict)  # token id -> bool
+    adds_eos: bool = False  # the tokenizer appends EOS by itself (T5, BART)
 
 
 _SPECIALS: "weakref.WeakKeyDictionary[Any, _Specials]" = weakref.WeakKeyDictionary()
@@ -124,7 +148,8 @@ def _specials(tokenizer) -> _Specials:
     if eos is None:
         raise ConfigError("The tokenizer has no eos_token, so completions cannot be ended; set tokenizer.eos_token (e.g. to the model's end-of-turn token).")
     ids = tok("a")["input_ids"]
-    specials = _Specials(bos, eos, bos is not None and len(ids) > 0 and ids[0] == bos, key)
+    specials = _Specials(bos, eos, bos is not None and len(ids) > 0 and ids[0] == bos, key,
+                         adds_eos=len(ids) > 0 and ids[-1] == eos)
     try:
         _SPECIALS[tok] = specials
     except TypeError:
@@ -159,6 +184,37 @@ def _finish(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int
         _end_with_eos(list(rejected_ids), tok, specials),
         specials.bos,
     )
+
+
+def _finish_encoder_decoder(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok,
+                            specials: _Specials) -> TokenizedPair:
+    """Encoder-decoder pair from ids tokenized WITH special tokens (see the module docstring)."""
+    prompt_ids = list(prompt_ids)
+    if specials.bos is not None and prompt_ids[:2] == [specials.bos, specials.bos]:
+        prompt_ids = prompt_ids[1:]  # a chat template wrote the BOS the tokenizer adds too
+    if prompt_ids[-2:] == [specials.eos, specials.eos]:
+        prompt_ids = prompt_ids[:-1]  # the text ended with the EOS the tokenizer appends too
+
+    def target(ids: list[int]) -> list[int]:
+        ids = list(ids)
+        if specials.adds_eos and ids and ids[-1] == specials.eos:
+            ids = ids[:-1]  # the tokenizer's own EOS; the rule below puts exactly one back
+        return _end_with_eos(ids, tok, specials)
+
+    return TokenizedPair(
+        prompt_ids,
+        target(chosen_ids),
+        target(rejected_ids),
+        specials.bos if specials.adds_bos else None,
+        specials.eos if specials.adds_eos else None,
+    )
+
+
+def finish_pair(prompt_ids, chosen_ids, rejected_ids, tok, specials: _Specials, *,
+                is_encoder_decoder: bool = False) -> TokenizedPair:
+    """`_finish` for decoder-only ids (tokenized without specials), `_finish_encoder_decoder` otherwise."""
+    finish = _finish_encoder_decoder if is_encoder_decoder else _finish
+    return finish(prompt_ids, chosen_ids, rejected_ids, tok, specials)
 
 
 # ----------------------------------------------------------------------- rendering
@@ -204,23 +260,62 @@ def render_pair(pair: PreferencePair, tokenizer, *, index: int | None = None) ->
     return prompt_text, completions[0], completions[1]
 
 
-def tokenize_pair(pair: PreferencePair, tokenizer, *, index: int | None = None) -> TokenizedPair:
+def tokenize_pair(pair: PreferencePair, tokenizer, *, index: int | None = None,
+                  is_encoder_decoder: bool = False) -> TokenizedPair:
     """Token ids for one pair: BOS once at the start of the prompt (if the tokenizer
-    uses one), EOS exactly once at the end of each completion. No truncation."""
+    uses one), EOS exactly once at the end of each completion. No truncation.
+
+    With `is_encoder_decoder`, the prompt (encoder input) and the completions
+    (decoder targets) carry the tokenizer's own special tokens; see the module docstring."""
     specials = _specials(tokenizer)
     texts = render_pair(pair, tokenizer, index=index)
     tok = text_tokenizer(tokenizer)
-    ids = tok(list(texts), add_special_tokens=False)["input_ids"]
-    return _finish(ids[0], ids[1], ids[2], tok, specials)
+    ids = tok(list(texts), add_special_tokens=is_encoder_decoder)["input_ids"]
+    return finish_pair(ids[0], ids[1], ids[2], tok, specials, is_encoder_decoder=is_encoder_decoder)
 
 
 # ---------------------------------------------------------------------- truncation
 
 
-def truncate_pair(tp: TokenizedPair, limits: LengthLimits) -> TokenizedPair | None:
+def _smallest(*values: int | None) -> int | None:
+    given = [v for v in values if v is not None]
+    return min(given) if given else None
+
+
+def _cut_encoder_prompt(tp: TokenizedPair, keep: int | None, mode: str) -> list[int]:
+    """The prompt cut to `keep` ids, its tokenizer-added leading BOS and closing EOS kept."""
+    prompt = tp.prompt_ids
+    if keep is None or len(prompt) <= keep:
+        return prompt
+    head = int(tp.bos_token_id is not None and prompt[0] == tp.bos_token_id)
+    tail = int(tp.eos_token_id is not None and len(prompt) > head and prompt[-1] == tp.eos_token_id)
+    if keep < head + tail:  # room for one special only: the end the mode keeps
+        return prompt[:keep] if mode == "keep_start" else prompt[len(prompt) - keep:]
+    body, room = prompt[head: len(prompt) - tail], keep - head - tail
+    body = body[:room] if mode == "keep_start" else body[len(body) - room:]
+    return prompt[:head] + body + prompt[len(prompt) - tail:]
+
+
+def _truncate_encoder_decoder(tp: TokenizedPair, limits: LengthLimits) -> TokenizedPair | None:
+    prompt = _cut_encoder_prompt(tp, _smallest(limits.max_prompt_length, limits.max_length), limits.truncation_mode)
+    keep = _smallest(limits.max_completion_length, limits.max_length)
+    chosen, rejected = tp.chosen_ids, tp.rejected_ids
+    if keep is not None:
+        chosen, rejected = chosen[:keep], rejected[:keep]
+    if not chosen or not rejected:
+        return None
+    if prompt is tp.prompt_ids and len(chosen) == len(tp.chosen_ids) and len(rejected) == len(tp.rejected_ids):
+        return tp
+    return TokenizedPair(list(prompt), list(chosen), list(rejected), tp.bos_token_id, tp.eos_token_id)
+
+
+def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder: bool = False) -> TokenizedPair | None:
     """Apply `limits` (see the module docstring). Returns `tp` itself when nothing
     is cut, and None when a completion would be left empty (the caller drops the
-    pair and counts it)."""
+    pair and counts it). `is_encoder_decoder`: the encoder-decoder rules (prompt and
+    completions limited separately)."""
+    if is_encoder_decoder:
+        return _truncate_encoder_decoder(tp, limits)
     prompt, chosen, rejected = tp.prompt_ids, tp.chosen_ids, tp.rejected_ids
     if limits.max_completion_length is not None:
         chosen = chosen[: limits.max_completion_length]

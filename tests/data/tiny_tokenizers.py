@@ -8,6 +8,9 @@ newline are added tokens, matched inside text without surrounding spaces.
 - ``llama3``: BOS "<|begin_of_text|>" added automatically (TemplateProcessing) and
   written by the chat template too ("{{ bos_token }}..."); EOS "<|eot_id|>".
 - ``chatml``: no BOS; EOS "<|im_end|>"; each message ends with "<|im_end|>\\n".
+- ``t5``:     T5-like, for encoder-decoder models: no BOS; appends EOS "</s>" by itself;
+  pad "<pad>" (id 0, T5's decoder start).
+- ``bart``:   BART-like: "<s> text </s>" added by itself (BOS "<s>", EOS "</s>"); pad "<pad>".
 """
 from __future__ import annotations
 
@@ -38,14 +41,17 @@ CHATML_TEMPLATE = (
 )
 
 
-def _backend(auto_bos: str | None = None) -> Tokenizer:
+def _backend(auto_bos: str | None = None, auto_eos: str | None = None) -> Tokenizer:
     tok = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
     tok.add_tokens([AddedToken(NEWLINE, special=False, normalized=False)])
-    if auto_bos is not None:
+    if auto_bos is not None or auto_eos is not None:
+        bos, eos = (f"{auto_bos} " if auto_bos else ""), (f" {auto_eos}" if auto_eos else "")
+        specials = [(t, VOCAB[t]) for t in (auto_bos, auto_eos) if t is not None]
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{auto_bos} $A", pair=f"{auto_bos} $A $B:1", special_tokens=[(auto_bos, VOCAB[auto_bos])]
+            single=f"{bos}$A{eos}", pair=f"{bos}$A{eos} $B:1{eos + ':1' if eos else ''}",
+            special_tokens=specials,
         )
     return tok
 
@@ -68,6 +74,14 @@ def build(kind: str) -> PreTrainedTokenizerFast:
         )
         tok.chat_template = CHATML_TEMPLATE
         return tok
+    if kind == "t5":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=_backend(auto_eos="</s>"), eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        )
+    if kind == "bart":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=_backend("<s>", "</s>"), bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        )
     raise ValueError(kind)
 
 

@@ -1,0 +1,202 @@
+"""Per-sequence log-probs of an encoder-decoder model (T5, BART), the prompt encoded once per pair.
+
+A `Seq2SeqBatch` holds each pair's prompt once (B encoder rows) and its two
+completions as decoder targets (2B rows, chosen first). `encoder_decoder_logps`
+makes ONE call of the (possibly PEFT/DDP/FSDP-wrapped) model:
+
+    model(input_ids=prompt (B, Tp), attention_mask=(B, Tp),
+          decoder_input_ids=shift_right(targets) (2B, Tc), decoder_attention_mask=(2B, Tc))
+
+with a forward pre-hook on the decoder stack that repeats the encoder's hidden
+states and mask from B to 2B rows ([h; h]) just before cross-attention. The encoder
+therefore runs on B rows, and in backward the two halves' gradients are summed
+into h and flow through the encoder once: values and gradients equal those of the
+plain computation with each prompt repeated (tested). Everything goes through the
+top-level forward, so wrappers that gather or shard parameters there keep working.
+
+The decoder inputs are the model's own shift right of the targets
+(`prepare_decoder_input_ids_from_labels`: T5's `_shift_right`, BART's
+`shift_tokens_right`), so ``decoder_start_token_id`` comes first. Every real
+target token is scored: log p = −cross_entropy of the model's own logits (T5's
+tied-embedding rescaling and BART's ``final_logits_bias`` included). The logits are
+the full (2B, Tc, V) tensor the model computes; the chunked LM head of
+`preftune.logps` is not used, and prefix sharing does not apply.
+
+`SequenceLogps` is filled as the decoder-only path fills it: `sequence_logps` (the
+ORPO NLL) sums the same decoder tokens as `completion_logps` for the rows asked for,
+since the prompt is not predicted by an encoder-decoder model (as TRL); LD-DPO
+weights and WPO's statistic are supported; `aux_loss` is None.
+
+`preference_batch_logps` is what the trainer, the reference providers and the
+precompute pass call: a `Seq2SeqBatch` goes here, a `PreferenceBatch` to
+`prefix.batch_logps`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data.collate import PreferenceBatch, Seq2SeqBatch
+from .logps import SequenceLogps, unwrap
+
+Tensor = torch.Tensor
+
+
+def is_encoder_decoder_model(model) -> bool:
+    """True for a T5/BART-style model (its config says ``is_encoder_decoder``), wrappers included."""
+    return bool(getattr(getattr(unwrap(model), "config", None), "is_encoder_decoder", False))
+
+
+def shift_right(labels: Tensor, decoder_start_token_id: int, pad_token_id: int) -> Tensor:
+    """Decoder inputs from targets: start token first, targets shifted by one, -100 as pad."""
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def decoder_input_ids(model, labels: Tensor) -> Tensor:
+    """The model's own decoder inputs for `labels` (-100 on padding)."""
+    base = unwrap(model)
+    prepare = getattr(base, "prepare_decoder_input_ids_from_labels", None)
+    if prepare is not None:
+        return prepare(labels=labels)
+    config = base.config
+    start = getattr(config, "decoder_start_token_id", None)
+    pad = getattr(config, "pad_token_id", None)
+    if start is None or pad is None:
+        raise ValueError(f"{type(base).__name__} has no prepare_decoder_input_ids_from_labels and its config lacks "
+                         "decoder_start_token_id or pad_token_id, so decoder inputs cannot be built.")
+    return shift_right(labels, start, pad)
+
+
+class _ShareEncoderOutput:
+    """Decoder pre-hook: encoder states and mask of B rows -> 2B rows ([x; x]), once per forward."""
+
+    def __init__(self, decoder, n_rows: int):
+        self.n_rows = n_rows
+        self.fired = 0
+        self.handle = decoder.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        states = kwargs.get("encoder_hidden_states")
+        if states is None or states.shape[0] * 2 != self.n_rows:
+            return None
+        kwargs = dict(kwargs)
+        kwargs["encoder_hidden_states"] = torch.cat([states, states])
+        mask = kwargs.get("encoder_attention_mask")
+        if mask is not None and mask.shape[0] * 2 == self.n_rows:
+            kwargs["encoder_attention_mask"] = torch.cat([mask, mask])
+        self.fired += 1
+        return args, kwargs
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def _check_supported(model, base) -> None:
+    if not getattr(getattr(base, "config", None), "is_encoder_decoder", False):
+        raise ValueError(f"{type(base).__name__} is not an encoder-decoder model; collate with PreferenceCollator "
+                         "and use preftune.prefix.batch_logps.")
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
+        raise ValueError("prompt-learning PEFT adapters (prompt/prefix tuning) are not supported for encoder-decoder "
+                         "models (their virtual tokens assume equal encoder and decoder batches); use LoRA.")
+
+
+def encoder_decoder_logps(
+    model,
+    batch: Seq2SeqBatch,
+    *,
+    sequence_rows: Tensor | None = None,
+    completion_weights: Tensor | None = None,
+    wpo: bool = False,
+) -> SequenceLogps:
+    """Sums over the completion tokens of each of the 2B decoder rows (chosen rows first).
+
+    sequence_rows: (2B,) bool, rows whose `sequence_logps` is filled (ORPO's NLL: the
+    decoder targets, the same tokens as the completion); completion_weights: (2B, Tc)
+    float per-token weights (LD-DPO) for `weighted_completion_logps`; wpo: fill
+    `completion_wpo_avg`.
+    """
+    base = unwrap(model)
+    _check_supported(model, base)
+    targets, mask = batch.completion_input_ids, batch.completion_mask.bool()
+    n = targets.shape[0]
+    decoder = base.get_decoder()
+    if decoder is base:
+        raise ValueError(f"{type(base).__name__}.get_decoder() returns the model itself; its decoder stack cannot be found.")
+    share = _ShareEncoderOutput(decoder, n)
+    try:
+        out = model(
+            input_ids=batch.prompt_input_ids,
+            attention_mask=batch.prompt_attention_mask,
+            decoder_input_ids=decoder_input_ids(model, targets.masked_fill(~mask, -100)),
+            decoder_attention_mask=batch.completion_mask,
+            use_cache=False,
+        )
+    finally:
+        share.close()
+    if not share.fired:
+        raise RuntimeError(f"{type(base).__name__}'s decoder was not given encoder_hidden_states by keyword, so the "
+                           "encoder output could not be shared between chosen and rejected rows.")
+
+    rows = mask.nonzero()[:, 0]  # (M,)
+    logits = out.logits[mask].float()  # (M, V): the scored positions only
+    y = targets[mask]
+    token_logps = -F.cross_entropy(logits, y, reduction="none")  # = logit(y) − logsumexp
+    with torch.no_grad():
+        mean_logit = logits.mean(-1)
+        if wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse
+            lse = logits.gather(-1, y[:, None]).squeeze(-1) - token_logps
+            log_sq_sum = torch.logsumexp(2 * logits, -1) - 2 * lse
+
+    zeros = token_logps.new_zeros(n)
+    completion = zeros.index_add(0, rows, token_logps)
+    count = zeros.detach().index_add(0, rows, torch.ones_like(token_logps).detach())
+    if sequence_rows is None:
+        seq_rows = torch.zeros(n, dtype=torch.bool, device=completion.device)
+    else:
+        seq_rows = sequence_rows.to(device=completion.device, dtype=torch.bool)
+    return SequenceLogps(
+        completion_logps=completion,
+        completion_tokens=count,
+        sequence_logps=torch.where(seq_rows, completion, zeros),
+        sequence_tokens=torch.where(seq_rows, count, zeros.detach()),
+        completion_logits_sum=zeros.detach().index_add(0, rows, mean_logit),
+        aux_loss=None,
+        completion_wpo_avg=(zeros.detach().index_add(0, rows, token_logps.detach() - log_sq_sum) / count.clamp(min=1)
+                            if wpo else zeros.detach()),
+        weighted_completion_logps=(None if completion_weights is None
+                                   else zeros.index_add(0, rows, token_logps * completion_weights[mask].to(token_logps.dtype))),
+    )
+
+
+def preference_batch_logps(
+    model,
+    batch: PreferenceBatch | Seq2SeqBatch,
+    *,
+    prefix_sharing: bool = True,
+    chunked: bool = True,
+    chunk_size: int | None = None,
+    sequence_rows: Tensor | None = None,
+    completion_weights: Tensor | None = None,
+    wpo: bool = False,
+) -> SequenceLogps:
+    """Per-row log-probs of a collated batch, whichever kind of model it was collated for.
+
+    A `Seq2SeqBatch` goes to `encoder_decoder_logps` (prefix sharing and the chunked LM
+    head do not apply: `prefix_sharing`, `chunked` and `chunk_size` are unused); a
+    `PreferenceBatch` to `prefix.batch_logps`, with every argument.
+    """
+    if isinstance(batch, Seq2SeqBatch):
+        return encoder_decoder_logps(model, batch, sequence_rows=sequence_rows,
+                                     completion_weights=completion_weights, wpo=wpo)
+    if is_encoder_decoder_model(model):
+        raise ValueError(f"{type(unwrap(model)).__name__} is an encoder-decoder model but the batch was collated for a "
+                         "decoder-only one; collate with EncoderDecoderCollator (the trainers do when the model's "
+                         "config has is_encoder_decoder).")
+    from .prefix import batch_logps
+
+    return batch_logps(model, batch, prefix_sharing=prefix_sharing, chunked=chunked, chunk_size=chunk_size,
+                       sequence_rows=sequence_rows, completion_weights=completion_weights, wpo=wpo)
