@@ -14,13 +14,21 @@ configuration, for:
 The "model" is a stand-in whose hidden states are a parameter, so only the head is timed.
 Each variant runs in a fresh subprocess: one warm-up call, then the repeats; the best and median
 times and the peak RSS the repeats added over the RSS after the warm-up (Linux high-water mark)
-are printed.
+are printed. With ``--rounds R`` every variant's subprocess runs R times, round-robin (so a
+neighbour's load falls on all variants alike), and the table gives the median of the R
+per-round medians, the best time and the largest added peak.
 
     python benchmarks/logps_micro.py --config small --repeats 3
+    python benchmarks/logps_micro.py --config small --threads 1 --rounds 3 \
+        --variants preftune-chunked,preftune-chunked:2048          # interleaved A/B, one thread
+    python benchmarks/logps_micro.py --config small --vocab-size 128256 --hidden-size 896 \
+        --variants preftune-chunked:128,preftune-chunked:512      # chunk sizes at another shape
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import statistics
 import subprocess
 import sys
@@ -74,16 +82,16 @@ def make_batch(cfg, seed=0):
     return ids, attn, comp
 
 
-def run_variant(name, model, ids, attn, comp, rows):
+def run_variant(name, model, ids, attn, comp, rows, wpo=False):
     from preftune.logps import plain_sequence_logps, sequence_logps
 
     model.zero_grad(set_to_none=True)
     if name.startswith("preftune-chunked"):  # "preftune-chunked:N" sets logps_chunk_size=N
         size = int(name.split(":")[1]) if ":" in name else None
-        out = sequence_logps(model, ids, attn, comp, sequence_rows=rows, chunk_size=size)
+        out = sequence_logps(model, ids, attn, comp, sequence_rows=rows, chunk_size=size, wpo=wpo)
         loss = out.completion_logps.sum() + out.sequence_logps.sum()
     elif name == "preftune-plain":
-        out = plain_sequence_logps(model, ids, attn, comp, sequence_rows=rows)
+        out = plain_sequence_logps(model, ids, attn, comp, sequence_rows=rows, wpo=wpo)
         loss = out.completion_logps.sum() + out.sequence_logps.sum()
     else:  # trl-fused: the same scored positions through TRL's fused function
         from trl.kernels import ChunkedLogProbFunction
@@ -113,10 +121,19 @@ def main(argv=None):
     ap.add_argument("--method", default="orpo", choices=["orpo", "dpo"],
                     help="orpo also scores every token of the chosen rows (the NLL term)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="run every variant's subprocess this many times, round-robin")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--vocab-size", type=int, default=None, help="override the config's vocabulary")
+    ap.add_argument("--hidden-size", type=int, default=None, help="override the config's hidden size")
+    ap.add_argument("--wpo", action="store_true", help="also compute WPO's statistics (preftune variants)")
     ap.add_argument("--variants", default="preftune-chunked,preftune-plain,trl-fused")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant here
     args = ap.parse_args(argv)
     cfg = CONFIGS[args.config]
+    overrides = {k: v for k, v in (("vocab_size", args.vocab_size), ("hidden_size", args.hidden_size)) if v}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ids, attn, comp = make_batch(cfg)
     n = ids.shape[0]
@@ -129,9 +146,9 @@ def main(argv=None):
             try:
                 import trl.kernels  # noqa: F401
             except ImportError:
-                print(f"| {name} | n/a: trl not installed | |")
+                print(json.dumps({"name": name, "error": "trl not installed"}))
                 return
-        run_variant(name, model, ids, attn, comp, rows)  # warm-up: lazy library loads, allocator pools
+        run_variant(name, model, ids, attn, comp, rows, args.wpo)  # warm-up: lazy library loads, allocator pools
         model.zero_grad(set_to_none=True)
         _trim()
         times = []
@@ -139,16 +156,42 @@ def main(argv=None):
         reset_peak_rss()
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            run_variant(name, model, ids, attn, comp, rows)
+            run_variant(name, model, ids, attn, comp, rows, args.wpo)
             times.append(time.perf_counter() - t0)
-        print(f"| {name} | {min(times):.3f} | {statistics.median(times):.3f} | {peak_rss_mib() - base:.0f} |")
+        print(json.dumps({"name": name, "times": times, "added_peak_mib": peak_rss_mib() - base}))
         return
+    from preftune.logps import chunk_tokens
+
+    default_chunk = chunk_tokens(cfg.vocab_size, cfg.hidden_size, "cpu")
     print(f"{cfg.name}/{args.method}: rows {n}, width {ids.shape[1]}, real tokens {int(attn.sum())}, "
-          f"scored tokens {scored}, vocab {cfg.vocab_size}, hidden {cfg.hidden_size}, threads {torch.get_num_threads()}")
-    print("| variant | best s | median s | added peak RSS MiB |\n|---|---|---|---|", flush=True)
-    for name in [v for v in args.variants.split(",") if v]:
-        subprocess.run([sys.executable, __file__, "--config", args.config, "--method", args.method,
-                        "--repeats", str(args.repeats), "--one", name], check=False)
+          f"scored tokens {scored}, vocab {cfg.vocab_size}, hidden {cfg.hidden_size}, "
+          f"threads {args.threads or torch.get_num_threads()}, wpo {args.wpo}, "
+          f"default chunk {default_chunk} tokens ({default_chunk * cfg.vocab_size * 4 / 2**20:.1f} MiB fp32); "
+          f"{args.repeats} repeats x {args.rounds} rounds")
+    names = [v for v in args.variants.split(",") if v]
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    cmd = [sys.executable, __file__, "--config", args.config, "--method", args.method, "--repeats", str(args.repeats)]
+    for flag, value in (("--threads", args.threads), ("--vocab-size", args.vocab_size),
+                        ("--hidden-size", args.hidden_size)):
+        if value:
+            cmd += [flag, str(value)]
+    cmd += ["--wpo"] if args.wpo else []
+    for _ in range(max(1, args.rounds)):
+        for name in names:
+            proc = subprocess.run(cmd + ["--one", name], check=False, capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            results[name].append(json.loads(lines[-1]) if lines else
+                                 {"name": name, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
+    print("| variant | best s | median s | added peak RSS MiB |\n|---|---|---|---|")
+    for name, runs in results.items():
+        ok = [r for r in runs if "times" in r]
+        if not ok:
+            print(f"| {name} | n/a: {runs[-1].get('error')} | | |")
+            continue
+        best = min(min(r["times"]) for r in ok)
+        median = statistics.median(statistics.median(r["times"]) for r in ok)
+        peak = max(r["added_peak_mib"] for r in ok)
+        print(f"| {name} | {best:.3f} | {median:.3f} | {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ the LM head to them in chunks. Each chunk is checkpointed, so at most one chunk 
 `plain_sequence_logps` is the textbook computation, kept for models that do not
 accept `logits_to_keep` and as the reference the chunked path is tested against.
 
+Per chunk the label's log-prob is `-cross_entropy(logits, labels)`, whose fused
+log-softmax backward is about 1.8x faster on CPU than differentiating
+`gather(logits) - logsumexp(logits)`; WPO's log Σ p² is computed only when asked,
+and only in the forward (the checkpoint's recomputation stops before it).
+The vocabulary-mean logit (the logits/* metrics) of a plain `nn.Linear` head without
+softcapping is h·mean(W) + mean(b), one vector product instead of a pass over the logits.
+
 Position t of a row predicts token t+1, so token j is scored from hidden state j-1.
 """
 from __future__ import annotations
@@ -16,6 +23,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 Tensor = torch.Tensor
@@ -74,7 +82,10 @@ def _scored_positions(attention_mask: Tensor, completion_mask: Tensor, sequence_
 
 
 def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Per token: log p(target), the vocabulary-mean logit, and log Σ_v p_v² (WPO only, else 0); each (M,)."""
+    """Per token: log p(target), the vocabulary-mean logit, and log Σ_v p_v² (WPO only, else 0); each (M,).
+
+    The textbook form over given logits (the plain path); `chunked_token_stats` computes the same values
+    with a fused cross-entropy and is tested against it."""
     logits = logits.float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -85,27 +96,76 @@ def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bo
     return logps, logits.mean(-1).detach(), log_sq_sum
 
 
-def chunk_tokens(vocab: int) -> int:
-    """Default tokens per chunk: about `_CHUNK_ELEMENTS` logits."""
-    return max(64, _CHUNK_ELEMENTS // vocab)
+def chunk_tokens(vocab: int, hidden: int, device: torch.device | str) -> int:
+    """Default tokens per chunk: at most `_CHUNK_ELEMENTS` logits, at least 64 tokens; on CPU, also
+    at most `hidden` tokens.
+
+    On CPU the fastest chunk measured (forward + backward of the head; vocabularies 8k-128k, hidden
+    256-1024; benchmarks/README.md) held about as many tokens as the hidden size, whatever the
+    vocabulary: smaller chunks re-read the (vocab, hidden) weight for fewer tokens, larger ones
+    make (tokens, vocab) temporaries that miss the caches and are page-faulted in afresh (glibc
+    mmaps every block over 32 MiB). At hidden 256 and a 32k vocabulary, 256-token chunks (31 MiB
+    of fp32 logits) instead of 2,097 make the head ~1.3x faster and its live memory ~130 MiB
+    instead of ~750 MiB. Other devices (CUDA) keep the larger chunks their matmuls want; not
+    measured on a GPU yet.
+    """
+    tokens = _CHUNK_ELEMENTS // vocab
+    if torch.device(device).type == "cpu":
+        tokens = min(tokens, hidden)
+    return max(64, tokens)
+
+
+def _vocab_mean_logit(head, h: Tensor, softcap) -> Tensor | None:
+    """Per token (M,), the mean over the vocabulary of head(h), detached, without computing the logits.
+
+    For a plain `nn.Linear` head, mean_v(h·W_v + b_v) = h·mean(W, 0) + mean(b) exactly. None when
+    that does not hold or cannot be seen to hold: softcapping (tanh is not linear), a head of
+    another class (LoRA, quantized or sharded layers), hooks or a replaced forward on the head.
+    """
+    if (softcap or type(head) is not torch.nn.Linear or head._forward_hooks or head._forward_pre_hooks
+            or "forward" in vars(head) or not head.weight.is_floating_point()):
+        return None
+    with torch.no_grad():
+        mean = h.detach().float() @ head.weight.mean(0, dtype=torch.float32)
+        if head.bias is not None:
+            mean = mean + head.bias.mean(dtype=torch.float32)
+    return mean
 
 
 def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int):
     """`_token_stats` over (M, H) hidden states, one chunk of (size, vocab) logits at a time.
 
     Each chunk is checkpointed: only its inputs are kept, its logits are rebuilt in backward.
+    The recomputation stops once the tensors backward needs are rebuilt (`early_stop`), so
+    the detached statistics computed after the log-probs are not computed again.
     """
+    mean_logit = _vocab_mean_logit(head, h, softcap)  # None: taken from each chunk's logits
 
     def chunk(h_c: Tensor, y_c: Tensor):
-        return _token_stats(head(h_c), y_c, softcap, wpo)
+        logits = head(h_c).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        logps = -F.cross_entropy(logits, y_c, reduction="none")  # = logits[y] − logsumexp(logits)
+        with torch.no_grad():
+            mean = logits.mean(-1) if mean_logit is None else None
+            log_sq_sum = None
+            if wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse, with lse = logit(y) − log p(y)
+                lse = logits.gather(-1, y_c[:, None]).squeeze(-1) - logps
+                log_sq_sum = torch.logsumexp(2 * logits, -1) - 2 * lse
+        return logps, mean, log_sq_sum
 
     parts = []
     for start in range(0, h.shape[0], size):
         args = (h[start : start + size], targets[start : start + size])
-        parts.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
+        parts.append(checkpoint(chunk, *args, use_reentrant=False, early_stop=True)
+                     if torch.is_grad_enabled() else chunk(*args))
     if not parts:
         return (h.new_zeros(0, dtype=torch.float32),) * 3
-    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+    logps = torch.cat([p[0] for p in parts])
+    if mean_logit is None:
+        mean_logit = torch.cat([p[1] for p in parts])
+    log_sq_sum = torch.cat([p[2] for p in parts]) if wpo else logps.new_zeros(logps.shape)
+    return logps, mean_logit, log_sq_sum
 
 
 def _reduce(stats, rows, is_completion, is_sequence, n: int, aux_loss, weights: Tensor | None) -> SequenceLogps:
@@ -138,17 +198,19 @@ def sequence_logps(
     chunked: bool = True,
     completion_weights: Tensor | None = None,
     wpo: bool = False,
+    model_inputs: dict | None = None,
 ) -> SequenceLogps:
     """Log-probs of the completion (and optionally whole-sequence) tokens of each row.
 
     input_ids, attention_mask, completion_mask: (N, T); sequence_rows: (N,) bool,
     the rows whose whole sequence is also summed (ORPO's NLL on chosen rows);
     completion_weights: (N, T) float, a weight per completion token in
-    `weighted_completion_logps` (LD-DPO), absent when None; wpo: also fill `completion_wpo_avg`.
+    `weighted_completion_logps` (LD-DPO), absent when None; wpo: also fill `completion_wpo_avg`;
+    model_inputs: more keyword inputs of the model, e.g. a vision-language model's ``pixel_values``.
     """
     if not chunked or not supports_chunked(model):
         return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, sequence_rows,
-                                    completion_weights, wpo)
+                                    completion_weights, wpo, model_inputs=model_inputs)
     base = unwrap(model)
     out = model(
         input_ids=input_ids,
@@ -156,6 +218,7 @@ def sequence_logps(
         use_cache=False,
         output_hidden_states=True,
         logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device),
+        **(model_inputs or {}),
     )
     hidden = out.hidden_states[-1][:, :-1]  # (N, T-1, H); position j-1 scores token j
     completion, sequence = _scored_positions(attention_mask, completion_mask, sequence_rows)
@@ -166,7 +229,8 @@ def sequence_logps(
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    stats = chunked_token_stats(head, h, targets, softcap, wpo, chunk_size or chunk_tokens(vocab))
+    size = chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
+    stats = chunked_token_stats(head, h, targets, softcap, wpo, size)
     weights = None if completion_weights is None else completion_weights[:, 1:][scored]
     return _reduce(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
                    getattr(out, "aux_loss", None), weights)
@@ -176,9 +240,10 @@ def plain_sequence_logps(
     model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None = None,
     completion_weights: Tensor | None = None,
     wpo: bool = False,
+    model_inputs: dict | None = None,
 ) -> SequenceLogps:
     """The textbook computation: full (N, T, V) logits, log-softmax, gather."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **(model_inputs or {}))
     logits = out.logits[:, :-1]  # (N, T-1, V)
     completion, sequence = _scored_positions(attention_mask, completion_mask, sequence_rows)
     scored = completion | sequence

@@ -2,7 +2,9 @@
 
 A model given by name goes through `AutoModelForCausalLM.from_pretrained`, or
 `AutoModelForSeq2SeqLM.from_pretrained` when its config says ``is_encoder_decoder``
-(T5, BART), so a hub id and a local folder take the same path. Tokens never appear
+(T5, BART), or `AutoModelForImageTextToText.from_pretrained` when it has a
+``vision_config`` (LLaVA; its processing class is then a processor, `load_processor`),
+so a hub id and a local folder take the same path. Tokens never appear
 in what we log.
 """
 from __future__ import annotations
@@ -69,7 +71,10 @@ def load_model(name_or_path: str, init_kwargs: dict | None = None) -> PreTrained
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, **{k: kwargs[k] for k in _CONFIG_KWARGS if k in kwargs})
-        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        if getattr(config, "vision_config", None) is not None:  # a vision-language model (LLaVA)
+            from transformers import AutoModelForImageTextToText as auto
+        else:
+            auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
         return auto.from_pretrained(name_or_path, **kwargs)
     except pickle.UnpicklingError:  # torch.load(weights_only=True) refused it; nothing in it ran
         raise ConfigError(f"could not load model {name_or_path!r}: its weights file is a pickle holding more than "
@@ -84,6 +89,17 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(f"could not load the tokenizer of {name_or_path!r}: {_first_line(err)}") from err
+
+
+def load_processor(name_or_path: str, trust_remote_code: bool = False):
+    """A vision-language model's processor (tokenizer + image processor), by hub id or local path."""
+    from transformers import AutoProcessor
+
+    check_model_ref(name_or_path)
+    try:
+        return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"could not load the processor of {name_or_path!r}: {_first_line(err)}") from err
 
 
 def _first_line(err: Exception) -> str:

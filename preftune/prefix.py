@@ -191,6 +191,8 @@ def prefix_sharing_blockers(model) -> list[str]:
     found = []
     if getattr(config, "is_encoder_decoder", False):
         found.append("encoder-decoder models are not supported")
+    if getattr(config, "vision_config", None) is not None:
+        found.append("vision-language models are not supported (image features are merged into the prompt)")
     if not getattr(config, "is_causal", True):
         found.append("the model's attention is not causal")
     if not supports_chunked(model):
@@ -331,7 +333,8 @@ def shared_prefix_logps(
     h = hidden.reshape(-1, hidden.shape[-1])[unique // span]  # (U, H)
     softcap = getattr(base.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    stats = chunked_token_stats(head, h, unique % span, softcap, wpo, chunk_size or chunk_tokens(vocab))
+    size = chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
+    stats = chunked_token_stats(head, h, unique % span, softcap, wpo, size)
     stats = tuple(s[inverse] for s in stats)  # (M,) each: back to one entry per (row, token)
     weights = None if completion_weights is None else completion_weights[:, 1:][scored]
     return _reduce(stats, rows, completion[scored], sequence[scored], ids.shape[0], aux_loss, weights)

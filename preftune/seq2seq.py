@@ -28,18 +28,25 @@ since the prompt is not predicted by an encoder-decoder model (as TRL); LD-DPO
 weights and WPO's statistic are supported; `aux_loss` is None.
 
 `preference_batch_logps` is what the trainer, the reference providers and the
-precompute pass call: a `Seq2SeqBatch` goes here, a `PreferenceBatch` to
-`prefix.batch_logps`.
+precompute pass call: a `Seq2SeqBatch` goes here, a `VisionPreferenceBatch` (a
+vision-language model's batch with images) to `logps.sequence_logps` with its image
+inputs passed to the model (chunked LM head, no prefix sharing), a `PreferenceBatch`
+to `prefix.batch_logps`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .data.collate import PreferenceBatch, Seq2SeqBatch
+from .data.collate import PreferenceBatch, Seq2SeqBatch, VisionPreferenceBatch
 from .logps import SequenceLogps, unwrap
 
 Tensor = torch.Tensor
+
+
+def is_vision_model(model) -> bool:
+    """True for a vision-language model (its config has a ``vision_config``: LLaVA and kin), wrappers included."""
+    return getattr(getattr(unwrap(model), "config", None), "vision_config", None) is not None
 
 
 def is_encoder_decoder_model(model) -> bool:
@@ -192,6 +199,12 @@ def preference_batch_logps(
     if isinstance(batch, Seq2SeqBatch):
         return encoder_decoder_logps(model, batch, sequence_rows=sequence_rows,
                                      completion_weights=completion_weights, wpo=wpo)
+    if isinstance(batch, VisionPreferenceBatch):  # image features enter the prompt: no prefix sharing
+        from .logps import sequence_logps
+
+        return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
+                              sequence_rows=sequence_rows, chunk_size=chunk_size, chunked=chunked,
+                              completion_weights=completion_weights, wpo=wpo, model_inputs=dict(batch.vision_inputs))
     if is_encoder_decoder_model(model):
         raise ValueError(f"{type(unwrap(model)).__name__} is an encoder-decoder model but the batch was collated for a "
                          "decoder-only one; collate with EncoderDecoderCollator (the trainers do when the model's "

@@ -7,6 +7,11 @@ reference provider, the data pipeline — is resolved once in `__init__`.
 `ORPOTrainer` and `DPOTrainer` keep TRL's constructor signatures so TRL scripts run
 with only the import changed (`tokenizer=` is accepted as the old name of
 `processing_class`).
+
+Vision-language models (LLaVA): pass the processor as ``processing_class`` (as TRL);
+rows keep their ``images`` column, prompts get the model's image tokens and are never
+truncated (`preftune.data.prepare`), and batches carry ``pixel_values``
+(`VisionPreferenceCollator`) to the policy and the reference alike.
 """
 from __future__ import annotations
 
@@ -20,13 +25,16 @@ from transformers import Trainer
 
 from . import checkpoints
 from .config import DPOConfig, ORPOConfig, PreferenceConfig
-from .data.collate import REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, batch_from_inputs
+from .data.collate import (REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, VisionPreferenceCollator,
+                           batch_from_inputs)
+from .data.images import is_vision_processor
 from .data.prepare import prepare_dataset
 from .errors import ConfigError
 from .eval_generations import log_eval_generations
 from .guard import NonFiniteGuard
-from .seq2seq import is_encoder_decoder_model, preference_batch_logps
-from .models import apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_tokenizer, text_tokenizer
+from .seq2seq import is_encoder_decoder_model, is_vision_model, preference_batch_logps
+from .models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
+                     load_tokenizer, text_tokenizer)
 from .objectives import objective_from_config
 from .parallel import prepare_reference_model
 from .precompute import attach_reference_logps, reference_fingerprint
@@ -36,7 +44,7 @@ from .sync import SyncReferenceCallback
 logger = logging.getLogger(__name__)
 
 REF_WEIGHTS = "reference_model.safetensors"  # TR-DPO: the synced reference, saved with each checkpoint
-_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", *REF_COLUMNS]
+_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", *REF_COLUMNS, "images"]
 
 
 class PreferenceTrainer(Trainer):
@@ -71,16 +79,21 @@ class PreferenceTrainer(Trainer):
             name = model
             model = load_model(name, args.model_init_kwargs)
             remote_code = bool((args.model_init_kwargs or {}).get("trust_remote_code"))
-            processing_class = processing_class or load_tokenizer(name, trust_remote_code=remote_code)
+            load = load_processor if is_vision_model(model) else load_tokenizer
+            processing_class = processing_class or load(name, trust_remote_code=remote_code)
         if isinstance(ref_model, str):
             ref_model = load_model(ref_model, getattr(args, "ref_model_init_kwargs", None))
         if processing_class is None:
             name = getattr(getattr(model, "config", None), "_name_or_path", None)
             if not name:
                 raise ConfigError("pass processing_class (the tokenizer): it cannot be found from the model.")
-            processing_class = load_tokenizer(name)
+            processing_class = load_processor(name) if is_vision_model(model) else load_tokenizer(name)
         tok = text_tokenizer(processing_class)
         ensure_pad_token(tok)
+        vision = is_vision_processor(processing_class)
+        if model is not None and is_vision_model(model) and not vision:
+            _check_no_images(train_dataset, eval_dataset)
+        data_tok = processing_class if vision else tok  # a VLM's processor expands the prompts' image tokens
         args.is_encoder_decoder = _resolve_encoder_decoder(model, args.is_encoder_decoder)
 
         if peft_config is not None:
@@ -94,12 +107,14 @@ class PreferenceTrainer(Trainer):
         self.objective = objective_from_config(args)
 
         self.data_reports = {}
-        train_dataset = self._prepare(train_dataset, tok, args, "train")
+        train_dataset = self._prepare(train_dataset, data_tok, args, "train")
         if isinstance(eval_dataset, dict):
-            eval_dataset = {k: self._prepare(v, tok, args, f"eval/{k}") for k, v in eval_dataset.items()}
+            eval_dataset = {k: self._prepare(v, data_tok, args, f"eval/{k}") for k, v in eval_dataset.items()}
         else:
-            eval_dataset = self._prepare(eval_dataset, tok, args, "eval")
+            eval_dataset = self._prepare(eval_dataset, data_tok, args, "eval")
         pad_id = args.padding_value if args.padding_value is not None else tok.pad_token_id
+        if data_collator is None and vision:
+            data_collator = VisionPreferenceCollator(pad_token_id=pad_id, image_processor=processing_class.image_processor)
         collator_cls = EncoderDecoderCollator if args.is_encoder_decoder else PreferenceCollator
         data_collator = data_collator or collator_cls(pad_token_id=pad_id)
 
@@ -163,7 +178,8 @@ class PreferenceTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first."""
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
-            eval_dataset = self._prepare(eval_dataset, text_tokenizer(self.processing_class), self.args, "eval")
+            pc = self.processing_class
+            eval_dataset = self._prepare(eval_dataset, pc if is_vision_processor(pc) else text_tokenizer(pc), self.args, "eval")
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if self.args.generate_during_eval:
             log_eval_generations(self)
@@ -366,7 +382,8 @@ def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str):
     """
     with args.main_process_first(desc=f"preparing {split} data"):
         prepared, report = prepare_dataset(
-            dataset, text_tokenizer(tokenizer), args.length_limits(), skip_bad_rows=args.skip_bad_rows,
+            dataset, tokenizer if is_vision_processor(tokenizer) else text_tokenizer(tokenizer), args.length_limits(),
+            skip_bad_rows=args.skip_bad_rows,
             num_proc=args.dataset_num_proc, desc=f"tokenizing {split} pairs",
             is_encoder_decoder=bool(args.is_encoder_decoder),
         )
@@ -384,6 +401,15 @@ def _resolve_encoder_decoder(model, flag: bool | None) -> bool:
         raise ConfigError(f"is_encoder_decoder={flag} but the model's config says is_encoder_decoder={detected}; "
                           "leave is_encoder_decoder unset (it is read from the model).")
     return detected
+
+
+def _check_no_images(*datasets) -> None:
+    """A vision-language model given a plain tokenizer would silently train without the images."""
+    for dataset in datasets:
+        for ds in (dataset.values() if isinstance(dataset, dict) else [dataset]):
+            if "images" in (getattr(ds, "column_names", None) or []):
+                raise ConfigError("the model is a vision-language model and the data has images, but processing_class "
+                                  "is a tokenizer; pass the model's processor (AutoProcessor.from_pretrained(...)).")
 
 
 def _is_prepared(dataset) -> bool:

@@ -8,11 +8,18 @@ Rows are right-padded to the longest row of this batch only.
 Encoder-decoder models (T5, BART) get `EncoderDecoderCollator` instead: the prompt
 is the encoder's input, once per pair (B rows), and the completions are the
 decoder's targets, 2B rows in the same order (`Seq2SeqBatch`).
+
+Vision-language models (LLaVA) get `VisionPreferenceCollator`: the same 2B text rows,
+plus the image processor's outputs (``pixel_values``, and ``image_sizes`` etc. when
+the processor gives them) for the images of the batch, in row order: the images of
+pairs 0..B-1 for the chosen rows, then the same images again for the rejected rows
+(the pair's images are duplicated, not shared: the vision tower runs on both copies).
+The batch is a `VisionPreferenceBatch`.
 """
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -115,10 +122,35 @@ class Seq2SeqBatch:
         return out
 
 
+@dataclass(frozen=True)
+class VisionPreferenceBatch(PreferenceBatch):
+    """A `PreferenceBatch` for a vision-language model, plus the image inputs of its 2B rows.
+
+    vision_inputs: the image processor's tensors for the images of the rows, in row order
+                   (chosen rows' images first, then the same images for the rejected rows),
+                   e.g. ``pixel_values`` (n_images, C, H, W); passed to the model as keywords.
+    """
+
+    vision_inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping[str, Any]) -> "VisionPreferenceBatch":
+        """Build from `VisionPreferenceCollator`'s dict: every key that is not a text key is an image input."""
+        vision = {k: v for k, v in inputs.items() if k not in (*BATCH_KEYS, "ref_logps")}
+        return cls(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], inputs.get("ref_logps"),
+                   vision)
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {**super().to_dict(), **self.vision_inputs}
+
+
 def batch_from_inputs(inputs: Mapping[str, Any]) -> "PreferenceBatch | Seq2SeqBatch":
-    """The batch a collator's dict holds: `Seq2SeqBatch` for encoder-decoder keys, else `PreferenceBatch`."""
+    """The batch a collator's dict holds: `Seq2SeqBatch` for encoder-decoder keys, `VisionPreferenceBatch`
+    when it carries ``pixel_values``, else `PreferenceBatch`."""
     if "prompt_input_ids" in inputs:
         return Seq2SeqBatch.from_inputs(inputs)
+    if "pixel_values" in inputs:
+        return VisionPreferenceBatch.from_inputs(inputs)
     return PreferenceBatch.from_inputs(inputs)
 
 
@@ -220,4 +252,32 @@ class EncoderDecoderCollator:
         ref = _ref_logps(features)
         if ref is not None:
             batch["ref_logps"] = ref
+        return batch
+
+
+@dataclass
+class VisionPreferenceCollator(PreferenceCollator):
+    """`PreferenceCollator` plus the pairs' images, for a vision-language model (see the module docstring).
+
+    image_processor: the processor's image processor (``processor.image_processor``). Features
+    carry their images in ``images`` (a list per pair, or None / absent for a text-only pair); a
+    batch without any image has no ``pixel_values`` and is a plain `PreferenceBatch`."""
+
+    image_processor: Any = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_processor is None:
+            raise ConfigError("VisionPreferenceCollator needs the processor's image_processor.")
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        from preftune.data.images import load_images
+
+        batch = super().__call__(features)
+        images = [img for f in features for img in load_images(f.get("images"))]
+        if images:
+            encoded = self.image_processor(images=images, return_tensors="pt")
+            for key, value in encoded.items():
+                if isinstance(value, torch.Tensor):  # per image (or per patch): chosen rows, then rejected rows
+                    batch[key] = torch.cat([value, value])
         return batch

@@ -12,7 +12,18 @@ Rows are never dropped silently: pairs that truncation would leave with an empty
 completion are dropped and counted; rows that cannot be used (wrong shape, None
 fields, ...) raise one DataError naming the first of them and how many there are,
 or are dropped and counted with ``skip_bad_rows=True``. Images are not read here
-(their columns are left out of the map, so they are never decoded).
+(their columns are left out of the map, so they are never decoded), except for a
+vision-language model's processor (below).
+
+Vision-language models (``tokenizer`` is a processor with an image processor, e.g.
+``LlavaProcessor``): the ``images`` column (or the column mapped to it) is read, and
+a pair with images gets its prompt ids from the processor, every image placeholder
+expanded to the model's image tokens (`preftune.data.images`). Such a prompt is NEVER
+truncated (cutting image tokens would break the model's image/feature match, and
+``max_prompt_length`` does not apply to it): only the completions are cut to fit
+``max_length``, and a pair whose prompt leaves no room for a completion is dropped and
+counted like any pair left with an empty completion. The result keeps the images
+column (as given: the images are encoded by `VisionPreferenceCollator`, per batch).
 
 The map passes ``new_fingerprint`` computed from the input fingerprint, the
 tokenizer (vocabulary, special tokens, chat template), the limits, the column
@@ -31,10 +42,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from preftune.data.formats import check_columns, to_preference_pair
+from preftune.data.images import image_prompt_ids, is_vision_processor
 from preftune.data.tokenize import LengthLimits, _specials, finish_pair, render_pair, text_tokenizer, truncate_pair
 from preftune.errors import DataError
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+IMAGES_COLUMN = "images"  # kept for vision-language models
 _STATUS, _ERROR = "_preftune_status", "_preftune_error"
 KEPT, TRUNCATED, DROPPED_EMPTY, BAD = 0, 1, 2, 3
 _N_ERRORS = 5
@@ -78,6 +91,7 @@ class _RowProcessor:
         self.limits = limits
         self.columns = dict(columns) if columns else None
         self.is_encoder_decoder = bool(is_encoder_decoder)
+        self.vision = is_vision_processor(tokenizer)  # a VLM's processor: prompts with images expand them
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         keys = list(batch)
@@ -88,11 +102,12 @@ class _RowProcessor:
         n = len(rows)
         out: dict[str, list] = {c: [[] for _ in range(n)] for c in ID_COLUMNS}
         status, errors = [BAD] * n, [""] * n
-        texts, good = [], []
+        texts, good, images = [], [], []
         for j, (row, index) in enumerate(zip(rows, indices)):
             try:
                 pair = to_preference_pair(row, index, self.columns)
                 texts.extend(render_pair(pair, self.tokenizer, index=index))
+                images.append(pair.images if self.vision else None)
                 good.append(j)
             except DataError as e:
                 errors[j] = str(e)
@@ -102,8 +117,15 @@ class _RowProcessor:
             enc_dec = self.is_encoder_decoder
             ids = tok(texts, add_special_tokens=enc_dec)["input_ids"]  # one batched call
             for m, j in enumerate(good):
-                tp = finish_pair(ids[3 * m], ids[3 * m + 1], ids[3 * m + 2], tok, specials, is_encoder_decoder=enc_dec)
-                cut = truncate_pair(tp, self.limits, is_encoder_decoder=enc_dec)
+                prompt_ids = ids[3 * m]
+                if images[m]:  # the processor expands the image placeholders into the model's image tokens
+                    try:
+                        prompt_ids = image_prompt_ids(self.tokenizer, texts[3 * m], images[m], f"row {indices[j]}")
+                    except DataError as e:
+                        errors[j] = str(e)
+                        continue
+                tp = finish_pair(prompt_ids, ids[3 * m + 1], ids[3 * m + 2], tok, specials, is_encoder_decoder=enc_dec)
+                cut = truncate_pair(tp, self.limits, is_encoder_decoder=enc_dec, keep_prompt=bool(images[m]))
                 if cut is None:
                     status[j] = DROPPED_EMPTY
                     continue
@@ -123,7 +145,7 @@ def _features():
 @lru_cache(maxsize=1)
 def _code_hash() -> str:
     h = hashlib.sha256()
-    for name in ("pairs.py", "formats.py", "tokenize.py", "prepare.py"):
+    for name in ("pairs.py", "formats.py", "tokenize.py", "prepare.py", "images.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 
@@ -138,6 +160,11 @@ def _tokenizer_hash(tokenizer) -> str:
         h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
     template = getattr(tokenizer, "chat_template", None)
     h.update(json.dumps([type(tokenizer).__name__, template, tok.bos_token_id, tok.eos_token_id, len(tok)], sort_keys=True, default=str).encode())
+    if is_vision_processor(tokenizer):  # the image token count depends on the processor's settings
+        h.update(json.dumps([getattr(tokenizer, "image_token", None), getattr(tokenizer, "patch_size", None),
+                             getattr(tokenizer, "vision_feature_select_strategy", None),
+                             getattr(tokenizer, "num_additional_image_tokens", None),
+                             tokenizer.image_processor.to_json_string()], default=str).encode())
     return h.hexdigest()
 
 
@@ -158,6 +185,15 @@ def _image_sources(columns: Mapping[str, str | None] | None) -> set[str]:
     return sources
 
 
+def _row_images(row: Mapping, sources: set[str]):
+    """A list row's images as a list (None without images), from the first image column it has."""
+    for src in sources:
+        value = row.get(src)
+        if value is not None:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+    return None
+
+
 def prepare_dataset(
     dataset: Any,
     tokenizer,
@@ -172,7 +208,8 @@ def prepare_dataset(
     """Turn a `datasets.Dataset` (or a list of dict rows) into token ids.
 
     Returns ``(dataset, report)``: a Dataset with only ``prompt_ids``,
-    ``chosen_ids`` and ``rejected_ids`` columns, and a `PrepareReport`. Raises
+    ``chosen_ids`` and ``rejected_ids`` columns (plus ``images`` when `tokenizer` is a
+    vision-language model's processor and the data has images), and a `PrepareReport`. Raises
     DataError naming the first bad row and the number of bad rows (unless
     `skip_bad_rows`), and DataError when no row is left to train on.
     `is_encoder_decoder`: tokenize and truncate for an encoder-decoder model (T5, BART).
@@ -182,9 +219,15 @@ def prepare_dataset(
     if columns:
         check_columns(columns)  # a bad --columns is a config error, before any row is read
     image_sources = _image_sources(columns)
-    map_columns = {k: v for k, v in (columns or {}).items() if k not in image_sources} or None
+    vision = is_vision_processor(tokenizer)
+    if vision:  # the processor reads the images; the column is kept for the collator
+        map_columns, image_sources_read = (dict(columns) if columns else None), set()
+    else:
+        map_columns = {k: v for k, v in (columns or {}).items() if k not in image_sources} or None
+        image_sources_read = image_sources
+    images = None  # vision: a one-column dataset of the images, aligned with the rows
     if isinstance(dataset, datasets.Dataset):
-        keep = [c for c in dataset.column_names if c not in image_sources]
+        keep = [c for c in dataset.column_names if c not in image_sources_read]
         source = dataset.select_columns(keep) if len(keep) < len(dataset.column_names) else dataset
         if source.format["type"] is not None:
             source = source.with_format(None)  # rows as plain python objects, whatever the user's format
@@ -198,11 +241,16 @@ def prepare_dataset(
             new_fingerprint=_fingerprint(source, tokenizer, limits, map_columns, is_encoder_decoder),
             desc=desc,
         )
+        present = [c for c in dataset.column_names if c in image_sources]
+        if vision and present:
+            images = dataset.select_columns(present[:1])
+            if present[0] != IMAGES_COLUMN:
+                images = images.rename_column(present[0], IMAGES_COLUMN)
     elif isinstance(dataset, (list, tuple)):
         processor = _RowProcessor(tokenizer, limits, map_columns, is_encoder_decoder)
         parts: dict[str, list] = {c: [] for c in (*ID_COLUMNS, _STATUS, _ERROR)}
         for start in range(0, len(dataset), _LIST_CHUNK):
-            chunk = [{k: v for k, v in row.items() if k not in image_sources} if isinstance(row, Mapping) else row for row in dataset[start : start + _LIST_CHUNK]]
+            chunk = [{k: v for k, v in row.items() if k not in image_sources_read} if isinstance(row, Mapping) else row for row in dataset[start : start + _LIST_CHUNK]]
             bad = next((i for i, row in enumerate(chunk) if not isinstance(row, Mapping)), None)
             if bad is not None:
                 raise DataError(f"row {start + bad} is {type(chunk[bad]).__name__}, not a mapping of column names to values; pass a list of dicts or a datasets.Dataset.")
@@ -210,6 +258,10 @@ def prepare_dataset(
             for key, values in result.items():
                 parts[key].extend(values)
         processed = datasets.Dataset.from_dict(parts, features=_features())
+        if vision:
+            values = [_row_images(row, image_sources) for row in dataset]
+            if any(v is not None for v in values):
+                images = datasets.Dataset.from_dict({IMAGES_COLUMN: values})
     else:
         raise TypeError(f"prepare_dataset takes a datasets.Dataset or a list of dict rows, not {type(dataset).__name__}")
 
@@ -228,6 +280,8 @@ def prepare_dataset(
         n_bad_rows=len(bad_idx),
         first_errors=first_errors,
     )
+    if images is not None:
+        processed = datasets.concatenate_datasets([processed, images], axis=1)
     if len(bad_idx) and not skip_bad_rows:
         raise DataError(
             f"{first_errors[0].rstrip('.')} ({len(bad_idx)} of {n_rows} rows are bad; fix them, or set skip_bad_rows=True / --skip_bad_rows to drop them)."

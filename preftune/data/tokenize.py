@@ -309,11 +309,14 @@ def _truncate_encoder_decoder(tp: TokenizedPair, limits: LengthLimits) -> Tokeni
     return TokenizedPair(list(prompt), list(chosen), list(rejected), tp.bos_token_id, tp.eos_token_id)
 
 
-def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder: bool = False) -> TokenizedPair | None:
+def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder: bool = False,
+                  keep_prompt: bool = False) -> TokenizedPair | None:
     """Apply `limits` (see the module docstring). Returns `tp` itself when nothing
     is cut, and None when a completion would be left empty (the caller drops the
     pair and counts it). `is_encoder_decoder`: the encoder-decoder rules (prompt and
-    completions limited separately)."""
+    completions limited separately). `keep_prompt`: the prompt is never cut (it holds
+    image tokens, see `preftune.data.images`); only the completions are, and a pair
+    whose prompt leaves no room for them is dropped (None)."""
     if is_encoder_decoder:
         return _truncate_encoder_decoder(tp, limits)
     prompt, chosen, rejected = tp.prompt_ids, tp.chosen_ids, tp.rejected_ids
@@ -322,7 +325,7 @@ def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder
         rejected = rejected[: limits.max_completion_length]
     max_length = limits.max_length
     if max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
-        keep = limits.max_prompt_length
+        keep = None if keep_prompt else limits.max_prompt_length
         if keep is not None and len(prompt) > keep:
             if limits.truncation_mode == "keep_start":
                 prompt = prompt[:keep]
