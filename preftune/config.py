@@ -98,7 +98,8 @@ class PreferenceConfig(TrainingArguments):
                   "where that is exact; falls back to the plain forward otherwise (e.g. flash-attention)."},
     )
     logps_chunk_size: Optional[int] = field(
-        default=None, metadata={"help": "Tokens per log-prob chunk (default: sized to about 256 MB of fp32 logits)."}
+        default=None, metadata={"help": "Tokens per log-prob chunk (default: on CPU as many tokens as the model's "
+                                  "hidden size, at most 2^26 logits; on other devices 2^26 logits (256 MiB fp32); at least 64 tokens)."}
     )
     max_nonfinite_steps: int = field(
         default=5,

@@ -100,3 +100,29 @@ def test_orpo_nll_on_completion_only_changes_the_nll(tmp_path):
     # completion-only NLL is minus the chosen per-token mean log-prob
     assert b == pytest.approx(-completion.evaluate(eval_dataset=pairs())["eval_logps/chosen"], rel=1e-6)
     assert a != pytest.approx(b, rel=1e-3)
+
+
+def test_a_user_built_peft_model_with_a_patched_forward_is_used_as_is(tmp_path):
+    """As unsloth's FastLanguageModel.get_peft_model returns: a PeftModel whose forward was patched."""
+    from peft import get_peft_model
+
+    model, tok = tiny()
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    calls = []
+    inner = peft_model.base_model.model
+    original = inner.forward
+
+    def patched_forward(*args, **kwargs):  # a stand-in for a patched fast kernel: same maths, counted
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    inner.forward = patched_forward
+    frozen = {n: p.detach().clone() for n, p in peft_model.named_parameters() if not p.requires_grad}
+    args = ORPOConfig(output_dir=str(tmp_path), max_steps=2, learning_rate=5e-3, per_device_train_batch_size=4,
+                      save_strategy="no", report_to="none")
+    trainer = ORPOTrainer(model=peft_model, args=args, processing_class=tok, train_dataset=pairs())
+    assert trainer.model is peft_model  # not re-wrapped, not copied
+    trainer.train()
+    assert calls, "the patched forward was bypassed"
+    assert all(torch.equal(p, frozen[n]) for n, p in peft_model.named_parameters() if n in frozen)
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in peft_model.named_parameters())
