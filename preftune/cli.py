@@ -175,7 +175,7 @@ def train(command: str, argv: list[str]) -> int:
     from .data.sources import parse_columns, train_and_eval
     from .errors import DataError
     from .generation import generate_answers
-    from .models import check_model_config, ensure_pad_token, load_model, load_tokenizer, text_tokenizer
+    from .models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
     from .trainer import DPOTrainer, ORPOTrainer, prepare_split
 
     run = parse_run(command, argv)
@@ -214,7 +214,10 @@ def train(command: str, argv: list[str]) -> int:
         config.eval_strategy = "no"  # nothing to evaluate on; say so rather than fail at the first eval
         _say("preftune: no evaluation data found, so evaluation is off (pass --eval_split, --eval_dataset or --split_dataset_ratio).")
     # Tokenizer and every row checked before the model's weights load (minutes for a large model).
-    tokenizer = load_tokenizer(run.model, trust_remote_code=remote_code)
+    if getattr(model_config, "vision_config", None) is not None:  # a VLM: its processor tokenizes (and expands images)
+        tokenizer = load_processor(run.model, trust_remote_code=remote_code)
+    else:
+        tokenizer = load_tokenizer(run.model, trust_remote_code=remote_code)
     ensure_pad_token(text_tokenizer(tokenizer))
     try:
         train_ds, train_report = prepare_split(train_data.dataset, tokenizer, config, "train")

@@ -297,3 +297,29 @@ def test_vlm_with_a_tokenizer_and_image_data_is_refused(vlm, tmp_path):
     model, processor = vlm
     with pytest.raises(ConfigError, match="pass the model's processor"):
         DPOTrainer(model, args=args(tmp_path), train_dataset=dataset(2), processing_class=processor.tokenizer)
+
+
+def test_cli_trains_a_vlm_from_a_jsonl_file_with_image_paths(vlm_dir, tmp_path, capsys):
+    import json
+
+    from preftune.cli import main as cli_main
+
+    lines = []
+    for i, row in enumerate(rows(8)):
+        paths = []
+        for j, im in enumerate(row.pop("images")):
+            paths.append(str(tmp_path / f"img{i}_{j}.png"))
+            im.save(paths[-1])
+        lines.append(json.dumps({**row, "images": paths}))
+    data = tmp_path / "vision.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    code = cli_main(["dpo", "--model", vlm_dir, "--dataset", str(data), "--max_steps", "2", "--max_length", "64",
+                     "--max_prompt_length", "48", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+                     "--output_dir", str(out), "--report_to", "none", "--eval_strategy", "no"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    assert "prepared 8 pairs" in captured.out
+    history = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
+    assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
