@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the test models are tiny: a second thread costs more in syncing than it gives
 
 
 @pytest.fixture(scope="session")

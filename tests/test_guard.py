@@ -24,14 +24,6 @@ from preftune.guard import NonFiniteGuard, TrainingDiverged
 NAN = float("nan")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, two threads run these tiny models several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _pairs(n=32):
     return load_preference_data(tiny_dataset_files()["train"]).select(range(n))

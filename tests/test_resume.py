@@ -489,15 +489,8 @@ def _orpo(out, **overrides):
                        train_dataset=load_preference_data(tiny_dataset_files()["train"]).select(range(16)))
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
-
-def test_a_checkpoint_saved_again_is_not_complete_until_its_new_marker(tmp_path, monkeypatch, one_thread):
+def test_a_checkpoint_saved_again_is_not_complete_until_its_new_marker(tmp_path, monkeypatch):
     _orpo(tmp_path).train()  # checkpoint-2 and checkpoint-4, complete
     assert checkpoints.is_complete(tmp_path / "checkpoint-4")
     trainer = _orpo(tmp_path)
@@ -518,7 +511,7 @@ def test_a_checkpoint_saved_again_is_not_complete_until_its_new_marker(tmp_path,
     assert not checkpoints.is_complete(tmp_path / "checkpoint-4")
 
 
-def test_a_fresh_run_never_rotates_its_own_checkpoints_away_for_an_earlier_runs(tmp_path, one_thread):
+def test_a_fresh_run_never_rotates_its_own_checkpoints_away_for_an_earlier_runs(tmp_path):
     _orpo(tmp_path, max_steps=6).train()  # an earlier run: checkpoint-2, -4, -6
     trainer = _orpo(tmp_path, max_steps=2, save_total_limit=1, overwrite_output_dir=True)
     trainer.train()

@@ -20,13 +20,6 @@ from preftune.data.sources import load_preference_data, load_sources
 from preftune.errors import ConfigError, DataError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _pairs_file(folder, n=8, name="pairs.jsonl"):
     lines = open(tiny_dataset_files()["train"], encoding="utf-8").read().splitlines()[:n]
