@@ -221,7 +221,9 @@ class ChatSession:
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                       generation_config=self.settings.generation_config(self.model, self.tokenizer),
                                       streamer=streamer)
-        answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+        from .generation import answer_ids
+
+        answer = self.tokenizer.decode(answer_ids(self.model, out[0], len(ids)), skip_special_tokens=True).strip()
         self.messages = messages + [{"role": "assistant", "content": answer}]
         self.dropped_turns = dropped
         return answer

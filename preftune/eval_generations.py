@@ -35,10 +35,10 @@ def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens
 
     A decoder-only model returns prompt + answer (the answer follows the prompt's ids); an
     encoder-decoder model returns only the decoder's tokens, all of them the answer."""
+    from .generation import answer_ids
     from .logps import unwrap
 
     model = unwrap(model)
-    answer_start = 0 if getattr(model.config, "is_encoder_decoder", False) else None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -49,8 +49,7 @@ def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                  max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            start = len(ids) if answer_start is None else answer_start
-            answers.append(tokenizer.decode(out[0, start:], skip_special_tokens=True).strip())
+            answers.append(tokenizer.decode(answer_ids(model, out[0], len(ids)), skip_special_tokens=True).strip())
     finally:
         model.train(was_training)
     return answers

@@ -67,7 +67,9 @@ def answer(model, tokenizer, history_messages: list[dict], max_new_tokens: int =
                              eos_token_id=tokenizer.eos_token_id, **sampling)
     finally:
         model.train(was_training)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    from .generation import answer_ids
+
+    return tokenizer.decode(answer_ids(model, out[0], enc["input_ids"].shape[1]), skip_special_tokens=True).strip()
 
 
 def _drop_oldest_turn(messages: list[dict]) -> list[dict]:

@@ -434,3 +434,29 @@ def test_t5_learns_a_held_out_preference(trainer_cls, config_cls, toks, tmp_path
         assert before["eval_rewards/accuracies"] == 0.0  # policy == reference: ties, no wins
     assert after["eval_rewards/accuracies"] >= 0.9
     assert after["eval_rewards/margins"] > before["eval_rewards/margins"] + 0.5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_chat_and_ui_answers_are_the_decoder_tokens(arch, toks):
+    """generate returns only decoder tokens for these models: nothing may be sliced off as 'prompt'."""
+    import copy
+
+    from preftune.chat import ChatSession, GenerationSettings
+    from preftune.ui import answer
+
+    model, tok = model_and_tok(arch, toks)
+    tok = copy.deepcopy(tok)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    messages = [{"role": "user", "content": "hello world how are you"}]
+    unused = range(len(tok), model.config.vocab_size)  # ids the tiny tokenizer has no word for
+    model.eval().generation_config.suppress_tokens = [*tok.all_special_ids, *unused]  # only words: never an empty answer
+    model.generation_config.forced_eos_token_id = None  # BART forces EOS at the length limit
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    expected = tok.decode(out[0], skip_special_tokens=True).strip()
+    assert len(expected.split()) >= 5  # slicing at the prompt's length would have cut into these words
+    assert answer(model, tok, messages, max_new_tokens=6) == expected
+    session = ChatSession(model, tok, GenerationSettings(max_new_tokens=6))
+    assert session.send("hello world how are you") == expected
