@@ -313,7 +313,7 @@ def _save_command(run: Run, argv: list[str]) -> None:
 def _redact_json(arg: str) -> str:
     import json
 
-    from .report import redact_config
+    from .model_card import redact_config
 
     prefix, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
     try:

@@ -273,7 +273,7 @@ class PreferenceTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """As Trainer._save, but the pickled training_args.bin it writes carries no hub token."""
-        from .report import redact_config
+        from .model_card import redact_config
 
         secret_fields = ("hub_token", "model_init_kwargs", "ref_model_init_kwargs")
         kept = {name: getattr(self.args, name) for name in secret_fields if hasattr(self.args, name)}
@@ -357,7 +357,7 @@ class PreferenceTrainer(Trainer):
             return
         os.makedirs(self.args.output_dir, exist_ok=True)
         path = os.path.join(self.args.output_dir, "preftune_config.json")
-        from .report import redact_config
+        from .model_card import redact_config
 
         config = redact_config({"trainer": type(self).__name__, **self.args.to_dict()})
         with open(path, "w") as f:

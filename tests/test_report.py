@@ -9,15 +9,15 @@ import sys
 import pytest
 import yaml
 
+from preftune import model_card as model_card_module
 from preftune import report
+from preftune.model_card import model_card, write_model_card
 from preftune.report import (
     final_metrics,
-    model_card,
     panels_for,
     plot_metrics,
     split_history,
     write_metric_history,
-    write_model_card,
     write_run_report,
 )
 
@@ -244,7 +244,7 @@ def test_adapter_card_uses_peft_and_lists_lora_settings():
 def test_dpo_variant_loss_is_named_and_tagged():
     text = card(trainer_name="DPOTrainer", config_dict=config(loss_type=["ipo"], reference_free=True))
     assert front_matter(text)["tags"] == ["preftune", "dpo", "ipo"]
-    assert report.card_tags("DPOTrainer", {"loss_type": ["ipo", "sft"]}, adapter=True, tags=["x", "dpo"]) == [
+    assert model_card_module.card_tags("DPOTrainer", {"loss_type": ["ipo", "sft"]}, adapter=True, tags=["x", "dpo"]) == [
         "preftune", "dpo", "ipo", "sft", "lora", "x"]
     assert "DPO-family loss ipo" in text and "reference-free" in text
 
@@ -255,8 +255,8 @@ def test_tokens_never_reach_the_card():
                  hub_model_id="me/my-model")
     text = card(config_dict=cfg)
     assert secret not in text
-    assert report.redact_config(cfg)["model_init_kwargs"] == {"revision": "main"}
-    assert "hub_token" not in report.redact_config(cfg)
+    assert model_card_module.redact_config(cfg)["model_init_kwargs"] == {"revision": "main"}
+    assert "hub_token" not in model_card_module.redact_config(cfg)
     # the hub id is what the snippet loads; preftune chat needs the local folder
     assert "from_pretrained(\"me/my-model\")" in text
     assert "hf download me/my-model --local-dir outputs/my-run" in text
@@ -376,7 +376,7 @@ def test_run_report_for_a_lora_dpo_run_survives_peft_saving_after_it(tmp_path):
                          train_dataset=train, eval_dataset=test,
                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     # peft's save_pretrained rewrites README.md's tags from the model's tags: give it the card's
-    trainer.model.add_model_tags(report.card_tags("DPOTrainer", trainer.args.to_dict(), adapter=True))
+    trainer.model.add_model_tags(model_card_module.card_tags("DPOTrainer", trainer.args.to_dict(), adapter=True))
     trainer.train()
     # the report written first (at the end of train), the adapter saved after it: peft updates README.md
     written = write_run_report(
