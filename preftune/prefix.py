@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from .logps import SequenceLogps, _reduce, _scored_positions, chunk_tokens, chunked_token_stats, supports_chunked, unwrap
 
