@@ -4,8 +4,11 @@ Isolates the part of a preference step that depends on the vocabulary (the LM he
 log-softmax and its backward) from the transformer body, on the shapes of a benchmark
 configuration, for:
 
-- ``preftune-chunked``: `preftune.logps.sequence_logps` (chunks of the head, each checkpointed);
-  ``preftune-chunked:N`` with ``logps_chunk_size=N`` tokens per chunk;
+- ``preftune-chunked``: `preftune.logps.sequence_logps` (chunks of the head; a plain linear head
+  is back-propagated by `preftune.head.LinearHeadLogps`); ``preftune-chunked:N`` with
+  ``logps_chunk_size=N`` tokens per chunk;
+- ``preftune-checkpointed[:N]``: the same with ``logps_fused_head=False`` (each chunk checkpointed,
+  autograd's backward);
 - ``preftune-plain``:   `preftune.logps.plain_sequence_logps` (full [rows, seq, vocab] logits);
 - ``trl-fused``:        TRL's `ChunkedLogProbFunction` (a hand-written backward that turns each
                         recomputed tile into its gradient in place), when TRL is installed —
@@ -83,12 +86,13 @@ def make_batch(cfg, seed=0):
 
 
 def run_variant(name, model, ids, attn, comp, rows, wpo=False):
-    from preftune.logps import plain_sequence_logps, sequence_logps
+    from preftune.logps import LogpsOptions, plain_sequence_logps, sequence_logps
 
     model.zero_grad(set_to_none=True)
-    if name.startswith("preftune-chunked"):  # "preftune-chunked:N" sets logps_chunk_size=N
+    if name.startswith(("preftune-chunked", "preftune-checkpointed")):  # ":N" sets logps_chunk_size=N
         size = int(name.split(":")[1]) if ":" in name else None
-        out = sequence_logps(model, ids, attn, comp, sequence_rows=rows, chunk_size=size, wpo=wpo)
+        options = LogpsOptions(chunk_size=size, fused_head=name.startswith("preftune-chunked"))
+        out = sequence_logps(model, ids, attn, comp, sequence_rows=rows, options=options, wpo=wpo)
         loss = out.completion_logps.sum() + out.sequence_logps.sum()
     elif name == "preftune-plain":
         out = plain_sequence_logps(model, ids, attn, comp, sequence_rows=rows, wpo=wpo)
@@ -126,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--vocab-size", type=int, default=None, help="override the config's vocabulary")
     ap.add_argument("--hidden-size", type=int, default=None, help="override the config's hidden size")
     ap.add_argument("--wpo", action="store_true", help="also compute WPO's statistics (preftune variants)")
+    ap.add_argument("--frozen-head", action="store_true",
+                    help="the LM head needs no gradient (as with LoRA); only the hidden states get one")
     ap.add_argument("--variants", default="preftune-chunked,preftune-plain,trl-fused")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant here
     args = ap.parse_args(argv)
@@ -140,6 +146,7 @@ def main(argv=None):
     rows = torch.arange(n) < n // 2 if args.method == "orpo" else torch.zeros(n, dtype=torch.bool)
     scored = int((comp[:, 1:].bool() | (attn[:, 1:].bool() & rows[:, None])).sum())
     model = HeadOnly(n, ids.shape[1], cfg.hidden_size, cfg.vocab_size)
+    model.lm_head.requires_grad_(not args.frozen_head)
     if args.one:
         name = args.one
         if name == "trl-fused":
@@ -165,7 +172,7 @@ def main(argv=None):
     default_chunk = chunk_tokens(cfg.vocab_size, cfg.hidden_size, "cpu")
     print(f"{cfg.name}/{args.method}: rows {n}, width {ids.shape[1]}, real tokens {int(attn.sum())}, "
           f"scored tokens {scored}, vocab {cfg.vocab_size}, hidden {cfg.hidden_size}, "
-          f"threads {args.threads or torch.get_num_threads()}, wpo {args.wpo}, "
+          f"threads {args.threads or torch.get_num_threads()}, wpo {args.wpo}, frozen head {args.frozen_head}, "
           f"default chunk {default_chunk} tokens ({default_chunk * cfg.vocab_size * 4 / 2**20:.1f} MiB fp32); "
           f"{args.repeats} repeats x {args.rounds} rounds")
     names = [v for v in args.variants.split(",") if v]
@@ -176,6 +183,7 @@ def main(argv=None):
         if value:
             cmd += [flag, str(value)]
     cmd += ["--wpo"] if args.wpo else []
+    cmd += ["--frozen-head"] if args.frozen_head else []
     for _ in range(max(1, args.rounds)):
         for name in names:
             proc = subprocess.run(cmd + ["--one", name], check=False, capture_output=True, text=True)

@@ -7,6 +7,7 @@ prints one table row per (implementation, method):
     python benchmarks/run.py                                   # small config, ORPO and DPO, preftune and TRL
     python benchmarks/run.py --config micro --steps 2          # smoke test
     python benchmarks/run.py --preftune-flags "" --preftune-flags "--logps_chunked false"
+    python benchmarks/run.py --lora 16                         # both train a rank-16 LoRA adapter
     python benchmarks/run.py --config gpu-0.5b --peak-tflops 989 --json out.json
 
 Each row runs in a fresh subprocess (`worker.py`) so peak memory is that run's own.
@@ -106,6 +107,8 @@ def run_row(assets: Path, config: str, impl: str, method: str, flags: str, args,
            "--result", str(result_path)]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
+    if args.lora:
+        cmd += ["--lora", str(args.lora)]
     if args.peak_tflops:
         cmd += ["--peak-tflops", str(args.peak_tflops)]
     if args.profile:
@@ -227,6 +230,9 @@ def parse_args(argv=None):
                    help="preftune config flags, e.g. \"--logps_chunked false\"; repeat for several preftune rows")
     p.add_argument("--trl-flags", default="", help="TRL config flags for the TRL rows")
     p.add_argument("--gradient-checkpointing", action="store_true", help="on for both (default off for both)")
+    p.add_argument("--lora", type=int, default=0, metavar="R",
+                   help="both train a LoRA adapter of rank R on every linear layer of the body (alpha 2R) "
+                        "instead of every weight; DPO's reference is then the adapter-disabled model")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak dense TFLOP/s for MFU (default 989, H100 bf16, on a GPU config; none on CPU)")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -272,7 +278,8 @@ def main(argv=None) -> int:
     trl_missing = importlib.util.find_spec("trl") is None
 
     machine = machine_description()
-    print(f"config {cfg.name}: {cfg.description}; {steps} steps ({warmup} warm-up)", file=sys.stderr)
+    training = f"LoRA r={args.lora}" if args.lora else "full fine-tuning"
+    print(f"config {cfg.name}: {cfg.description}; {training}; {steps} steps ({warmup} warm-up)", file=sys.stderr)
     print(f"machine: {describe(machine)}", file=sys.stderr)
 
     tmp = Path(tempfile.mkdtemp(prefix="preftune-bench-"))
@@ -298,11 +305,11 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     add_ratios(rows)
-    print(f"\nconfig {cfg.name} ({steps} steps, {warmup} warm-up; {describe(machine)})\n")
+    print(f"\nconfig {cfg.name} ({training}, {steps} steps, {warmup} warm-up; {describe(machine)})\n")
     print(format_table(rows))
     if args.json:
         command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        out = {"command": command, "config": cfg.to_dict(), "steps": steps, "warmup_steps": warmup,
+        out = {"command": command, "config": cfg.to_dict(), "lora_rank": args.lora, "steps": steps, "warmup_steps": warmup,
                "machine": machine, "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     return 0

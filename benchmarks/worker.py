@@ -199,7 +199,14 @@ def _parse_config(cls, settings: dict, flags: str):
     return config
 
 
-def build_trainer(impl: str, method: str, model, tokenizer, dataset, settings: dict, flags: str):
+def lora_config(rank: int):
+    """The LoRA adapter both implementations get with --lora R: every linear layer of the body, alpha 2R."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def build_trainer(impl: str, method: str, model, tokenizer, dataset, settings: dict, flags: str, lora: int = 0):
     if impl == "preftune":
         from preftune import DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 
@@ -212,7 +219,8 @@ def build_trainer(impl: str, method: str, model, tokenizer, dataset, settings: d
         # preftune checks max_prompt_length <= max_length; the data never needs cutting, so this cuts nothing.
         settings = {**settings, "max_prompt_length": settings["max_length"] // 2}
     config = _parse_config(config_cls, settings, flags)
-    return trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    extra = {"peft_config": lora_config(lora)} if lora else {}
+    return trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
 
 
 def trl_classes(method: str):
@@ -272,7 +280,7 @@ def run(args) -> dict:
     flags = args.flags
     with tempfile.TemporaryDirectory(prefix="preftune-bench-") as out_dir:
         settings = common_settings(cfg, args.steps, out_dir, args.gradient_checkpointing)
-        trainer = build_trainer(args.impl, args.method, model, tokenizer, dataset, settings, flags)
+        trainer = build_trainer(args.impl, args.method, model, tokenizer, dataset, settings, flags, args.lora)
         counter = CountingCollator(trainer.data_collator)
         trainer.data_collator = counter
         positions = PositionCounter(counter.batches)
@@ -352,6 +360,7 @@ def run(args) -> dict:
         "train_wall_s": wall,
         "params": n_params,
         "matmul_params": n_matmul,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "peak_rss_mib": max(pre_train_peak, train_peak) if hwm_reset else train_peak,
         "rss_before_train_mib": rss_before,
         "train_rss_delta_mib": (train_peak - rss_before) if (hwm_reset and rss_before is not None) else None,
@@ -359,8 +368,10 @@ def run(args) -> dict:
         "device": "cuda" if cuda else "cpu",
         "torch_threads": torch.get_num_threads(),
     }
-    # Model FLOPs: 6·N per token for the policy's forward + backward, 2·N per token for a DPO reference forward.
-    flops_per_token = 6 * n_matmul + (2 * n_matmul if args.method == "dpo" and _uses_reference(trainer) else 0)
+    # Model FLOPs: 6·N per token for the policy's forward + backward (4·N with LoRA: no weight gradients of the
+    # frozen N; the adapter's own FLOPs are left out), 2·N per token for a DPO reference forward.
+    flops_per_token = (4 if args.lora else 6) * n_matmul
+    flops_per_token += 2 * n_matmul if args.method == "dpo" and _uses_reference(trainer) else 0
     result["model_tflops_per_s"] = flops_per_token * result["tokens_per_s"] / 1e12
     if args.peak_tflops:
         result["mfu"] = result["model_tflops_per_s"] / args.peak_tflops
@@ -410,6 +421,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, required=True)
     p.add_argument("--flags", default="", help="extra config flags for the implementation, e.g. '--logps_chunked false'")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--lora", type=int, default=0, help="train a LoRA adapter of this rank instead of every weight")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--profile", default=None, help="write a torch.profiler table here (timings then include its overhead)")
     p.add_argument("--result", required=True)

@@ -10,8 +10,10 @@ Departures from TRL's configs, and why:
   same script runs on a laptop and on an H100. An explicit True/False is kept.
 - `evaluation_strategy` (the name used by older transformers and the ORPO tutorial)
   is accepted as an alias of `eval_strategy`.
-- `logps_chunked` (on by default) computes log-probs without materialising the
-  full (batch, seq, vocab) logits; see `preftune.logps`.
+- `logps_chunked`, `logps_prefix_sharing` and `logps_fused_head` (all on by default,
+  all exact) compute log-probs without materialising the full (batch, seq, vocab)
+  logits, with each pair's prompt run once and a plain LM head back-propagated in
+  closed form; see `preftune.logps`, `preftune.prefix` and `preftune.head`.
 """
 from __future__ import annotations
 
@@ -100,6 +102,10 @@ class PreferenceConfig(TrainingArguments):
     logps_chunk_size: Optional[int] = field(
         default=None, metadata={"help": "Tokens per log-prob chunk (default: on CPU as many tokens as the model's "
                                   "hidden size, at most 2^26 logits; on other devices 2^26 logits (256 MiB fp32); at least 64 tokens)."}
+    )
+    logps_fused_head: bool = field(
+        default=True, metadata={"help": "Back-propagate a plain linear LM head by its closed-form gradient instead of "
+                                "checkpointing each chunk (a frozen head, as with LoRA: no recomputed logits)."},
     )
     max_nonfinite_steps: int = field(
         default=5,

@@ -26,10 +26,31 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .head import LinearHeadLogps, fusable
+
 Tensor = torch.Tensor
 
 # Upper bound on the elements of one chunk of logits (fp32: 256 MiB).
 _CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class LogpsOptions:
+    """How log-probs are computed: the config's `logps_*` flags. Every default is the exact fast path;
+    each can be switched off to get the plain computation it is tested against."""
+
+    chunked: bool = True  # LM head on the scored hidden states in chunks, never the full (N, T, V) logits
+    chunk_size: int | None = None  # tokens per chunk; None: `chunk_tokens`' default
+    fused_head: bool = True  # a plain linear head's hand-written backward (head.py) instead of checkpointing
+    prefix_sharing: bool = True  # each pair's prompt run once (prefix.py); needs `chunked`
+
+    @classmethod
+    def from_args(cls, args) -> "LogpsOptions":
+        return cls(chunked=args.logps_chunked, chunk_size=args.logps_chunk_size,
+                   fused_head=args.logps_fused_head, prefix_sharing=args.logps_prefix_sharing)
+
+
+DEFAULT_OPTIONS = LogpsOptions()
 
 
 @dataclass(frozen=True)
@@ -132,14 +153,20 @@ def _vocab_mean_logit(head, h: Tensor, softcap) -> Tensor | None:
     return mean
 
 
-def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int):
+def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int, fused: bool = True):
     """`_token_stats` over (M, H) hidden states, one chunk of (size, vocab) logits at a time.
 
-    Each chunk is checkpointed: only its inputs are kept, its logits are rebuilt in backward.
-    The recomputation stops once the tensors backward needs are rebuilt (`early_stop`), so
-    the detached statistics computed after the log-probs are not computed again.
+    A plain linear head goes through `head.LinearHeadLogps` (a hand-written backward) when
+    `fused`; any other head, or `fused=False`, checkpoints each chunk: only its inputs are
+    kept, its logits are rebuilt in backward. The recomputation stops once the tensors
+    backward needs are rebuilt (`early_stop`), so the detached statistics computed after the
+    log-probs are not computed again.
     """
     mean_logit = _vocab_mean_logit(head, h, softcap)  # None: taken from each chunk's logits
+    if fused and fusable(head, h):
+        logps, mean, log_sq_sum = LinearHeadLogps.apply(h, head.weight, head.bias, targets, softcap, size, wpo,
+                                                        mean_logit is None)
+        return logps, (mean if mean_logit is None else mean_logit), log_sq_sum
 
     def chunk(h_c: Tensor, y_c: Tensor):
         logits = head(h_c).float()
@@ -194,8 +221,8 @@ def sequence_logps(
     attention_mask: Tensor,
     completion_mask: Tensor,
     sequence_rows: Tensor | None = None,
-    chunk_size: int | None = None,
-    chunked: bool = True,
+    *,
+    options: LogpsOptions = DEFAULT_OPTIONS,
     completion_weights: Tensor | None = None,
     wpo: bool = False,
     model_inputs: dict | None = None,
@@ -206,9 +233,10 @@ def sequence_logps(
     the rows whose whole sequence is also summed (ORPO's NLL on chosen rows);
     completion_weights: (N, T) float, a weight per completion token in
     `weighted_completion_logps` (LD-DPO), absent when None; wpo: also fill `completion_wpo_avg`;
-    model_inputs: more keyword inputs of the model, e.g. a vision-language model's ``pixel_values``.
+    model_inputs: more keyword inputs of the model, e.g. a vision-language model's ``pixel_values``;
+    options: `chunked`, `chunk_size` and `fused_head` apply here (`prefix_sharing` is `prefix.batch_logps`').
     """
-    if not chunked or not supports_chunked(model):
+    if not options.chunked or not supports_chunked(model):
         return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, sequence_rows,
                                     completion_weights, wpo, model_inputs=model_inputs)
     base = unwrap(model)
@@ -229,8 +257,8 @@ def sequence_logps(
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    size = chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
-    stats = chunked_token_stats(head, h, targets, softcap, wpo, size)
+    size = options.chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
+    stats = chunked_token_stats(head, h, targets, softcap, wpo, size, fused=options.fused_head)
     weights = None if completion_weights is None else completion_weights[:, 1:][scored]
     return _reduce(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
                    getattr(out, "aux_loss", None), weights)

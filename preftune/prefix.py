@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .logps import SequenceLogps, _reduce, _scored_positions, chunk_tokens, chunked_token_stats, supports_chunked, unwrap
+from .logps import (DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, _reduce, _scored_positions, chunk_tokens,
+                    chunked_token_stats, supports_chunked, unwrap)
 
 if TYPE_CHECKING:  # logps sits below data/ in the import order; only the batch's fields are used
     from .data.collate import PreferenceBatch
@@ -281,7 +282,7 @@ def shared_prefix_logps(
     batch: PreferenceBatch,
     *,
     sequence_rows: Tensor | None = None,
-    chunk_size: int | None = None,
+    options: LogpsOptions = DEFAULT_OPTIONS,
     completion_weights: Tensor | None = None,
     wpo: bool = False,
 ) -> SequenceLogps:
@@ -332,8 +333,8 @@ def shared_prefix_logps(
     h = hidden.reshape(-1, hidden.shape[-1])[unique // span]  # (U, H)
     softcap = getattr(base.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    size = chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
-    stats = chunked_token_stats(head, h, unique % span, softcap, wpo, size)
+    size = options.chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
+    stats = chunked_token_stats(head, h, unique % span, softcap, wpo, size, fused=options.fused_head)
     stats = tuple(s[inverse] for s in stats)  # (M,) each: back to one entry per (row, token)
     weights = None if completion_weights is None else completion_weights[:, 1:][scored]
     return _reduce(stats, rows, completion[scored], sequence[scored], ids.shape[0], aux_loss, weights)
@@ -348,28 +349,23 @@ def batch_logps(
     model,
     batch: PreferenceBatch,
     *,
-    prefix_sharing: bool = True,
-    chunked: bool = True,
-    chunk_size: int | None = None,
+    options: LogpsOptions = DEFAULT_OPTIONS,
     sequence_rows: Tensor | None = None,
     completion_weights: Tensor | None = None,
     wpo: bool = False,
 ) -> SequenceLogps:
-    """Per-row log-probs of a batch: with shared prefixes where that is exact, else the plain forward.
-
-    This is what the trainer and the reference providers call; the flags are the
-    config's `logps_prefix_sharing`, `logps_chunked` and `logps_chunk_size`.
+    """Per-row log-probs of a decoder-only batch: with shared prefixes where that is exact
+    (`options.prefix_sharing`, which needs `options.chunked`), else `sequence_logps`.
     """
     from .logps import sequence_logps
 
-    if prefix_sharing and chunked:
+    if options.prefix_sharing and options.chunked:
         blockers = prefix_sharing_blockers(model)
         if not blockers:
-            return shared_prefix_logps(model, batch, sequence_rows=sequence_rows, chunk_size=chunk_size,
+            return shared_prefix_logps(model, batch, sequence_rows=sequence_rows, options=options,
                                        completion_weights=completion_weights, wpo=wpo)
         if id(unwrap(model)) not in _REPORTED:  # say once per model why the plain path is used
             _REPORTED.add(id(unwrap(model)))
             logger.info("prefix sharing off for %s: %s", type(unwrap(model)).__name__, "; ".join(blockers))
     return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                          sequence_rows=sequence_rows, chunk_size=chunk_size, chunked=chunked,
-                          completion_weights=completion_weights, wpo=wpo)
+                          sequence_rows=sequence_rows, options=options, completion_weights=completion_weights, wpo=wpo)

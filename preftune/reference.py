@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from .data.collate import PreferenceBatch
 from .errors import ConfigError
-from .logps import SequenceLogps
+from .logps import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps
 from .seq2seq import preference_batch_logps
 
 
@@ -29,21 +30,13 @@ def _unwrap_ddp(model):
     return model
 
 
-def logps_options(args) -> dict:
-    """The config's log-prob computation flags, as keyword arguments of `batch_logps`."""
-    return dict(prefix_sharing=args.logps_prefix_sharing, chunked=args.logps_chunked, chunk_size=args.logps_chunk_size)
-
-
 @dataclass
 class _Chunking:
-    prefix_sharing: bool = True
-    chunked: bool = True
-    chunk_size: int | None = None
+    options: LogpsOptions = DEFAULT_OPTIONS
 
     def run(self, model, batch: PreferenceBatch) -> SequenceLogps:
         with torch.no_grad():
-            return preference_batch_logps(model, batch, prefix_sharing=self.prefix_sharing, chunked=self.chunked,
-                                          chunk_size=self.chunk_size)
+            return preference_batch_logps(model, batch, options=self.options)
 
 
 @dataclass
@@ -133,7 +126,7 @@ def reference_for(args, model, ref_model, is_peft: bool, copy_policy: bool = Tru
     # The packed prefix-sharing forward measured ~4x slower than the plain one for the
     # no-grad reference pass on CPU (7.0 vs 1.8 s/step, benchmarks/run.py --config small),
     # so the reference always takes the plain chunked path.
-    chunking = {**logps_options(args), "prefix_sharing": False}
+    chunking = {"options": dataclasses.replace(LogpsOptions.from_args(args), prefix_sharing=False)}
     if args.ref_adapter_name is not None:
         if not is_peft or args.ref_adapter_name not in getattr(model, "peft_config", {}):
             raise ConfigError(f"ref_adapter_name={args.ref_adapter_name!r} is not an adapter of the model; load it with "

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.collate import PreferenceBatch, Seq2SeqBatch, VisionPreferenceBatch
-from .logps import SequenceLogps, unwrap
+from .logps import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, unwrap
 
 Tensor = torch.Tensor
 
@@ -183,9 +183,7 @@ def preference_batch_logps(
     model,
     batch: PreferenceBatch | Seq2SeqBatch,
     *,
-    prefix_sharing: bool = True,
-    chunked: bool = True,
-    chunk_size: int | None = None,
+    options: LogpsOptions = DEFAULT_OPTIONS,
     sequence_rows: Tensor | None = None,
     completion_weights: Tensor | None = None,
     wpo: bool = False,
@@ -193,8 +191,8 @@ def preference_batch_logps(
     """Per-row log-probs of a collated batch, whichever kind of model it was collated for.
 
     A `Seq2SeqBatch` goes to `encoder_decoder_logps` (prefix sharing and the chunked LM
-    head do not apply: `prefix_sharing`, `chunked` and `chunk_size` are unused); a
-    `PreferenceBatch` to `prefix.batch_logps`, with every argument.
+    head do not apply: `options` is unused); a `VisionPreferenceBatch` to `sequence_logps`
+    with its image inputs (no prefix sharing); a `PreferenceBatch` to `prefix.batch_logps`.
     """
     if isinstance(batch, Seq2SeqBatch):
         return encoder_decoder_logps(model, batch, sequence_rows=sequence_rows,
@@ -203,7 +201,7 @@ def preference_batch_logps(
         from .logps import sequence_logps
 
         return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                              sequence_rows=sequence_rows, chunk_size=chunk_size, chunked=chunked,
+                              sequence_rows=sequence_rows, options=options,
                               completion_weights=completion_weights, wpo=wpo, model_inputs=dict(batch.vision_inputs))
     if is_encoder_decoder_model(model):
         raise ValueError(f"{type(unwrap(model)).__name__} is an encoder-decoder model but the batch was collated for a "
@@ -211,5 +209,5 @@ def preference_batch_logps(
                          "config has is_encoder_decoder).")
     from .prefix import batch_logps
 
-    return batch_logps(model, batch, prefix_sharing=prefix_sharing, chunked=chunked, chunk_size=chunk_size,
-                       sequence_rows=sequence_rows, completion_weights=completion_weights, wpo=wpo)
+    return batch_logps(model, batch, options=options, sequence_rows=sequence_rows,
+                       completion_weights=completion_weights, wpo=wpo)

@@ -32,13 +32,14 @@ from .data.prepare import prepare_dataset
 from .errors import ConfigError
 from .eval_generations import log_eval_generations
 from .guard import NonFiniteGuard
+from .logps import LogpsOptions
 from .seq2seq import is_encoder_decoder_model, is_vision_model, preference_batch_logps
 from .models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
                      load_tokenizer, text_tokenizer)
 from .objectives import objective_from_config
 from .parallel import prepare_reference_model
 from .precompute import attach_reference_logps, reference_fingerprint
-from .reference import ModelReference, PrecomputedReference, logps_options, reference_for
+from .reference import ModelReference, PrecomputedReference, reference_for
 from .sync import SyncReferenceCallback
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class PreferenceTrainer(Trainer):
         precompute = getattr(args, "precompute_ref_log_probs", False)
         self.reference = reference_for(args, model, ref_model, is_peft=is_peft_model(model), copy_policy=not precompute)
         self.objective = objective_from_config(args)
+        self.logps_options = LogpsOptions.from_args(args)  # the policy's; providers hold the reference's
 
         self.data_reports = {}
         train_dataset = self._prepare(train_dataset, data_tok, args, "train")
@@ -195,7 +197,7 @@ class PreferenceTrainer(Trainer):
         n_rows = 2 * batch.batch_size
         weights = self.objective.token_weights(batch.completion_mask)  # LD-DPO (policy only, as TRL), else None
         policy = preference_batch_logps(
-            model, batch, **logps_options(self.args),
+            model, batch, options=self.logps_options,
             sequence_rows=self.objective.sequence_rows(n_rows, batch.completion_mask.device),
             completion_weights=weights, wpo=self.objective.use_weighting,
         )

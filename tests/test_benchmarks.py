@@ -87,6 +87,26 @@ def test_micro_suite_two_steps(tmp_path, bench_modules):
     assert 0.5e6 < rows[0]["params"] < 2e6 and cfg.vocab_size == 1024
 
 
+@pytest.mark.slow
+def test_lora_rows_train_an_adapter_and_count_its_flops(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--config", "micro", "--steps", "2", "--impls", "preftune",
+         "--methods", "orpo,dpo", "--lora", "4", "--json", str(out), "--assets-dir", str(tmp_path / "assets")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LoRA r=4" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["lora_rank"] == 4
+    for row in result["rows"]:
+        assert "error" not in row, row.get("error")
+        assert 0 < row["trainable_params"] < row["params"] / 10  # only the adapter trains
+        # 4·N per token for the frozen policy's forward + backward, + 2·N for DPO's (adapter-off) reference
+        per_token = (4 if row["method"] == "orpo" else 6) * row["matmul_params"]
+        assert row["model_tflops_per_s"] == pytest.approx(per_token * row["tokens_per_s"] / 1e12)
+
+
 def test_position_counter_plain_and_packed_forwards(bench_modules, monkeypatch):
     """Two pairs: prompt [1, 5, 6] (BOS included), chosen [7, 2], rejected [8, 9, 2]. As plain
     rows they are 5 + 6 = 11 real tokens per pair; packed with the shared prefix [1, 5, 6] once,

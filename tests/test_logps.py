@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from preftune.logps import (_token_stats, _vocab_mean_logit, chunk_tokens, chunked_token_stats, plain_sequence_logps,
+from preftune.logps import (LogpsOptions, _token_stats, _vocab_mean_logit, chunk_tokens, chunked_token_stats, plain_sequence_logps,
                             sequence_logps, supports_chunked)
 
 from .tiny import tiny_causal_lm
@@ -41,7 +41,7 @@ FIELDS = ("completion_logps", "sequence_logps", "completion_tokens", "sequence_t
           "completion_wpo_avg")
 
 
-def assert_chunked_equals_plain(model, chunk_size=None, wpo=False, atol=1e-5):
+def assert_chunked_equals_plain(model, chunk_size=None, wpo=False, atol=1e-5, fused=True):
     ids, attn, comp = batch(vocab=model.config.vocab_size)
     rows = torch.tensor([True, True, False, False])
 
@@ -52,7 +52,7 @@ def assert_chunked_equals_plain(model, chunk_size=None, wpo=False, atol=1e-5):
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return out, grads
 
-    chunked, g_chunked = run(sequence_logps, chunk_size=chunk_size)
+    chunked, g_chunked = run(sequence_logps, options=LogpsOptions(chunk_size=chunk_size, fused_head=fused))
     plain, g_plain = run(plain_sequence_logps)
     for field in FIELDS:
         assert torch.allclose(getattr(chunked, field), getattr(plain, field), atol=atol), field
@@ -65,10 +65,11 @@ def assert_chunked_equals_plain(model, chunk_size=None, wpo=False, atol=1e-5):
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
 @pytest.mark.parametrize("chunk_size", [1, 5, None])
 @pytest.mark.parametrize("wpo", [False, True])
-def test_chunked_equals_plain_with_gradients(arch, chunk_size, wpo):
+@pytest.mark.parametrize("fused", [True, False])
+def test_chunked_equals_plain_with_gradients(arch, chunk_size, wpo, fused):
     model = tiny_causal_lm(arch).eval()  # no dropout; gradients still flow
     assert supports_chunked(model)
-    chunked, _ = assert_chunked_equals_plain(model, chunk_size, wpo)
+    chunked, _ = assert_chunked_equals_plain(model, chunk_size, wpo, fused=fused)
     if wpo:  # log Σ p² was subtracted (without WPO the field is just the mean log-prob)
         assert not torch.allclose(chunked.completion_wpo_avg, chunked.completion_avg_logps)
 
@@ -89,14 +90,15 @@ def tiny_softcapped_lm(softcap=1.5):
 
 @pytest.mark.parametrize("chunk_size", [3, None])
 @pytest.mark.parametrize("wpo", [False, True])
-def test_softcapped_model_chunked_equals_plain(chunk_size, wpo):
+@pytest.mark.parametrize("fused", [True, False])
+def test_softcapped_model_chunked_equals_plain(chunk_size, wpo, fused):
     """The chunked path caps the logits itself (the model's own head never runs); the plain path
     gets them capped from the model. The vocabulary-mean logit comes from the capped logits."""
     model = tiny_softcapped_lm()
     ids, attn, _ = batch()
     raw = model.lm_head(model(ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1])
     assert raw.abs().max() > 3 * model.config.final_logit_softcapping  # the cap changes the logits
-    assert_chunked_equals_plain(model, chunk_size, wpo, atol=1e-4)
+    assert_chunked_equals_plain(model, chunk_size, wpo, atol=1e-4, fused=fused)
 
 
 def test_softcapped_model_with_shared_prefix():
@@ -109,7 +111,7 @@ def test_softcapped_model_with_shared_prefix():
         pytest.skip("prefix sharing does not support this model")
     b = make_batch(MIXED)
     rows = torch.arange(8) < 4
-    got = shared_prefix_logps(model, b, sequence_rows=rows, chunk_size=5, wpo=True)
+    got = shared_prefix_logps(model, b, sequence_rows=rows, options=LogpsOptions(chunk_size=5), wpo=True)
     want = plain_sequence_logps(model, b.input_ids, b.attention_mask, b.completion_mask, rows, wpo=True)
     for field in FIELDS:
         assert torch.allclose(getattr(got, field), getattr(want, field), atol=1e-4), field
@@ -220,7 +222,7 @@ def test_chunked_never_builds_full_logits():
     ids, attn, comp = batch()
     seen = []
     model.lm_head.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
-    sequence_logps(model, ids, attn, comp, chunk_size=4).completion_logps.sum().backward()
+    sequence_logps(model, ids, attn, comp, options=LogpsOptions(chunk_size=4)).completion_logps.sum().backward()
     assert seen[0] == (4, 0, 96)  # the model's own call: no positions
     assert all(s[0] <= 4 and len(s) == 2 for s in seen[1:])  # (tokens ≤ chunk, vocab), forward and recompute
     assert len(seen) > 2

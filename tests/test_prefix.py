@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from preftune.data.collate import PreferenceBatch, PreferenceCollator
-from preftune.logps import plain_sequence_logps, sequence_logps
+from preftune.logps import LogpsOptions, plain_sequence_logps, sequence_logps
 from preftune.prefix import (CHOSEN, PAD, REJECTED, SHARED, pack_shared_prefix, prefix_sharing_blockers,
                              shared_prefix_logps, supports_prefix_sharing)
 
@@ -87,7 +87,7 @@ def test_equals_plain_with_gradients(arch, attn, rows):
     assert supports_prefix_sharing(model)
     batch = make_batch(MIXED)
     assert_same(model, batch, sequence_rows(rows, 8))
-    assert_same(model, batch, sequence_rows(rows, 8), reference=chunked, chunk_size=3)
+    assert_same(model, batch, sequence_rows(rows, 8), reference=chunked, options=LogpsOptions(chunk_size=3))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

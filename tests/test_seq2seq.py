@@ -16,6 +16,7 @@ from preftune import ConfigError, DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 from preftune.data.collate import EncoderDecoderCollator, PreferenceBatch, PreferenceCollator, Seq2SeqBatch, batch_from_inputs
 from preftune.data.formats import PreferencePair
 from preftune.data.prepare import _fingerprint, prepare_dataset
+from preftune.logps import LogpsOptions
 from preftune.data.tokenize import LengthLimits, TokenizedPair, tokenize_pair, truncate_pair
 from preftune.reference import AdapterDisabledReference, ModelReference, PrecomputedReference
 from preftune.seq2seq import encoder_decoder_logps, preference_batch_logps
@@ -229,7 +230,7 @@ def test_one_pair_batch(arch):
 def test_dispatch_by_batch_kind():
     model = tiny_seq2seq_lm("t5").eval()
     with torch.no_grad():
-        out = preference_batch_logps(model, _batch(), prefix_sharing=True, chunked=True, chunk_size=7)
+        out = preference_batch_logps(model, _batch(), options=LogpsOptions(chunk_size=7))
         assert torch.allclose(out.completion_logps, plain_logps(model, _batch()), atol=1e-5)
     with pytest.raises(ValueError, match="EncoderDecoderCollator"):
         preference_batch_logps(model, PreferenceBatch.from_inputs(PreferenceCollator(0)(FEATURES)))

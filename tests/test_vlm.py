@@ -11,6 +11,7 @@ from PIL import Image
 from preftune import DPOConfig, DPOTrainer
 from preftune.data.collate import PreferenceBatch, VisionPreferenceBatch, VisionPreferenceCollator, batch_from_inputs
 from preftune.data.prepare import prepare_dataset
+from preftune.logps import LogpsOptions
 from preftune.data.tokenize import LengthLimits
 from preftune.errors import ConfigError, DataError
 from preftune.logps import plain_sequence_logps, sequence_logps
@@ -206,7 +207,7 @@ def test_logps_equal_the_plain_computation_values_and_gradients(vlm):
     rows_ = torch.tensor([True] * 4 + [False] * 4)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    got = preference_batch_logps(model, batch, chunk_size=5, sequence_rows=rows_)  # chunked LM head
+    got = preference_batch_logps(model, batch, options=LogpsOptions(chunk_size=5), sequence_rows=rows_)  # chunked LM head
     comp, seq = _textbook(model, batch, rows_)
     assert torch.allclose(got.completion_logps, comp, atol=1e-5)
     assert torch.allclose(got.sequence_logps, seq, atol=1e-5)

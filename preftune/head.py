@@ -1,0 +1,138 @@
+"""Label log-probs through a plain linear LM head, with a hand-written backward.
+
+`chunked_token_stats` (logps.py) checkpoints each chunk of the head, so autograd
+recomputes the chunk's logits *and* its cross-entropy graph in backward and then
+differentiates it. For a plain `nn.Linear` head the gradient is known in closed form:
+
+    z = h·Wᵀ + b,   log p(y) = z_y − logsumexp(z),   ∂ log p(y) / ∂z = onehot(y) − softmax(z)
+
+(with softcapping z' = c·tanh(z/c) the chain rule adds a factor 1 − tanh²(z/c)).
+`LinearHeadLogps` keeps, per token, only logsumexp(z) from the forward; in backward it
+rebuilds one chunk of logits, turns them into their gradient in place and multiplies
+by W and h. Same matmuls as the checkpointed path, less elementwise work, one chunk of
+logits alive at a time.
+
+When the head is frozen (LoRA, QLoRA: W needs no gradient) it does better: the gradient
+with respect to h, (onehot − p)·W per token, is computed in the forward while the logits
+are there, so backward only scales it by the incoming gradient and never recomputes the
+logits — two matmuls per chunk instead of three.
+
+Precision follows autocast: the matmuls run in the dtype the forward's `F.linear`
+produced (bf16 under bf16 autocast), softmax and logsumexp in fp32, gradients are
+returned in the dtypes of h, W and b.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def fusable(head, h: Tensor) -> bool:
+    """True when `head` is a plain `nn.Linear` whose weight is an ordinary tensor on h's device.
+
+    Excluded (they keep the checkpointed path): LoRA or quantized heads (another class), hooks or a
+    replaced forward (e.g. DeepSpeed ZeRO-3 gathering the weight), sharded weights (DTensor).
+    """
+    if type(head) is not torch.nn.Linear or head._forward_hooks or head._forward_pre_hooks or "forward" in vars(head):
+        return False
+    params = [head.weight] + ([head.bias] if head.bias is not None else [])
+    return all(type(p) is torch.nn.Parameter and p.is_floating_point() and p.device == h.device for p in params)
+
+
+def _wide(x: Tensor) -> Tensor:
+    """Logits in fp32 for the softmax (fp64 kept as is, so gradcheck can check this function)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _capped(z: Tensor, softcap) -> tuple[Tensor, Tensor | None]:
+    """(z', tanh(z/c)) with z' = c·tanh(z/c), or (z, None) without softcapping; z is fp32 and overwritten."""
+    if not softcap:
+        return z, None
+    t = z.div_(softcap).tanh_()
+    return t * softcap, t
+
+
+def _grad_logits(z: Tensor, lse: Tensor, y: Tensor, g: Tensor | None, t: Tensor | None) -> Tensor:
+    """∂/∂z of Σ g·log p(y) (g = 1 when None), written over z: g·(onehot(y) − exp(z − lse)) · (1 − t²)."""
+    d = z.sub_(lse[:, None]).exp_().neg_()  # −p
+    d.scatter_add_(1, y[:, None], torch.ones_like(d[:, :1]))  # onehot − p
+    if g is not None:
+        d.mul_(g[:, None])
+    if t is not None:
+        d.mul_(1 - t * t)
+    return d
+
+
+class LinearHeadLogps(torch.autograd.Function):
+    """(M, H) hidden states, a linear head and (M,) targets → (M,) log p(target), one chunk at a time.
+
+    Also returns, detached, each token's vocabulary-mean logit (when `want_mean`) and WPO's
+    log Σ_v p_v² (when `wpo`), or zeros; only the log-probs have a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, softcap, size, wpo, want_mean):
+        m = h.shape[0]
+        logps = h.new_empty(m, dtype=torch.float64 if h.dtype == torch.float64 else torch.float32)
+        lse_all = torch.empty_like(logps)
+        mean = torch.zeros_like(logps)
+        log_sq_sum = torch.zeros_like(logps)
+        frozen = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(h) if frozen else None  # ∂ log p / ∂h per token, for a frozen head
+        compute_dtype = h.dtype
+        for s in range(0, m, size):
+            h_c, y_c = h[s : s + size], targets[s : s + size]
+            raw = F.linear(h_c, weight, bias)  # autocast, if on, applies here
+            compute_dtype = raw.dtype
+            z, t = _capped(_wide(raw), softcap)
+            lse = torch.logsumexp(z, -1)
+            lse_all[s : s + size] = lse
+            logps[s : s + size] = z.gather(1, y_c[:, None]).squeeze(1) - lse
+            if want_mean:
+                mean[s : s + size] = z.mean(-1)
+            if wpo:
+                log_sq_sum[s : s + size] = torch.logsumexp(2 * z, -1) - 2 * lse
+            if frozen:
+                d = _grad_logits(z, lse, y_c, None, t).to(compute_dtype)
+                grad_h[s : s + size] = d @ weight.to(compute_dtype)
+        ctx.softcap, ctx.size, ctx.frozen, ctx.compute_dtype = softcap, size, frozen, compute_dtype
+        if frozen:
+            ctx.save_for_backward(grad_h)
+        else:
+            ctx.save_for_backward(h, weight, bias, targets, lse_all)
+        ctx.mark_non_differentiable(mean, log_sq_sum)
+        return logps, mean, log_sq_sum
+
+    @staticmethod
+    def backward(ctx, g, _mean, _log_sq_sum):
+        if ctx.frozen:
+            (grad_h,) = ctx.saved_tensors
+            return (grad_h * g[:, None].to(grad_h.dtype),) + (None,) * 7
+        h, weight, bias, targets, lse_all = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        dtype = ctx.compute_dtype
+        with torch.autocast(h.device.type, enabled=False):
+            w_c = weight.to(dtype)
+            b_c = None if bias is None else bias.to(dtype)
+            grad_h = torch.empty_like(h) if need_h else None
+            grad_w = torch.zeros_like(weight) if need_w else None
+            grad_b = torch.zeros(bias.shape, dtype=lse_all.dtype, device=h.device) if need_b else None
+            for s in range(0, h.shape[0], ctx.size):
+                h_c = h[s : s + ctx.size].to(dtype)
+                z, t = _capped(_wide(F.linear(h_c, w_c, b_c)), ctx.softcap)
+                d = _grad_logits(z, lse_all[s : s + ctx.size], targets[s : s + ctx.size], g[s : s + ctx.size], t)
+                if need_b:
+                    grad_b += d.sum(0)
+                d = d.to(dtype)
+                if need_h:
+                    grad_h[s : s + ctx.size] = d @ w_c
+                if need_w:
+                    if grad_w.dtype == dtype:
+                        grad_w.addmm_(d.t(), h_c)
+                    else:
+                        grad_w += (d.t() @ h_c).to(grad_w.dtype)
+        if need_b:
+            grad_b = grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None, None
