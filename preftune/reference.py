@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -123,10 +122,11 @@ def reference_for(args, model, ref_model, is_peft: bool, copy_policy: bool = Tru
     """
     if not getattr(args, "loss_type", None) or args.reference_free:
         return None
-    # The packed prefix-sharing forward measured ~4x slower than the plain one for the
-    # no-grad reference pass on CPU (7.0 vs 1.8 s/step, benchmarks/run.py --config small),
-    # so the reference always takes the plain chunked path.
-    chunking = {"options": dataclasses.replace(LogpsOptions.from_args(args), prefix_sharing=False)}
+    # The reference computes each pair's prompt once too (logps_prefix_sharing). An earlier build
+    # measured its packed no-grad forward ~4x slower than the plain one on CPU; with the current
+    # head and masks it is as fast and computes 2.20 instead of 2.66 positions per token
+    # (benchmarks/README.md, "reference with prefix sharing").
+    chunking = {"options": LogpsOptions.from_args(args)}
     if args.ref_adapter_name is not None:
         if not is_peft or args.ref_adapter_name not in getattr(model, "peft_config", {}):
             raise ConfigError(f"ref_adapter_name={args.ref_adapter_name!r} is not an adapter of the model; load it with "

@@ -236,3 +236,27 @@ def test_left_padding_is_refused():
     ids, attn, comp = (t.flip(1) for t in (batch.input_ids, batch.attention_mask, batch.completion_mask))
     with pytest.raises(ValueError, match="right-padded"):
         shared_prefix_logps(tiny_causal_lm("llama"), PreferenceBatch(ids, attn, comp))
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_dpo_reference_follows_the_prefix_sharing_flag_and_equals_plain(tmp_path, sharing, monkeypatch):
+    """The reference's no-grad pass shares prompts too (logps_prefix_sharing), with the plain path's values."""
+    import preftune.prefix as prefix_module
+    from preftune import DPOConfig, DPOTrainer
+    from preftune.data.collate import PreferenceBatch
+
+    from .test_trainer import pairs, tiny
+
+    model, tok = tiny()
+    ref, _ = tiny()
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", logps_prefix_sharing=sharing)
+    trainer = DPOTrainer(model, ref, args=args, processing_class=tok, train_dataset=pairs())
+    assert trainer.reference.options.prefix_sharing is sharing
+    batch = PreferenceBatch.from_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    calls = []
+    real = prefix_module.shared_prefix_logps
+    monkeypatch.setattr(prefix_module, "shared_prefix_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = trainer.reference.logps(trainer.model, batch)
+    assert len(calls) == int(sharing)
+    want = plain_sequence_logps(ref, batch.input_ids, batch.attention_mask, batch.completion_mask)
+    assert torch.allclose(got.completion_logps, want.completion_logps, atol=1e-4)
