@@ -17,9 +17,9 @@ with respect to h, (onehot − p)·W per token, is computed in the forward while
 are there, so backward only scales it by the incoming gradient and never recomputes the
 logits — two matmuls per chunk instead of three.
 
-Precision follows autocast: the matmuls run in the dtype the forward's `F.linear`
-produced (bf16 under bf16 autocast), softmax and logsumexp in fp32, gradients are
-returned in the dtypes of h, W and b.
+Precision follows autocast: the matmuls run in the dtype autocast would give `F.linear`
+(bf16 under bf16 autocast; W is cast once per call, not once per chunk), softmax and
+logsumexp in fp32, gradients are returned in the dtypes of h, W and b.
 """
 from __future__ import annotations
 
@@ -65,6 +65,15 @@ def _grad_logits(z: Tensor, lse: Tensor, y: Tensor, g: Tensor | None, t: Tensor 
     return d
 
 
+def _compute_dtype(h: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype `F.linear(h, weight)` computes in here: autocast's where it is on (fp64 is never
+    autocast), else the operands' own."""
+    device = h.device.type
+    if torch.is_autocast_enabled(device) and h.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(h.dtype, weight.dtype)
+
+
 class LinearHeadLogps(torch.autograd.Function):
     """(M, H) hidden states, a linear head and (M,) targets → (M,) log p(target), one chunk at a time.
 
@@ -81,22 +90,23 @@ class LinearHeadLogps(torch.autograd.Function):
         log_sq_sum = torch.zeros_like(logps)
         frozen = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not ctx.needs_input_grad[2]
         grad_h = torch.empty_like(h) if frozen else None  # ∂ log p / ∂h per token, for a frozen head
-        compute_dtype = h.dtype
-        for s in range(0, m, size):
-            h_c, y_c = h[s : s + size], targets[s : s + size]
-            raw = F.linear(h_c, weight, bias)  # autocast, if on, applies here
-            compute_dtype = raw.dtype
-            z, t = _capped(_wide(raw), softcap)
-            lse = torch.logsumexp(z, -1)
-            lse_all[s : s + size] = lse
-            logps[s : s + size] = z.gather(1, y_c[:, None]).squeeze(1) - lse
-            if want_mean:
-                mean[s : s + size] = z.mean(-1)
-            if wpo:
-                log_sq_sum[s : s + size] = torch.logsumexp(2 * z, -1) - 2 * lse
-            if frozen:
-                d = _grad_logits(z, lse, y_c, None, t).to(compute_dtype)
-                grad_h[s : s + size] = d @ weight.to(compute_dtype)
+        compute_dtype = _compute_dtype(h, weight)
+        with torch.autocast(h.device.type, enabled=False):
+            # Cast once, not per chunk (autocast would re-cast a frozen weight at every call).
+            w_c = weight.to(compute_dtype)
+            b_c = None if bias is None else bias.to(compute_dtype)
+            for s in range(0, m, size):
+                y_c = targets[s : s + size]
+                z, t = _capped(_wide(F.linear(h[s : s + size].to(compute_dtype), w_c, b_c)), softcap)
+                lse = torch.logsumexp(z, -1)
+                lse_all[s : s + size] = lse
+                logps[s : s + size] = z.gather(1, y_c[:, None]).squeeze(1) - lse
+                if want_mean:
+                    mean[s : s + size] = z.mean(-1)
+                if wpo:
+                    log_sq_sum[s : s + size] = torch.logsumexp(2 * z, -1) - 2 * lse
+                if frozen:
+                    grad_h[s : s + size] = _grad_logits(z, lse, y_c, None, t).to(compute_dtype) @ w_c
         ctx.softcap, ctx.size, ctx.frozen, ctx.compute_dtype = softcap, size, frozen, compute_dtype
         if frozen:
             ctx.save_for_backward(grad_h)
