@@ -20,6 +20,7 @@ import logging
 import os
 from collections import defaultdict
 
+import datasets
 import torch
 from transformers import Trainer
 
@@ -28,7 +29,7 @@ from .config import DPOConfig, ORPOConfig, PreferenceConfig
 from .data.collate import (REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, VisionPreferenceCollator,
                            batch_from_inputs)
 from .data.images import is_vision_processor
-from .data.prepare import prepare_dataset
+from .data.prepare import LENGTH_SAMPLERS, prepare_dataset, with_pair_lengths
 from .errors import ConfigError
 from .eval_generations import log_eval_generations
 from .guard import NonFiniteGuard
@@ -189,6 +190,18 @@ class PreferenceTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         self._signature_columns = list(_COLUMNS)
+
+    def _get_train_sampler(self, train_dataset=None):
+        return super()._get_train_sampler(self._for_sampler(train_dataset or self.train_dataset))
+
+    def _get_eval_sampler(self, eval_dataset):
+        return super()._get_eval_sampler(self._for_sampler(eval_dataset))
+
+    def _for_sampler(self, dataset):
+        """Length-aware samplers get each pair's length (they would look for an input_ids column)."""
+        if self.args.train_sampling_strategy in LENGTH_SAMPLERS and isinstance(dataset, datasets.Dataset):
+            return with_pair_lengths(dataset, self.args.length_column_name)
+        return dataset
 
     # ------------------------------------------------------------------ loss
 

@@ -126,3 +126,36 @@ def test_a_user_built_peft_model_with_a_patched_forward_is_used_as_is(tmp_path):
     assert calls, "the patched forward was bypassed"
     assert all(torch.equal(p, frozen[n]) for n, p in peft_model.named_parameters() if n in frozen)
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in peft_model.named_parameters())
+
+
+@pytest.mark.parametrize("strategy", ["group_by_length", "batch_rebalance"])
+def test_length_aware_samplers_get_each_pairs_length(tmp_path, strategy):
+    """transformers' length-aware samplers look for input_ids, which preference data has not: the
+    trainer hands them prompt + chosen + rejected ids per pair, and training runs."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler
+
+    model, tok = tiny()
+    args = ORPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, report_to="none",
+                      save_strategy="no", train_sampling_strategy=strategy)
+    trainer = ORPOTrainer(model=model, args=args, processing_class=tok, train_dataset=pairs(16))
+    ds = trainer.train_dataset
+    want = [len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+    assert len(set(want)) > 4  # the pairs differ in length
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler if strategy == "group_by_length" else BatchRebalanceSampler)
+    assert list(sampler.lengths) == want
+    assert "length" not in trainer.train_dataset.column_names  # the data itself is unchanged
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_pair_lengths_column_on_exact_ids():
+    from datasets import Dataset
+
+    from preftune.data.prepare import with_pair_lengths
+
+    ds = Dataset.from_dict({"prompt_ids": [[1, 5, 6], [1]], "chosen_ids": [[7, 2], [8, 9, 2]], "rejected_ids": [[2], [2]]})
+    assert with_pair_lengths(ds)["length"] == [6, 5]
+    assert with_pair_lengths(ds, "n")["n"] == [6, 5]
+    kept = ds.add_column("length", [0, 0])
+    assert with_pair_lengths(kept)["length"] == [0, 0]  # a column the user gave is kept

@@ -291,3 +291,21 @@ def prepare_dataset(
     if report.n_kept < n_rows:
         processed = processed.select(kept_idx.tolist())
     return processed.remove_columns([_STATUS, _ERROR]), report
+
+
+LENGTH_SAMPLERS = ("group_by_length", "batch_rebalance")
+
+
+def with_pair_lengths(dataset, column: str = "length"):
+    """`dataset` with a `column` of each pair's token count (prompt + chosen + rejected ids), for
+    transformers' length-aware samplers (`train_sampling_strategy` group_by_length / batch_rebalance),
+    which otherwise look for an `input_ids` column that preference data does not have.
+
+    P + C + R is what a pair costs with prefix sharing (the prompt once) and orders pairs as the
+    plain path's padded width P + max(C, R) does, up to ties. A column already there is kept.
+    """
+    if column in dataset.column_names:
+        return dataset
+    lengths = [len(p) + len(c) + len(r) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"],
+                                                               dataset["rejected_ids"])]
+    return dataset.add_column(column, lengths)
