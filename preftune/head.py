@@ -56,10 +56,9 @@ def _capped(z: Tensor, softcap) -> tuple[Tensor, Tensor | None]:
 
 def _grad_logits(z: Tensor, lse: Tensor, y: Tensor, g: Tensor | None, t: Tensor | None) -> Tensor:
     """∂/∂z of Σ g·log p(y) (g = 1 when None), written over z: g·(onehot(y) − exp(z − lse)) · (1 − t²)."""
-    d = z.sub_(lse[:, None]).exp_().neg_()  # −p
-    d.scatter_add_(1, y[:, None], torch.ones_like(d[:, :1]))  # onehot − p
-    if g is not None:
-        d.mul_(g[:, None])
+    g = torch.ones_like(lse) if g is None else g
+    d = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # −g·p, one pass
+    d.scatter_add_(1, y[:, None], g[:, None].to(d.dtype))  # g·(onehot − p)
     if t is not None:
         d.mul_(1 - t * t)
     return d
@@ -98,9 +97,11 @@ class LinearHeadLogps(torch.autograd.Function):
             for s in range(0, m, size):
                 y_c = targets[s : s + size]
                 z, t = _capped(_wide(F.linear(h[s : s + size].to(compute_dtype), w_c, b_c)), softcap)
-                lse = torch.logsumexp(z, -1)
+                # cross_entropy's fused log-softmax is ~1.4x faster on CPU than logsumexp; lse = CE + z_y
+                ce = F.cross_entropy(z, y_c, reduction="none")
+                lse = ce + z.gather(1, y_c[:, None]).squeeze(1)
                 lse_all[s : s + size] = lse
-                logps[s : s + size] = z.gather(1, y_c[:, None]).squeeze(1) - lse
+                logps[s : s + size] = -ce
                 if want_mean:
                     mean[s : s + size] = z.mean(-1)
                 if wpo:
