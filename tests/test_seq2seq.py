@@ -461,3 +461,26 @@ def test_chat_and_ui_answers_are_the_decoder_tokens(arch, toks):
     assert answer(model, tok, messages, max_new_tokens=6) == expected
     session = ChatSession(model, tok, GenerationSettings(max_new_tokens=6))
     assert session.send("hello world how are you") == expected
+
+
+def test_data_inspect_uses_the_encoder_decoder_rules(t5_folder, tmp_path):
+    """`preftune data inspect --model <T5>` counts truncation as training that model does (prompt and
+    completions limited separately), read from the model's config.json; decoder-only rules count otherwise."""
+    from datasets import Dataset
+
+    from preftune.data.inspect import format_report, inspect_dataset
+    from preftune.models import load_tokenizer
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(40, seed=3)))
+    limits = dict(max_length=9, max_prompt_length=6, max_completion_length=5)
+    report = inspect_dataset(str(data), model=t5_folder, **limits)
+    assert report["is_encoder_decoder"] is True and report["pairs"] == 40
+    _, prep = prepare_dataset(Dataset.from_list(rows(40, seed=3)), load_tokenizer(t5_folder),
+                              LengthLimits(9, 6, 5, "keep_end"), is_encoder_decoder=True)
+    assert 0 < prep.n_truncated < 40  # the limits cut some pairs, not all
+    assert (report["truncated"], report["dropped_by_truncation"]) == (prep.n_truncated,
+                                                                       prep.n_dropped_empty_after_truncation)
+    decoder_rules = inspect_dataset(str(data), model=t5_folder, is_encoder_decoder=False, **limits)
+    assert decoder_rules["truncated"] != report["truncated"]  # the check above can tell the two apart
+    assert "encoder-decoder" in format_report(report)

@@ -58,6 +58,13 @@ def _default_limits() -> dict:
     return {f.name: f.default for f in fields(PreferenceConfig) if f.name in names}
 
 
+def _config_is_encoder_decoder(model: str) -> bool:
+    """Whether a model id/path's config.json says is_encoder_decoder (the config only, no weights)."""
+    from ..models import check_model_config
+
+    return bool(getattr(check_model_config(model), "is_encoder_decoder", False))
+
+
 def inspect_dataset(
     dataset: str | Sequence[str],
     *,
@@ -72,16 +79,19 @@ def inspect_dataset(
     truncation_mode: str | None = None,
     seed: int = 42,
     use_defaults: bool = True,
+    is_encoder_decoder: bool | None = None,
 ) -> dict:
     """The report as a JSON-serialisable dict (see the module docstring).
 
     Length limits left as None take the training config's defaults (unless
-    ``use_defaults=False``); `NO_LIMIT` means no limit.
+    ``use_defaults=False``); `NO_LIMIT` means no limit. `is_encoder_decoder` (default: read
+    from `model`'s config.json): tokenize and truncate as training a T5/BART-style model does —
+    the prompt is the encoder input, each completion a decoder target, limited separately.
     """
     from .formats import describe_shape, match_shape
     from .prepare import ID_COLUMNS, prepare_dataset
     from .sources import load_sources, split_specs
-    from .tokenize import LengthLimits, TokenizedPair, text_tokenizer, truncate_pair
+    from .tokenize import LengthLimits, TokenizedPair, _specials, text_tokenizer, truncate_pair
 
     defaults = _default_limits() if use_defaults else {}
 
@@ -97,6 +107,8 @@ def inspect_dataset(
 
         model = model or tiny_model_path()
         tokenizer = load_tokenizer(model)
+    if is_encoder_decoder is None:
+        is_encoder_decoder = model is not None and _config_is_encoder_decoder(model)
 
     specs = split_specs(dataset)
     data = load_sources(specs, split, config=config, columns=columns, seed=seed, skip_bad_rows=True,
@@ -121,11 +133,12 @@ def inspect_dataset(
         "bad_rows_dropped_while_mixing": sum(p.n_bad_rows for p in data.parts),
         "chosen_equals_rejected": identical,
         "limits": {k: getattr(limits, k) for k in ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode")},
+        "is_encoder_decoder": bool(is_encoder_decoder),
         "notes": list(data.notes),
     }
     try:
         prepared, prep = prepare_dataset(ds, tokenizer, LengthLimits(None, None, None, limits.truncation_mode),
-                                         skip_bad_rows=True, desc="tokenizing pairs")
+                                         skip_bad_rows=True, desc="tokenizing pairs", is_encoder_decoder=is_encoder_decoder)
     except DataError as err:  # no usable pair at all
         report.update(bad_rows=len(ds), first_bad_rows=[str(err)], pairs=0)
         return report
@@ -136,7 +149,12 @@ def inspect_dataset(
     table = prepared.flatten_indices().data  # (select() leaves an indices mapping over the full table)
     cols = {c: table.column(c).to_pylist() for c in ID_COLUMNS}
     prompts, chosens, rejecteds = cols["prompt_ids"], cols["chosen_ids"], cols["rejected_ids"]
-    bos = text_tokenizer(tokenizer).bos_token_id
+    specials = _specials(tokenizer)
+    # The specials truncation keeps, as tokenize.finish_pair sets them for either kind of model.
+    if is_encoder_decoder:
+        bos, eos = (specials.bos if specials.adds_bos else None), (specials.eos if specials.adds_eos else None)
+    else:
+        bos, eos = text_tokenizer(tokenizer).bos_token_id, None
     lengths = {"prompt": [], "chosen": [], "rejected": [], "pair": []}
     truncated = dropped = longer = shorter = 0
     seen_pairs, seen_prompts = set(), set()
@@ -145,9 +163,11 @@ def inspect_dataset(
         lengths["prompt"].append(len(p))
         lengths["chosen"].append(len(c))
         lengths["rejected"].append(len(r))
-        lengths["pair"].append(len(p) + max(len(c), len(r)))
-        tp = TokenizedPair(p, c, r, bos)
-        cut = truncate_pair(tp, limits)
+        # the longest row a pair adds: prompt + answer; for an encoder-decoder model, the longer of
+        # the encoder input and the decoder target (they are limited separately)
+        lengths["pair"].append(max(len(p), len(c), len(r)) if is_encoder_decoder else len(p) + max(len(c), len(r)))
+        tp = TokenizedPair(p, c, r, bos, eos)
+        cut = truncate_pair(tp, limits, is_encoder_decoder=is_encoder_decoder)
         if cut is None:
             dropped += 1
         elif cut is not tp:
@@ -215,7 +235,10 @@ def format_report(report: dict) -> str:
     ]
     heads = ["tokens", "mean", *(f"p{q}" for q in PERCENTILES), "max"]
     rows = [[name, *(s[h] for h in heads[1:])] for name, s in report["tokens"].items()]
-    rows[-1][0] = "pair (prompt + longer completion)"
+    enc_dec = report.get("is_encoder_decoder")
+    rows[-1][0] = "pair (longest of encoder and decoder)" if enc_dec else "pair (prompt + longer completion)"
+    if enc_dec:
+        limit_text += " (encoder-decoder: prompt and completions limited separately)"
     lines += ["", format_table(heads, rows), "", f"limits: {limit_text}", format_table(["check", "count"], checks)]
     lines += [f"first bad row: {e}" for e in report.get("first_bad_rows", [])[:1]]
     return "\n".join(lines)
