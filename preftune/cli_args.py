@@ -23,8 +23,8 @@ Decisions, where ms-swift or TRL differ:
   ``--model_name_or_path``) wins when both are given, as in ms-swift.
 - ms-swift's defaults (LoRA on, its learning rate, ...) are not copied: only its
   flag names. preftune's defaults are the config's.
-- ``--warmup_ratio`` (gone from transformers 5) sets ``warmup_steps`` to the ratio,
-  which transformers reads as a fraction of the total steps when it is below 1.
+- ``--warmup_ratio``, ``--group_by_length``, ``--no_cuda``, ``--evaluation_strategy``
+  (gone from transformers 5) are config fields (aliases resolved in `preftune.config`).
 """
 from __future__ import annotations
 
@@ -129,7 +129,6 @@ class ScriptArguments:
     # ---- ms-swift names of training flags
     batch_size: Optional[int] = field(default=None, metadata={"help": "ms-swift: = --per_device_train_batch_size."})
     eval_batch_size: Optional[int] = field(default=None, metadata={"help": "ms-swift: = --per_device_eval_batch_size."})
-    warmup_ratio: Optional[float] = field(default=None, metadata={"help": "Fraction of the steps spent warming up the learning rate (= --warmup_steps below 1)."})
     # ---- after training
     merge: bool = field(default=False, metadata={"aliases": ["--merge_lora"], "help": "With LoRA: fold the trained adapter into its base at the end and save the merged model (see --merge_output)."})
     merge_output: Optional[str] = field(default=None, metadata={"help": "Folder of the merged model (default: OUTPUT_DIR-merged)."})
@@ -242,9 +241,6 @@ def _resolve_aliases(values: dict, given: set) -> dict:
     """ms-swift / TRL flag names -> config values (in place); returns from_pretrained kwargs."""
     _take(values, given, "batch_size", "per_device_train_batch_size")
     _take(values, given, "eval_batch_size", "per_device_eval_batch_size")
-    if values.get("warmup_ratio") is not None and not 0 <= values["warmup_ratio"] < 1:
-        raise ConfigError(f"--warmup_ratio={values['warmup_ratio']} must be in [0, 1); use --warmup_steps for a number of steps.")
-    _take(values, given, "warmup_ratio", "warmup_steps")
     if values.get("sft_type") is not None:
         lora = values["sft_type"] == "lora"
         if "use_peft" in given and bool(values["use_peft"]) != lora:

@@ -8,8 +8,11 @@ Departures from TRL's configs, and why:
 - `bf16=None` (the default) means "bf16 mixed precision where the hardware has it":
   on a CUDA device with bf16 support it resolves to True, elsewhere to False, so the
   same script runs on a laptop and on an H100. An explicit True/False is kept.
-- `evaluation_strategy` (the name used by older transformers and the ORPO tutorial)
-  is accepted as an alias of `eval_strategy`.
+- Names older transformers had and TRL's documented signatures still show are accepted
+  as aliases: `evaluation_strategy` (the ORPO tutorial) → `eval_strategy`;
+  `warmup_ratio` → `warmup_steps` (transformers 5 reads a value below 1 as a ratio);
+  `group_by_length=True` → `train_sampling_strategy="group_by_length"`; `no_cuda` → `use_cpu`.
+  An alias that contradicts its target, both given, is an error.
 - `logps_chunked`, `logps_prefix_sharing` and `logps_fused_head` (all on by default,
   all exact) compute log-probs without materialising the full (batch, seq, vocab)
   logits, with each pair's prompt run once and a plain LM head back-propagated in
@@ -24,6 +27,10 @@ import torch
 from transformers import TrainingArguments
 
 from .errors import ConfigError
+
+
+def _value(x):
+    return getattr(x, "value", x)  # an enum member's value, or the value itself
 
 
 def _bf16_available() -> bool:
@@ -47,6 +54,15 @@ class PreferenceConfig(TrainingArguments):
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "Alias of eval_strategy ('no', 'steps', 'epoch'), as in older transformers."}
     )
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Fraction of the steps spent warming up the learning rate, in [0, 1) "
+                                "(older transformers; sets warmup_steps, which reads a value below 1 as a ratio)."}
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch pairs of similar length (older transformers; "
+                                 "= --train_sampling_strategy group_by_length)."}
+    )
+    no_cuda: bool = field(default=False, metadata={"help": "Older transformers' name of --use_cpu."})
 
     # Lengths (see preftune.data.tokenize for the exact truncation rules).
     max_length: Optional[int] = field(
@@ -118,15 +134,28 @@ class PreferenceConfig(TrainingArguments):
                   "(otherwise it refuses, unless resuming)."},
     )
 
-    def __post_init__(self):
+    def _resolve_legacy_names(self) -> None:
+        """Older transformers' names (see the module docstring) -> today's fields; a contradiction is an error."""
+        def alias(name, value, target, default):
+            current = _value(getattr(self, target))
+            if current not in (default, value):
+                raise ConfigError(f"{name} conflicts with {target}={current!r}; set only {target}.")
+            setattr(self, target, value)
+
         if self.evaluation_strategy is not None:
-            wanted = str(self.evaluation_strategy)
-            current = getattr(self.eval_strategy, "value", self.eval_strategy)
-            if current not in ("no", wanted):
-                raise ConfigError(
-                    f"evaluation_strategy={wanted!r} conflicts with eval_strategy={current!r}; set only eval_strategy."
-                )
-            self.eval_strategy = wanted
+            alias(f"evaluation_strategy={self.evaluation_strategy!r}", str(self.evaluation_strategy), "eval_strategy", "no")
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1); use warmup_steps for a number "
+                                  "of steps.")
+            alias(f"warmup_ratio={self.warmup_ratio}", self.warmup_ratio, "warmup_steps", 0)
+        if self.group_by_length:
+            alias("group_by_length=True", "group_by_length", "train_sampling_strategy", "random")
+        if self.no_cuda:
+            alias("no_cuda=True", True, "use_cpu", False)
+
+    def __post_init__(self):
+        self._resolve_legacy_names()
         if self.bf16 is None:
             self.bf16 = bool(_bf16_available() and not self.fp16 and not self.use_cpu)
         _check_precision(self)

@@ -23,6 +23,24 @@ def test_evaluation_strategy_alias(tmp_path):
         ORPOConfig(output_dir=str(tmp_path), evaluation_strategy="steps", eval_strategy="epoch")
 
 
+def test_older_transformers_names_in_trls_documented_signature(tmp_path):
+    """TRL's ORPOConfig signature (seed 003) lists warmup_ratio, group_by_length and no_cuda, which
+    transformers 5 dropped: each sets today's field, and contradicting that field is an error."""
+    args = ORPOConfig(output_dir=str(tmp_path), warmup_ratio=0.1, group_by_length=True, no_cuda=True)
+    assert args.warmup_steps == 0.1 and args.use_cpu is True
+    assert str(getattr(args.train_sampling_strategy, "value", args.train_sampling_strategy)) == "group_by_length"
+    plain = ORPOConfig(output_dir=str(tmp_path))
+    assert plain.warmup_steps == 0 and not plain.use_cpu
+    assert str(getattr(plain.train_sampling_strategy, "value", plain.train_sampling_strategy)) == "random"
+    assert ORPOConfig(output_dir=str(tmp_path), warmup_ratio=0.1, warmup_steps=0.1).warmup_steps == 0.1  # agree
+    for kwargs, needle in ((dict(warmup_ratio=1.5), r"warmup_ratio=1.5 must be in \[0, 1\)"),
+                           (dict(warmup_ratio=0.1, warmup_steps=5), "warmup_ratio=0.1 conflicts with warmup_steps=5"),
+                           (dict(group_by_length=True, train_sampling_strategy="sequential"),
+                            "set only train_sampling_strategy")):
+        with pytest.raises(ConfigError, match=needle):
+            ORPOConfig(output_dir=str(tmp_path), **kwargs)
+
+
 @pytest.mark.parametrize(
     "cls, kwargs, needle",
     [
