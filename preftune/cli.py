@@ -33,6 +33,7 @@ from .cli_args import (
     _resolve_aliases,
     _yaml_argv,
 )
+from .config import LEGACY_ALIASES
 from .errors import ConfigError, UserError
 
 
@@ -64,8 +65,9 @@ def parse_run(command: str, argv: list[str]) -> Run:
         argv = _yaml_argv(known.config, parser) + rest
     given = _given(argv, parser)
     demo = not given & {"model", "model_type", "dataset"}
-    if demo:
-        parser.set_defaults(**DEMO_SETTINGS, beta=DEMO_BETA[command])
+    if demo:  # the demo's defaults, except for a field the user set through an older name of it
+        aliased = {target for name, target in LEGACY_ALIASES.items() if name in given}
+        parser.set_defaults(**{k: v for k, v in DEMO_SETTINGS.items() if k not in aliased}, beta=DEMO_BETA[command])
     if "output_dir" not in given:
         argv += ["--output_dir", _default_output_dir(command, demo, "resume_from_checkpoint" in given)]
     values = vars(parser.parse_args(argv))

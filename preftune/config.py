@@ -29,6 +29,11 @@ from transformers import TrainingArguments
 from .errors import ConfigError
 
 
+# Older transformers' names -> the field each sets (resolved in PreferenceConfig._resolve_legacy_names).
+LEGACY_ALIASES = {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps",
+                  "group_by_length": "train_sampling_strategy", "no_cuda": "use_cpu"}
+
+
 def _value(x):
     return getattr(x, "value", x)  # an enum member's value, or the value itself
 

@@ -72,6 +72,17 @@ def test_seed_000_flags_resolve_to_the_config():
     assert run.script.dataset == ["shareai-llama3-dpo-zh-en-emoji"]
 
 
+def test_older_names_override_the_demo_defaults_of_their_target():
+    """The demo sets warmup_steps and eval_strategy by default; their older names given on the
+    command line replace those defaults instead of conflicting with them."""
+    demo = cli.parse_run("orpo", []).config
+    assert demo.warmup_steps == 5 and demo.eval_strategy.value == "steps"
+    c = cli.parse_run("orpo", ["--warmup_ratio", "0.1", "--evaluation_strategy", "epoch", "--group_by_length",
+                               "--no_cuda", "true"]).config
+    assert (c.warmup_steps, c.eval_strategy.value, c.use_cpu) == (0.1, "epoch", True)
+    assert str(getattr(c.train_sampling_strategy, "value", c.train_sampling_strategy)) == "group_by_length"
+
+
 def test_model_path_wins_over_model_type_and_trl_names():
     run = cli.parse_run("dpo", ["--model_type", "qwen2-0_5b-instruct", "--model_id_or_path", "/m"])
     assert run.model == "/m"
