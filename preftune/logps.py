@@ -136,7 +136,7 @@ def chunk_tokens(vocab: int, hidden: int, device: torch.device | str) -> int:
     return max(64, tokens)
 
 
-def _vocab_mean_logit(head, h: Tensor, softcap) -> Tensor | None:
+def _vocab_mean_logit(head, h: Tensor, softcap, logits_bias: Tensor | None = None) -> Tensor | None:
     """Per token (M,), the mean over the vocabulary of head(h), detached, without computing the logits.
 
     For a plain `nn.Linear` head, mean_v(h·W_v + b_v) = h·mean(W, 0) + mean(b) exactly. None when
@@ -150,11 +150,17 @@ def _vocab_mean_logit(head, h: Tensor, softcap) -> Tensor | None:
         mean = h.detach().float() @ head.weight.mean(0, dtype=torch.float32)
         if head.bias is not None:
             mean = mean + head.bias.mean(dtype=torch.float32)
+        if logits_bias is not None:
+            mean = mean + logits_bias.mean(dtype=torch.float32)
     return mean
 
 
-def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int, fused: bool = True):
+def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int, fused: bool = True,
+                        logits_bias: Tensor | None = None):
     """`_token_stats` over (M, H) hidden states, one chunk of (size, vocab) logits at a time.
+
+    logits_bias: (V,), added to the head's output by the model outside the head (BART's
+    `final_logits_bias`); None for most models.
 
     A plain linear head goes through `head.LinearHeadLogps` (a hand-written backward) when
     `fused`; any other head, or `fused=False`, checkpoints each chunk: only its inputs are
@@ -162,14 +168,15 @@ def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, si
     backward needs are rebuilt (`early_stop`), so the detached statistics computed after the
     log-probs are not computed again.
     """
-    mean_logit = _vocab_mean_logit(head, h, softcap)  # None: taken from each chunk's logits
+    mean_logit = _vocab_mean_logit(head, h, softcap, logits_bias)  # None: taken from each chunk's logits
     if fused and fusable(head, h):
-        logps, mean, log_sq_sum = LinearHeadLogps.apply(h, head.weight, head.bias, targets, softcap, size, wpo,
+        bias = head.bias if logits_bias is None else logits_bias if head.bias is None else head.bias + logits_bias
+        logps, mean, log_sq_sum = LinearHeadLogps.apply(h, head.weight, bias, targets, softcap, size, wpo,
                                                         mean_logit is None)
         return logps, (mean if mean_logit is None else mean_logit), log_sq_sum
 
     def chunk(h_c: Tensor, y_c: Tensor):
-        logits = head(h_c).float()
+        logits = head(h_c).float() if logits_bias is None else (head(h_c) + logits_bias).float()
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         logps = -F.cross_entropy(logits, y_c, reduction="none")  # = logits[y] − logsumexp(logits)

@@ -17,10 +17,14 @@ top-level forward, so wrappers that gather or shard parameters there keep workin
 The decoder inputs are the model's own shift right of the targets
 (`prepare_decoder_input_ids_from_labels`: T5's `_shift_right`, BART's
 `shift_tokens_right`), so ``decoder_start_token_id`` comes first. Every real
-target token is scored: log p = −cross_entropy of the model's own logits (T5's
-tied-embedding rescaling and BART's ``final_logits_bias`` included). The logits are
-the full (2B, Tc, V) tensor the model computes; the chunked LM head of
-`preftune.logps` is not used, and prefix sharing does not apply.
+target token is scored: log p = −cross_entropy of the model's logits (T5's
+tied-embedding rescaling and BART's ``final_logits_bias`` included). For the T5 and
+BART families (`CHUNKED_FAMILIES`) the full (2B, Tc, V) logits are never formed: a
+pre-hook on the LM head keeps the decoder states the head is given (after T5's
+rescaling) and hands the head a zero-length slice instead, and the scored states go
+through `logps.chunked_token_stats` (chunks, the closed-form head backward) with
+BART's ``final_logits_bias`` added to each chunk. Other encoder-decoder families, or
+``logps_chunked=False``, use the model's own logits. Prefix sharing does not apply.
 
 `SequenceLogps` is filled as the decoder-only path fills it: `sequence_logps` (the
 ORPO NLL) sums the same decoder tokens as `completion_logps` for the rows asked for,
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.collate import PreferenceBatch, Seq2SeqBatch, VisionPreferenceBatch
-from .logps import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, unwrap
+from .logps import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, chunk_tokens, chunked_token_stats, unwrap
 
 Tensor = torch.Tensor
 
@@ -101,6 +105,32 @@ class _ShareEncoderOutput:
         self.handle.remove()
 
 
+# Families whose logits are exactly lm_head(decoder states) [+ final_logits_bias] (checked in tests
+# against the model's own logits, gradients included); others use the model's full logits.
+CHUNKED_FAMILIES = {"t5": None, "mt5": None, "bart": "final_logits_bias", "mbart": "final_logits_bias"}
+
+
+class _HeadInput:
+    """LM-head pre-hook: keep the states the model hands its head, give the head a zero-length
+    slice of them, so the model's own (2B, Tc, V) logits are never computed."""
+
+    def __init__(self, head):
+        self.states = None
+        self.handle = head.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.states = args[0]
+        return (args[0].narrow(-2, 0, 0),) + tuple(args[1:])
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def _chunkable(base) -> bool:
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return getattr(base.config, "model_type", None) in CHUNKED_FAMILIES and head is not None
+
+
 def _check_supported(model, base) -> None:
     if not getattr(getattr(base, "config", None), "is_encoder_decoder", False):
         raise ValueError(f"{type(base).__name__} is not an encoder-decoder model; collate with PreferenceCollator "
@@ -118,13 +148,15 @@ def encoder_decoder_logps(
     sequence_rows: Tensor | None = None,
     completion_weights: Tensor | None = None,
     wpo: bool = False,
+    options: LogpsOptions = DEFAULT_OPTIONS,
 ) -> SequenceLogps:
     """Sums over the completion tokens of each of the 2B decoder rows (chosen rows first).
 
     sequence_rows: (2B,) bool, rows whose `sequence_logps` is filled (ORPO's NLL: the
     decoder targets, the same tokens as the completion); completion_weights: (2B, Tc)
     float per-token weights (LD-DPO) for `weighted_completion_logps`; wpo: fill
-    `completion_wpo_avg`.
+    `completion_wpo_avg`; options: `chunked`, `chunk_size` and `fused_head` apply to the
+    families in `CHUNKED_FAMILIES`.
     """
     base = unwrap(model)
     _check_supported(model, base)
@@ -134,6 +166,8 @@ def encoder_decoder_logps(
     if decoder is base:
         raise ValueError(f"{type(base).__name__}.get_decoder() returns the model itself; its decoder stack cannot be found.")
     share = _ShareEncoderOutput(decoder, n)
+    head = base.get_output_embeddings()
+    capture = _HeadInput(head) if options.chunked and _chunkable(base) else None
     try:
         out = model(
             input_ids=batch.prompt_input_ids,
@@ -144,19 +178,30 @@ def encoder_decoder_logps(
         )
     finally:
         share.close()
+        if capture is not None:
+            capture.close()
     if not share.fired:
         raise RuntimeError(f"{type(base).__name__}'s decoder was not given encoder_hidden_states by keyword, so the "
                            "encoder output could not be shared between chosen and rejected rows.")
 
     rows = mask.nonzero()[:, 0]  # (M,)
-    logits = out.logits[mask].float()  # (M, V): the scored positions only
     y = targets[mask]
-    token_logps = -F.cross_entropy(logits, y, reduction="none")  # = logit(y) − logsumexp
-    with torch.no_grad():
-        mean_logit = logits.mean(-1)
-        if wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse
-            lse = logits.gather(-1, y[:, None]).squeeze(-1) - token_logps
-            log_sq_sum = torch.logsumexp(2 * logits, -1) - 2 * lse
+    if capture is not None:  # the head in chunks over the scored decoder states
+        h = capture.states[mask]  # (M, H)
+        bias_name = CHUNKED_FAMILIES[base.config.model_type]
+        bias = getattr(base, bias_name).reshape(-1) if bias_name else None
+        size = options.chunk_size or chunk_tokens(head.weight.shape[0], h.shape[-1], h.device)
+        token_logps, mean_logit, log_sq_sum = chunked_token_stats(head, h, y, None, wpo, size,
+                                                                  fused=options.fused_head, logits_bias=bias)
+        mean_logit = mean_logit.detach()
+    else:
+        logits = out.logits[mask].float()  # (M, V): the scored positions only
+        token_logps = -F.cross_entropy(logits, y, reduction="none")  # = logit(y) − logsumexp
+        with torch.no_grad():
+            mean_logit = logits.mean(-1)
+            if wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse
+                lse = logits.gather(-1, y[:, None]).squeeze(-1) - token_logps
+                log_sq_sum = torch.logsumexp(2 * logits, -1) - 2 * lse
 
     zeros = token_logps.new_zeros(n)
     completion = zeros.index_add(0, rows, token_logps)
@@ -190,13 +235,13 @@ def preference_batch_logps(
 ) -> SequenceLogps:
     """Per-row log-probs of a collated batch, whichever kind of model it was collated for.
 
-    A `Seq2SeqBatch` goes to `encoder_decoder_logps` (prefix sharing and the chunked LM
-    head do not apply: `options` is unused); a `VisionPreferenceBatch` to `sequence_logps`
+    A `Seq2SeqBatch` goes to `encoder_decoder_logps` (the chunked head for the T5 and BART
+    families; prefix sharing does not apply); a `VisionPreferenceBatch` to `sequence_logps`
     with its image inputs (no prefix sharing); a `PreferenceBatch` to `prefix.batch_logps`.
     """
     if isinstance(batch, Seq2SeqBatch):
         return encoder_decoder_logps(model, batch, sequence_rows=sequence_rows,
-                                     completion_weights=completion_weights, wpo=wpo)
+                                     completion_weights=completion_weights, wpo=wpo, options=options)
     if isinstance(batch, VisionPreferenceBatch):  # image features enter the prompt: no prefix sharing
         from .logps import sequence_logps
 

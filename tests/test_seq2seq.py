@@ -161,13 +161,20 @@ def plain_logps(model, batch: Seq2SeqBatch) -> torch.Tensor:
     return (logps * batch.completion_mask).sum(1)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_logps_equal_the_plain_computation_values_and_gradients(arch):
+# The families whose LM head runs in chunks (preftune.seq2seq.CHUNKED_FAMILIES), and the log-prob options.
+MODEL_ARCHS = ("t5", "mt5", "bart", "mbart")
+OPTIONS = {"chunked": LogpsOptions(), "chunked-3": LogpsOptions(chunk_size=3),
+           "checkpointed": LogpsOptions(fused_head=False, chunk_size=3), "plain": LogpsOptions(chunked=False)}
+
+
+@pytest.mark.parametrize("arch", MODEL_ARCHS)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_logps_equal_the_plain_computation_values_and_gradients(arch, opts):
     model = tiny_seq2seq_lm(arch).eval()
     batch = _batch()
     coef = torch.tensor([1.0, -0.5, 2.0, 0.3])
     rows = torch.tensor([True, True, False, False])
-    out = encoder_decoder_logps(model, batch, sequence_rows=rows)
+    out = encoder_decoder_logps(model, batch, sequence_rows=rows, options=OPTIONS[opts])
     (out.completion_logps * coef).sum().backward()
     ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
@@ -186,13 +193,14 @@ def test_logps_equal_the_plain_computation_values_and_gradients(arch):
         assert torch.allclose(ours[name], theirs[name], atol=1e-5, rtol=1e-4), name
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_logits_metric_weights_and_wpo_match_the_full_logits(arch):
+@pytest.mark.parametrize("arch", MODEL_ARCHS)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_logits_metric_weights_and_wpo_match_the_full_logits(arch, opts):
     model = tiny_seq2seq_lm(arch).eval()
     batch = _batch()
     weights = torch.rand(batch.completion_mask.shape)
     with torch.no_grad():
-        out = encoder_decoder_logps(model, batch, completion_weights=weights, wpo=True)
+        out = encoder_decoder_logps(model, batch, completion_weights=weights, wpo=True, options=OPTIONS[opts])
         labels = batch.completion_input_ids.masked_fill(batch.completion_mask == 0, -100)
         logits = model(input_ids=batch.prompt_input_ids.repeat(2, 1),
                        attention_mask=batch.prompt_attention_mask.repeat(2, 1), labels=labels).logits.float()
@@ -203,6 +211,44 @@ def test_logits_metric_weights_and_wpo_match_the_full_logits(arch):
     assert torch.allclose(out.weighted_completion_logps, (token * weights * mask).sum(1), atol=1e-5)
     log_sq = torch.logsumexp(2 * logp, -1)
     assert torch.allclose(out.completion_wpo_avg, ((token - log_sq) * mask).sum(1) / mask.sum(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", MODEL_ARCHS)
+@pytest.mark.parametrize("opts", ["chunked", "plain"])
+def test_the_full_logits_are_never_formed(arch, opts, monkeypatch):
+    """Chunked: the model's LM head is handed zero positions (its output has no elements); the
+    chunks are formed from the scored decoder states only. (A hook on the head turns the closed-form
+    backward off, so the chunks go through the head module and the hook sees them; without the hook
+    the closed-form path's own matmuls are counted.)"""
+    import preftune.head as head_module
+
+    model = tiny_seq2seq_lm(arch).eval()
+    if opts == "chunked":
+        rows = []  # rows of every matmul with the (V, H) head weight (F is torch.nn.functional: all calls pass here)
+        real = head_module.F.linear
+        vocab = model.config.vocab_size
+
+        def linear(x, w, *rest):
+            if w.shape[0] == vocab:
+                rows.append(x.numel() // x.shape[-1])  # positions in this call
+            return real(x, w, *rest)
+
+        monkeypatch.setattr(head_module.F, "linear", linear)
+        encoder_decoder_logps(model, _batch(), options=LogpsOptions(chunk_size=4))
+        assert rows == [0, 4, 4, 3]  # the model's own call gets 0 positions; then 11 scored tokens in chunks of 4
+    sizes = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: sizes.append(out.numel()))
+    try:
+        encoder_decoder_logps(model, _batch(), options=OPTIONS[opts])
+    finally:
+        handle.remove()
+    batch = _batch()
+    full = batch.completion_input_ids.numel() * model.config.vocab_size
+    if opts == "plain":
+        assert sizes == [full]
+    else:
+        scored = int(batch.completion_mask.sum())
+        assert sizes[0] == 0 and sum(sizes[1:]) == scored * model.config.vocab_size  # forward chunks only
 
 
 @pytest.mark.parametrize("arch", ARCHS)
