@@ -165,3 +165,15 @@ def test_repeats_take_each_steps_fastest_time(bench_modules):
     assert row["s_per_step"] == pytest.approx(1.5)
     assert row["peak_rss_mib"] == pytest.approx(200.0)  # median over the repeats
     assert run.best_run([{**common, "error": "boom"}])["error"] == "boom"
+
+
+@pytest.mark.slow
+def test_seq2seq_micro_runs_each_variant():
+    proc = subprocess.run([sys.executable, str(BENCH / "seq2seq_micro.py"), "--arch", "bart", "--repeats", "1",
+                           "--variants", "chunked,plain"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| chunked") or
+            line.startswith("| plain")]
+    assert [r[0].strip() for r in rows] == ["chunked", "plain"]
+    for r in rows:
+        assert float(r[1]) > 0 and float(r[3]) >= 0  # seconds, added MiB
