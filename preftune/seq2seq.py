@@ -187,6 +187,9 @@ def encoder_decoder_logps(
     rows = mask.nonzero()[:, 0]  # (M,)
     y = targets[mask]
     if capture is not None:  # the head in chunks over the scored decoder states
+        if capture.states is None:
+            raise RuntimeError(f"{type(base).__name__} did not call its output embeddings; run with "
+                               "logps_chunked=False to use the model's own logits.")
         h = capture.states[mask]  # (M, H)
         bias_name = CHUNKED_FAMILIES[base.config.model_type]
         bias = getattr(base, bias_name).reshape(-1) if bias_name else None
