@@ -411,20 +411,8 @@ def model_card(
     return "\n\n".join(parts) + "\n"
 
 
-def write_model_card(
-    output_dir: str,
-    *,
-    trainer_name: str,
-    base_model: str | None,
-    datasets=None,
-    config_dict: Mapping | None = None,
-    final_metrics: Mapping | None = None,
-    adapter: bool = False,
-    tags: Iterable[str] | None = None,
-    lora=None,
-    data_summaries: Mapping[str, str] | None = None,
-) -> str:
-    """Write `model_card(...)` to OUTPUT_DIR/README.md (atomically); returns its path.
+def write_model_card(output_dir: str, *, lora=None, adapter: bool = False, **card) -> str:
+    """Write `model_card(**card, ...)` to OUTPUT_DIR/README.md (atomically); returns its path.
 
     The curves PNG and preftune_config.json are linked when they are in `output_dir`;
     LoRA settings come from `lora`, else from OUTPUT_DIR/adapter_config.json if saved.
@@ -435,8 +423,7 @@ def write_model_card(
             with open(path) as f:
                 lora = json.load(f)
     text = model_card(
-        trainer_name=trainer_name, base_model=base_model, datasets=datasets, config_dict=config_dict,
-        final_metrics=final_metrics, adapter=adapter, tags=tags, lora=lora, data_summaries=data_summaries,
+        **card, adapter=adapter, lora=lora,
         curves=CURVES_FILE if os.path.isfile(os.path.join(output_dir, CURVES_FILE)) else None,
         config_file=CONFIG_FILE if os.path.isfile(os.path.join(output_dir, CONFIG_FILE)) else None,
     )

@@ -196,7 +196,6 @@ def encoder_decoder_logps(
         size = options.chunk_size or chunk_tokens(head.weight.shape[0], h.shape[-1], h.device)
         token_logps, mean_logit, log_sq_sum = chunked_token_stats(head, h, y, None, wpo, size,
                                                                   fused=options.fused_head, logits_bias=bias)
-        mean_logit = mean_logit.detach()
     else:
         logits = out.logits[mask].float()  # (M, V): the scored positions only
         token_logps = -F.cross_entropy(logits, y, reduction="none")  # = logit(y) − logsumexp
