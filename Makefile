@@ -1,15 +1,26 @@
+# PYTHON: the Python to install with. Inside an active environment (venv, virtualenv, conda)
+# that environment is used; otherwise preftune goes into the project's .venv (VENV=DIR for
+# another folder), so an externally managed system Python (PEP 668) is never pip-installed into.
 PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+INSTALL = PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/install.sh
+# The Python that runs preftune after `make install` (the environment's, or VENV's).
+RUN = "$$($(INSTALL) --which)"
 
-.PHONY: install demo test
+.PHONY: install demo test lint
 
 install:
-	PYTHON=$(PYTHON) bash scripts/install.sh
+	$(INSTALL)
 
 # Install, then train the bundled tiny model on the bundled preference set (offline, CPU, ~1 min).
 demo: install
-	$(PYTHON) -m preftune orpo
+	$(RUN) -m preftune orpo
 
-# Install with the test tools (and Debian's chromium for the browser test), then run the whole test suite.
+# Install with the test tools (and Debian's chromium for the browser test), then lint and run the whole test suite.
 test:
-	PYTHON=$(PYTHON) bash scripts/install.sh --test
-	$(PYTHON) -m pytest tests
+	$(INSTALL) --test
+	$(RUN) -m ruff check preftune tests benchmarks scripts
+	$(RUN) -m pytest tests
+
+lint:
+	$(RUN) -m ruff check preftune tests benchmarks scripts

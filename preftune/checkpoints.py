@@ -22,13 +22,15 @@ folder set aside keeps its files; a name already taken gets -2, -3, ...
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 MARKER = "preftune_complete.json"
 EXTRA_STATE = "preftune_state.json"
@@ -238,3 +240,55 @@ def load_extra_state(folder: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+# ------------------------------------------------------------ failed writes
+
+_NO_SPACE_WORDS = ("No space left", "os error 28", "StorageFull", "Disk quota exceeded", "os error 122")
+# torch.save reports a short write from its C++ zip writer, not as an OSError.
+_TORCH_WRITE_WORDS = ("PytorchStreamWriter", "inline_container", "file write failed")
+_LOW_SPACE = 16 * 2**20  # bytes left on the device after a failed write that point to a full disk
+
+
+class SaveError(UserError):
+    """A checkpoint or the final model could not be written (a full disk, ...). Whatever was
+    complete before is untouched: `last_complete` is the newest checkpoint to resume from."""
+
+    def __init__(self, folder: str, reason: str, last_complete: str | None):
+        self.folder, self.reason, self.last_complete = folder, reason, last_complete
+        where = (f"the last complete checkpoint is {last_complete}" if last_complete
+                 else "there is no complete checkpoint to resume from yet")
+        super().__init__(f"{reason} while writing {folder}; {where}")
+
+
+def write_failure(err: BaseException, folder: str) -> str | None:
+    """What went wrong, in words, when `err` was raised while writing into `folder`; None when it
+    is not a failed write (a bug, which should raise as it is)."""
+    text = str(err)
+    is_write = isinstance(err, OSError) or type(err).__name__ == "SafetensorError" or (
+        isinstance(err, RuntimeError) and any(w in text for w in _TORCH_WRITE_WORDS))
+    if not is_write:
+        return None
+    device = f"no space left on the device of {os.path.dirname(os.path.abspath(folder)) or folder}"
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(w in text for w in _NO_SPACE_WORDS):
+        return device
+    try:
+        if shutil.disk_usage(os.path.dirname(os.path.abspath(folder))).free < _LOW_SPACE:
+            return device
+    except OSError:
+        pass
+    if isinstance(err, OSError):
+        return f"a write failed ({err.strerror or err})"
+    return None
+
+
+@contextlib.contextmanager
+def writing(folder: str, run_dir: str):
+    """Turn a failed write into `folder` into a SaveError naming the last complete checkpoint of `run_dir`."""
+    try:
+        yield
+    except Exception as err:
+        reason = write_failure(err, folder)
+        if reason is None:
+            raise
+        raise SaveError(folder, reason, last_complete(run_dir)[0]) from err

@@ -179,6 +179,7 @@ def train(command: str, argv: list[str]) -> int:
     from .generation import generate_answers
     from .models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
     from .trainer import DPOTrainer, ORPOTrainer, prepare_split
+    from .checkpoints import SaveError
 
     run = parse_run(command, argv)
     script, config = run.script, run.config
@@ -243,8 +244,14 @@ def train(command: str, argv: list[str]) -> int:
     trainer.dataset_names = script.dataset or (["tiny-prefs (bundled)"] if run.demo else None)
     samples, before = _demo_samples(trainer.model, tokenizer, eval_data.dataset) if run.demo else ([], [])
     _save_command(run, argv)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
+    _say(f"preftune: {_world(config)}")
+    try:
+        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+        trainer.save_model(config.output_dir)
+    except KeyboardInterrupt:
+        raise _interrupted(config.output_dir, _resume_command(command, argv, config.output_dir)) from None
+    except SaveError as err:
+        raise _save_failed(err, _resume_command(command, argv, config.output_dir)) from None
     for prompt, old, new in zip(samples, before, generate_answers(trainer.model, tokenizer, samples)):
         _say(f"\nprompt: {prompt[-1]['content']}\n  before: {old}\n  after:  {new}")
     if eval_ds is not None and config.eval_strategy != "no":
@@ -296,6 +303,57 @@ def _default_output_dir(command: str, demo: bool, resuming: bool) -> str:
     return path
 
 
+def _world(config) -> str:
+    """One line: how many processes train, so a launcher that silently started one is visible."""
+    n = config.world_size
+    if n == 1:
+        return f"training in 1 process on {config.device.type} (world size 1; NPROC_PER_NODE=N runs N)"
+    return f"training in {n} data-parallel processes on {config.device.type} (world size {n})"
+
+
+class Stopped(Exception):
+    """A training run that stopped early (Ctrl-C, a full disk): `line` says what happened and how to go on."""
+
+    def __init__(self, line: str, exit_code: int):
+        super().__init__(line)
+        self.exit_code = exit_code
+
+
+def _interrupted(output_dir: str, resume: str) -> Stopped:
+    from .checkpoints import last_complete
+
+    last = last_complete(output_dir)[0]
+    if last is None:
+        return Stopped("preftune: interrupted before any checkpoint was complete, so there is nothing to resume from "
+                       "(--save_steps sets how often one is written).", 130)
+    return Stopped(f"preftune: interrupted; the last complete checkpoint is {last}; resume with: {resume}", 130)
+
+
+def _save_failed(err, resume: str) -> Stopped:
+    """A SaveError (a full disk, ...) with what to do next."""
+    then = f"resume with: {resume}" if err.last_complete else "run the command again"
+    return Stopped(f"preftune: error: {err}; free space (or lower --save_total_limit), then {then}", 2)
+
+
+def _resume_command(command: str, argv: list[str], output_dir: str) -> str:
+    """The command line that continues this run from its newest complete checkpoint."""
+    import shlex
+
+    words = _shown_argv(argv)
+    if not any(w == "--output_dir" or w.startswith("--output_dir=") for w in words):
+        words += ["--output_dir", output_dir]
+    if not any(w == "--resume_from_checkpoint" or w.startswith("--resume_from_checkpoint=") for w in words):
+        words += ["--resume_from_checkpoint", "true"]
+    return shlex.join(["preftune", command, *words])
+
+
+def _shown_argv(argv: list[str]) -> list[str]:
+    """argv with every token value replaced by <redacted> (flags named *token*, JSON dicts holding one)."""
+    shown = [("<redacted>" if i and "token" in argv[i - 1] and argv[i - 1].startswith("--") else a) for i, a in enumerate(argv)]
+    shown = [a.split("=", 1)[0] + "=<redacted>" if a.startswith("--") and "token" in a and "=" in a else a for a in shown]
+    return [_redact_json(a) for a in shown]  # e.g. --model_init_kwargs '{"token": "..."}'
+
+
 def _save_command(run: Run, argv: list[str]) -> None:
     """OUTPUT_DIR/preftune_command.json: the command line and what it resolved to (next to preftune_config.json)."""
     import dataclasses
@@ -304,10 +362,7 @@ def _save_command(run: Run, argv: list[str]) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     os.makedirs(run.config.output_dir, exist_ok=True)
-    shown = [("<redacted>" if i and "token" in argv[i - 1] and argv[i - 1].startswith("--") else a) for i, a in enumerate(argv)]
-    shown = [a.split("=", 1)[0] + "=<redacted>" if a.startswith("--") and "token" in a and "=" in a else a for a in shown]
-    shown = [_redact_json(a) for a in shown]  # e.g. --model_init_kwargs '{"token": "..."}'
-    record = {"command": run.command, "argv": shown, "model": run.model, "script": dataclasses.asdict(run.script)}
+    record = {"command": run.command, "argv": _shown_argv(argv), "model": run.model, "script": dataclasses.asdict(run.script)}
     with open(os.path.join(run.config.output_dir, "preftune_command.json"), "w") as f:
         json.dump(record, f, indent=2, default=str)
 
@@ -384,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         if code is not None:
             return code
         return train(command, rest)
+    except Stopped as err:
+        print(f"\n{err}", file=sys.stderr)  # on a line of its own, after the progress bar
+        return err.exit_code
     except UserError as err:
         print(f"preftune: error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ Departures from TRL's configs, and why:
 - `bf16=None` (the default) means "bf16 mixed precision where the hardware has it":
   on a CUDA device with bf16 support it resolves to True, elsewhere to False, so the
   same script runs on a laptop and on an H100. An explicit True/False is kept.
+- `dataloader_pin_memory=None` (the default) pins batches only where there is an
+  accelerator: on a CPU-only machine pinning does nothing but make PyTorch warn.
 - Names older transformers had and TRL's documented signatures still show are accepted
   as aliases: `evaluation_strategy` (the ORPO tutorial) → `eval_strategy`;
   `warmup_ratio` → `warmup_steps` (transformers 5 reads a value below 1 as a ratio);
@@ -42,6 +44,14 @@ def _bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def _accelerator_available() -> bool:
+    """A device that pinned (page-locked) host memory speeds copies to: CUDA, XPU, MPS, ..."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
 @dataclass
 class PreferenceConfig(TrainingArguments):
     """Settings shared by every preference trainer."""
@@ -49,6 +59,11 @@ class PreferenceConfig(TrainingArguments):
     # Defaults that differ from TrainingArguments.
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial learning rate (AdamW)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N update steps (or a ratio of total steps if < 1)."})
+    dataloader_pin_memory: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Pin batches in page-locked memory for faster copies to the accelerator. Default: on where "
+                          "there is an accelerator (and not --use_cpu), off on a CPU-only machine, where it does nothing."},
+    )
     bf16: Optional[bool] = field(
         default=None,
         metadata={"help": "bf16 mixed precision. Default: on where the GPU supports it, off on CPU."},
@@ -163,6 +178,8 @@ class PreferenceConfig(TrainingArguments):
         self._resolve_legacy_names()
         if self.bf16 is None:
             self.bf16 = bool(_bf16_available() and not self.fp16 and not self.use_cpu)
+        if self.dataloader_pin_memory is None:  # pinning without an accelerator only makes PyTorch warn
+            self.dataloader_pin_memory = bool(_accelerator_available() and not self.use_cpu)
         _check_precision(self)
         from .parallel import resolve_presets
 

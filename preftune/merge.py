@@ -23,7 +23,8 @@ import shutil
 import sys
 import tempfile
 
-from .errors import ConfigError
+from .checkpoints import write_failure
+from .errors import ConfigError, UserError
 
 MERGE_RECORD = "preftune_merge.json"
 
@@ -163,8 +164,12 @@ def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dt
         if os.path.isdir(out):
             shutil.rmtree(out)  # empty, or --overwrite: checked above
         os.replace(staging, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        reason = write_failure(err, out) if isinstance(err, Exception) else None
+        if reason is not None:  # a full disk: one sentence, and nothing half-written is left
+            raise UserError(f"{reason} while writing the merged model to {output_dir}; nothing was left behind, so "
+                            "free space and run the merge again.") from err
         raise
     return out
 

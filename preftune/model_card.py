@@ -41,6 +41,27 @@ def redact_config(config: Any) -> Any:
     return config
 
 
+def local_name(name):
+    """A model, data set or folder as a file meant to be shared names it: hub ids as they are, a local
+    path by its last component (`/home/me/models/tiny-llama` -> `tiny-llama`), so that no path of the
+    training machine is published."""
+    if not isinstance(name, str) or not name or _is_hub_id(name):
+        return name
+    return os.path.basename(os.path.normpath(os.path.expanduser(name))) or name
+
+
+def shareable_config(config: Any) -> Any:
+    """`redact_config`, and every absolute path (output_dir, cache folders, ...) by its last component."""
+    config = redact_config(config)
+    if isinstance(config, Mapping):
+        return {k: shareable_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [shareable_config(v) for v in config]
+    if isinstance(config, str) and os.path.isabs(os.path.expanduser(config)) and len(config) > 1:
+        return local_name(config)
+    return config
+
+
 def _method(trainer_name: str, config: Mapping) -> str:
     name = (trainer_name or "").lower()
     if "orpo" in name:
@@ -245,7 +266,7 @@ def _model_ref(name: str) -> str:
 
 
 def _what_it_is(method: str, base_model: str | None, config: Mapping, adapter: bool) -> str:
-    base = _model_ref(base_model) if base_model else "a causal language model"
+    base = _model_ref(local_name(base_model)) if base_model else "a causal language model"
     if method == "orpo":
         how = ("[ORPO](https://arxiv.org/abs/2403.07691) (odds-ratio preference optimization): the loss is the "
                "negative log-likelihood of the chosen answer plus λ times an odds-ratio term that favours the chosen "
@@ -329,12 +350,12 @@ def model_card(
     split -> one-line data report; `config_file` the relative path of the full config.
     Nothing in the card depends on the time or machine of the run.
     """
-    config = redact_config(dict(config_dict or {}))
+    config = shareable_config(dict(config_dict or {}))
     method = _method(trainer_name, config)
     lora_settings = _lora_settings(lora)
-    names = _as_list(datasets)
+    names = [shareable_config(d) for d in _as_list(datasets)]  # an absolute path by its last name
     local_dir = config.get("output_dir") or "OUTPUT_DIR"
-    model_id = model_id or config.get("hub_model_id") or local_dir
+    model_id = local_name(model_id) or config.get("hub_model_id") or local_dir
     if not _is_hub_id(model_id):
         local_dir = model_id
 

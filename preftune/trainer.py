@@ -15,6 +15,7 @@ truncated (`preftune.data.prepare`), and batches carry ``pixel_values``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -281,21 +282,33 @@ class PreferenceTrainer(Trainer):
     # ---------------------------------------------------------------- report
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """As Trainer.save_model; a final save (not a checkpoint) also gets the run report (card, metrics, curves)."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        if not _internal_call:
-            self.write_report(output_dir or self.args.output_dir)
+        """As Trainer.save_model; a final save (not a checkpoint) also gets the run report (card, metrics, curves).
+
+        A failed write (a full disk) raises `checkpoints.SaveError`, naming the last complete checkpoint.
+        """
+        folder = output_dir or self.args.output_dir
+        with checkpoints.writing(folder, self.args.output_dir):
+            super().save_model(output_dir, _internal_call=_internal_call)
+            if not _internal_call:
+                self.write_report(folder)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        """As Trainer._save, but the pickled training_args.bin it writes carries no hub token."""
-        from .model_card import redact_config
-
-        secret_fields = ("hub_token", "model_init_kwargs", "ref_model_init_kwargs")
-        kept = {name: getattr(self.args, name) for name in secret_fields if hasattr(self.args, name)}
-        for name, value in kept.items():
-            setattr(self.args, name, None if name == "hub_token" else redact_config(value))
-        try:
+        """As Trainer._save, but the pickled training_args.bin it writes (a file meant to be shared with the
+        model) carries no hub token and no absolute path of this machine."""
+        with self._shareable_args():
             super()._save(output_dir, state_dict=state_dict)
+
+    @contextlib.contextmanager
+    def _shareable_args(self):
+        from .model_card import shareable_config
+
+        fields = ("hub_token", "model_init_kwargs", "ref_model_init_kwargs", "output_dir", "logging_dir",
+                  "ref_logps_cache_dir")
+        kept = {name: getattr(self.args, name) for name in fields if hasattr(self.args, name)}
+        for name, value in kept.items():
+            setattr(self.args, name, None if name == "hub_token" else shareable_config(value))
+        try:
+            yield
         finally:
             for name, value in kept.items():
                 setattr(self.args, name, value)
@@ -322,21 +335,23 @@ class PreferenceTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, plus preftune's own state, marked complete last; rotation only after that."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         if self.args.should_save:  # a folder written again is not complete until it is marked again
-            checkpoints.unmark(os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}"))
+            checkpoints.unmark(folder)
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # Trainer would rotate before our marker exists
         try:
-            super()._save_checkpoint(model, trial)
+            with checkpoints.writing(folder, run_dir):  # a full disk: say which checkpoint is complete
+                super()._save_checkpoint(model, trial)
+                if self.args.should_save:
+                    self._save_extra_state(folder)
         finally:
             self.args.save_total_limit = limit
-        run_dir = self._get_output_dir(trial=trial)
-        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
-        if self.args.should_save:
-            self._save_extra_state(folder)
         self.accelerator.wait_for_everyone()  # every process's RNG state is written
         if self.args.should_save:
-            checkpoints.mark_complete(folder, self.state.global_step)
+            with checkpoints.writing(folder, run_dir):
+                checkpoints.mark_complete(folder, self.state.global_step)
             checkpoints.rotate(run_dir, limit, keep=self.state.best_model_checkpoint)
 
     def _save_extra_state(self, folder: str) -> None:
@@ -367,14 +382,14 @@ class PreferenceTrainer(Trainer):
             load_model(self.accelerator.unwrap_model(self.reference.model), ref_path)
 
     def save_resolved_config(self) -> None:
-        """Write the full, resolved config (tokens redacted) next to the checkpoints."""
+        """Write the full, resolved config next to the checkpoints (tokens redacted, absolute paths by their last name)."""
         if not self.is_world_process_zero():
             return
         os.makedirs(self.args.output_dir, exist_ok=True)
         path = os.path.join(self.args.output_dir, "preftune_config.json")
-        from .model_card import redact_config
+        from .model_card import shareable_config
 
-        config = redact_config({"trainer": type(self).__name__, **self.args.to_dict()})
+        config = shareable_config({"trainer": type(self).__name__, **self.args.to_dict()})
         with open(path, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True, default=str)
 

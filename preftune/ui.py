@@ -244,8 +244,10 @@ def _build_page(trained: Side, base: Side | None, notes: list[str], max_new_toke
                 with gr.Column():
                     base_chat = gr.Chatbot(value=[], label=base.label, show_label=True, elem_id="base-chat",
                                            height=460, **chat_kwargs)
-        prompt = gr.Textbox(label="Prompt", placeholder="Ask both models something, then press Send (or Enter).",
-                            lines=2, elem_id="prompt")
+        # lines=1 (growing to max_lines): gradio sends on Enter and adds a line on Shift+Enter, as chat pages do
+        # (with lines > 1 it is the other way round).
+        prompt = gr.Textbox(label="Prompt", placeholder="Ask both models something; Enter sends, Shift+Enter adds a line.",
+                            lines=1, max_lines=8, elem_id="prompt")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
             clear = gr.Button("Clear", elem_id="clear")

@@ -265,8 +265,21 @@ def test_tokens_never_reach_the_card():
 def test_local_base_model_is_named_but_not_put_in_front_matter(tmp_path):
     text = card(base_model=str(tmp_path), datasets=None, final_metrics=None)
     assert "base_model" not in front_matter(text)
-    assert f"`{tmp_path}`" in text
+    assert f"`{tmp_path.name}`" in text and str(tmp_path) not in text  # named by its folder, no path of this machine
     assert "Not recorded" in text and "## Results" not in text
+
+
+def test_no_absolute_path_reaches_the_card():
+    cfg = config(output_dir="/home/someone/work/outputs/my-run", ref_logps_cache_dir="/home/someone/.cache/ref",
+                 model_init_kwargs={"cache_dir": "/home/someone/.cache/hf"})
+    text = card(base_model="/home/someone/models/tiny-llama", datasets=["/home/someone/data/prefs.jsonl", "org/set"],
+                config_dict=cfg)
+    assert "/home/someone" not in text
+    assert "A fine-tuned version of `tiny-llama`" in text and "`prefs.jsonl`" in text and "org/set" in text
+    assert 'from_pretrained("my-run")' in text
+    shared = model_card_module.shareable_config(cfg)
+    assert shared["output_dir"] == "my-run" and shared["model_init_kwargs"] == {"cache_dir": "hf"}
+    assert shared["learning_rate"] == cfg["learning_rate"] and "hub_token" not in shared
 
 
 def test_write_model_card_embeds_the_curves_only_when_present(tmp_path):
@@ -336,6 +349,7 @@ def test_run_report_after_a_short_orpo_run(tmp_path):
                           train_dataset=train, eval_dataset=test)
     trainer.train()
     trainer.save_model(str(out))
+    cwd = os.getcwd()
     written = write_run_report(
         str(out), trainer.state.log_history, trainer_name=type(trainer).__name__, base_model=tiny_model_path(),
         datasets=["tiny-prefs"], config_dict={"trainer": type(trainer).__name__, **trainer.args.to_dict()},
@@ -355,7 +369,11 @@ def test_run_report_after_a_short_orpo_run(tmp_path):
     assert "- train: prepared 16 pairs" in text and "- `tiny-prefs`" in text
     eval_loss = [e for e in trainer.state.log_history if "eval_loss" in e][-1]["eval_loss"]
     assert f"| {eval_loss:.4f} |" in text
-    exec(python_snippet(text), {})  # the card's own snippet loads the saved model and generates
+    os.chdir(out.parent)  # the card names the (absolute) output folder by its name only
+    try:
+        exec(python_snippet(text), {})  # the card's own snippet loads the saved model and generates
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.mark.slow
@@ -392,4 +410,9 @@ def test_run_report_for_a_lora_dpo_run_survives_peft_saving_after_it(tmp_path):
     assert "| LoRA r | 4 |" in text and "| LoRA alpha | 8 |" in text
     assert "| LoRA target modules | down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj |" in text
     assert "## Results" in text and "](training_curves.png)" in text
-    exec(python_snippet(text), {})  # AutoPeftModelForCausalLM loads base + adapter from the folder
+    cwd = os.getcwd()
+    os.chdir(out.parent)  # the card names the (absolute) output folder by its name only
+    try:
+        exec(python_snippet(text), {})  # AutoPeftModelForCausalLM loads base + adapter from the folder
+    finally:
+        os.chdir(cwd)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from preftune.assets import tiny_dataset_files, tiny_model_path

@@ -242,9 +242,14 @@ def bot_texts(page, chat_id):
     return [t.strip() for t in page.locator(f"#{chat_id} [data-testid='bot']").all_inner_texts()]
 
 
-def send(page, prompt):
-    page.locator("#prompt textarea").fill(prompt)
-    page.locator("#send").click()
+def send(page, prompt, key=None):
+    """Type `prompt` and send it with the Send button, or with `key` pressed in the prompt box."""
+    box = page.locator("#prompt textarea")
+    box.fill(prompt)
+    if key:
+        box.press(key)
+    else:
+        page.locator("#send").click()
 
 
 def test_the_page_answers_with_both_models_side_by_side(chromium, adapter_pair, tmp_path):
@@ -257,7 +262,13 @@ def test_the_page_answers_with_both_models_side_by_side(chromium, adapter_pair, 
         page, outside = open_page(chromium, url)
         page.get_by_text(loaded.trained.label).first.wait_for()
         page.get_by_text(loaded.base.label).first.wait_for()
-        send(page, prompt)
+        # Shift+Enter adds a line and sends nothing; Enter sends (the button is used for the second turn)
+        box = page.locator("#prompt textarea")
+        box.fill("first line")
+        box.press("Shift+Enter")
+        assert box.input_value() == "first line\n"
+        assert page.locator("[data-testid='user']").count() == 0
+        send(page, prompt, key="Enter")
         page.wait_for_function(
             "() => ['trained-chat', 'base-chat'].every(id => document.querySelectorAll(`#${id} [data-testid='bot']`).length === 1)")
         page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)

@@ -19,7 +19,7 @@ from preftune.models import load_model, load_processor
 from preftune.prefix import prefix_sharing_blockers
 from preftune.reference import AdapterDisabledReference, ModelReference
 from preftune.seq2seq import is_vision_model, preference_batch_logps
-from tests.data.tiny_tokenizers import V, build
+from tests.data.tiny_tokenizers import build
 
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
