@@ -4,12 +4,12 @@ Isolates the part of a preference step that depends on the vocabulary (the LM he
 log-softmax and its backward) from the transformer body, on the shapes of a benchmark
 configuration, for:
 
-- ``preftune-chunked``: `preftune.logps.sequence_logps` (chunks of the head; a plain linear head
-  is back-propagated by `preftune.head.LinearHeadLogps`); ``preftune-chunked:N`` with
+- ``preftune-chunked``: `preftune.logps.causal.sequence_logps` (chunks of the head; a plain linear head
+  is back-propagated by `preftune.logps.head.LinearHeadLogps`); ``preftune-chunked:N`` with
   ``logps_chunk_size=N`` tokens per chunk;
 - ``preftune-checkpointed[:N]``: the same with ``logps_fused_head=False`` (each chunk checkpointed,
   autograd's backward);
-- ``preftune-plain``:   `preftune.logps.plain_sequence_logps` (full [rows, seq, vocab] logits);
+- ``preftune-plain``:   `preftune.logps.causal.plain_sequence_logps` (full [rows, seq, vocab] logits);
 - ``trl-fused``:        TRL's `ChunkedLogProbFunction` (a hand-written backward that turns each
                         recomputed tile into its gradient in place), when TRL is installed —
                         on the same scored tokens only, for a like-for-like comparison of the head.
@@ -86,7 +86,7 @@ def make_batch(cfg, seed=0):
 
 
 def run_variant(name, model, ids, attn, comp, rows, wpo=False):
-    from preftune.logps import LogpsOptions, plain_sequence_logps, sequence_logps
+    from preftune.logps.causal import LogpsOptions, plain_sequence_logps, sequence_logps
 
     model.zero_grad(set_to_none=True)
     if name.startswith(("preftune-chunked", "preftune-checkpointed")):  # ":N" sets logps_chunk_size=N
@@ -167,7 +167,7 @@ def main(argv=None):
             times.append(time.perf_counter() - t0)
         print(json.dumps({"name": name, "times": times, "added_peak_mib": peak_rss_mib() - base}))
         return
-    from preftune.logps import chunk_tokens
+    from preftune.logps.causal import chunk_tokens
 
     default_chunk = chunk_tokens(cfg.vocab_size, cfg.hidden_size, "cpu")
     print(f"{cfg.name}/{args.method}: rows {n}, width {ids.shape[1]}, real tokens {int(attn.sum())}, "

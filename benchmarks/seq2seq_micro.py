@@ -1,6 +1,6 @@
 """Encoder-decoder log-probs, chunked LM head vs the model's own full logits.
 
-One forward + backward of `preftune.seq2seq.encoder_decoder_logps` on a random-init
+One forward + backward of `preftune.logps.seq2seq.encoder_decoder_logps` on a random-init
 T5 or BART of the `small` benchmark's size (32k vocabulary, d_model 256, 4+4 layers),
 4 pairs with ~150-token prompts and ~200-token answers (log-normal, as run.py's data),
 fp32, each option in a fresh subprocess: best and median seconds over the repeats and
@@ -67,8 +67,8 @@ def make_batch(seed=0):
 
 
 def one(arch: str, name: str, repeats: int) -> dict:
-    from preftune.logps import LogpsOptions
-    from preftune.seq2seq import encoder_decoder_logps
+    from preftune.logps.causal import LogpsOptions
+    from preftune.logps.seq2seq import encoder_decoder_logps
 
     model, batch = build(arch), make_batch()
     options = LogpsOptions(**VARIANTS[name])

@@ -7,12 +7,12 @@ stays light (it must not import transformers).
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ORPOConfig": "config",
-    "DPOConfig": "config",
-    "PreferenceConfig": "config",
-    "ORPOTrainer": "trainer",
-    "DPOTrainer": "trainer",
-    "PreferenceTrainer": "trainer",
+    "ORPOConfig": "train.config",
+    "DPOConfig": "train.config",
+    "PreferenceConfig": "train.config",
+    "ORPOTrainer": "train.trainer",
+    "DPOTrainer": "train.trainer",
+    "PreferenceTrainer": "train.trainer",
     "setup_chat_format": "models",
     "UserError": "errors",
     "ConfigError": "errors",

@@ -1,6 +1,6 @@
 """`python -m preftune ...` (also `accelerate launch -m preftune ...`)."""
 import sys
 
-from .cli import main
+from preftune.cli import main
 
 sys.exit(main())

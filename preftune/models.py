@@ -14,7 +14,7 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
-from .errors import ConfigError
+from preftune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

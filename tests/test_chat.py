@@ -13,9 +13,9 @@ import torch
 
 from preftune import cli
 from preftune.assets import tiny_dataset_files, tiny_model_path
-from preftune.chat import ANSWER_PREFIX, PROMPT, ChatSession, GenerationSettings, _parser, run_chat, settings_from_args
+from preftune.apps.chat import ANSWER_PREFIX, PROMPT, ChatSession, GenerationSettings, _parser, run_chat, settings_from_args
 from preftune.errors import ConfigError, UserError
-from preftune.generation import generate_answers
+from preftune.apps.generate import generate_answers
 from preftune.models import load_trained
 
 N_NEW = 24

@@ -9,9 +9,10 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from preftune import cli
+from preftune.cli.args import DEMO_SETTINGS
 from preftune.assets import tiny_dataset_path, tiny_model_path
 from preftune.errors import ConfigError
-from preftune.launch import torchrun_command
+from preftune.cli.launch import torchrun_command
 
 # ms-swift's ORPO best practice (seed 000), exactly as written there after `swift orpo`.
 SEED_000 = """--model_type  llama3-8b-instruct \\
@@ -132,7 +133,7 @@ def test_yaml_config_holds_flags_and_flags_win(tmp_path):
 
 def test_demo_defaults_apply_only_without_model_and_data():
     run = cli.parse_run("orpo", ["--num_train_epochs", "1"])
-    assert run.demo and run.config.learning_rate == cli.DEMO_SETTINGS["learning_rate"] and run.config.num_train_epochs == 1
+    assert run.demo and run.config.learning_rate == DEMO_SETTINGS["learning_rate"] and run.config.num_train_epochs == 1
     assert not cli.parse_run("orpo", ["--dataset", "x.jsonl"]).demo
 
 

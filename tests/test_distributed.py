@@ -40,7 +40,7 @@ def test_parallel_presets_resolve_to_shipped_configs(monkeypatch):
     from types import SimpleNamespace
 
     from preftune import ConfigError, DPOConfig
-    from preftune.parallel import resolve_presets
+    from preftune.train.parallel import resolve_presets
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))

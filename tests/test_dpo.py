@@ -9,10 +9,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from preftune import DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 from preftune.assets import tiny_model_path
 from preftune.data.sources import load_preference_data
-from preftune.logps import SequenceLogps
+from preftune.logps.causal import SequenceLogps
 from preftune.losses import DPO_LOSSES
-from preftune.objectives import RunningMean, ld_token_weights, objective_from_config
-from preftune.reference import AdapterSwitchReference, ModelReference, PrecomputedReference
+from preftune.train.objectives import RunningMean, ld_token_weights, objective_from_config
+from preftune.train.reference import AdapterSwitchReference, ModelReference, PrecomputedReference
 
 LOG2 = math.log(2)
 
@@ -136,7 +136,7 @@ def test_two_adapters_on_one_base(tmp_path):
 
 
 def test_precompute_holds_no_reference_and_matches_live_reference(tmp_path, monkeypatch):
-    import preftune.reference as reference
+    import preftune.train.reference as reference
 
     def no_copy(model):
         raise AssertionError("precompute must not copy the policy")
@@ -156,7 +156,7 @@ def test_precompute_holds_no_reference_and_matches_live_reference(tmp_path, monk
 
 
 def test_precomputed_logps_are_cached_and_reused(tmp_path, monkeypatch, capsys):
-    import preftune.precompute as precompute
+    import preftune.train.precompute as precompute
 
     cache = tmp_path / "cache"
     first = dpo(tmp_path, precompute_ref_log_probs=True, ref_logps_cache_dir=str(cache), beta=0.1)

@@ -1,6 +1,6 @@
 """Fail fast: every problem a run can know before it loads the model's weights stops it there, in one line.
 
-Order of the checks in `preftune.cli.train`: flags -> output folder -> model config
+Order of the checks in `preftune.cli.train.train`: flags -> output folder -> model config
 (config.json only) -> data rows -> tokenizer and chat template -> weights. Each test
 makes the later stages fail loudly if they are reached (monkeypatched), so an
 error that comes from the right stage is the only way to pass. Everything runs
@@ -86,7 +86,7 @@ def test_overwrite_output_dir_lets_the_run_go_on(here, no_weights, flag):
 
 
 def test_resuming_into_a_non_empty_output_folder_is_allowed(here, no_weights):
-    from preftune import checkpoints
+    from preftune.train import checkpoints
 
     folder = here / "out" / "checkpoint-2"
     folder.mkdir(parents=True)

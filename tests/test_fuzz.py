@@ -12,7 +12,7 @@ that are not UTF-8) and, now and then, rows whose verdict is the loader's call
 - ``skip_bad_rows``: every good row is kept, every bad one dropped and counted;
   preparing the kept rows (chat template, tokenizer, truncation) raises nothing
   but a DataError;
-- flags and YAML: `preftune.cli.parse_run` returns a Run or raises a one-line
+- flags and YAML: `preftune.cli.train.parse_run` returns a Run or raises a one-line
   UserError; nothing else, ever.
 
 Standard library `random`, fixed seeds; the whole file runs in well under a minute.

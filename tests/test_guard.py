@@ -15,11 +15,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from preftune import ORPOConfig, ORPOTrainer, checkpoints, cli
+from preftune import ORPOConfig, ORPOTrainer
+
+from preftune.train import checkpoints
+
+from preftune import cli
 from preftune.assets import tiny_dataset_files, tiny_model_path
 from preftune.data.sources import load_preference_data
 from preftune.errors import UserError
-from preftune.guard import NonFiniteGuard, TrainingDiverged
+from preftune.train.guard import NonFiniteGuard, TrainingDiverged
 
 NAN = float("nan")
 
@@ -162,9 +166,9 @@ def test_max_nonfinite_steps_zero_never_stops(tmp_path):
 
 
 def test_persistent_nan_through_the_cli_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
-    import preftune.trainer
+    import preftune.train.trainer
 
-    real = preftune.trainer.objective_from_config
+    real = preftune.train.trainer.objective_from_config
 
     class NaNFromCall3:
         def __init__(self, inner):
@@ -178,7 +182,7 @@ def test_persistent_nan_through_the_cli_is_one_line_exit_2(tmp_path, monkeypatch
             out = self.inner(policy, ref)
             return replace(out, loss=out.loss * NAN) if self.n >= 3 else out
 
-    monkeypatch.setattr(preftune.trainer, "objective_from_config", lambda args: NaNFromCall3(real(args)))
+    monkeypatch.setattr(preftune.train.trainer, "objective_from_config", lambda args: NaNFromCall3(real(args)))
     out_dir = tmp_path / "run"
     code = cli.main(["orpo", "--model", tiny_model_path(), "--dataset", f"{tiny_dataset_files()['train']}#16",
                      "--output_dir", str(out_dir), "--max_steps", "4", "--per_device_train_batch_size", "4",

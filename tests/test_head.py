@@ -10,9 +10,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-import preftune.head as head_module
-from preftune.head import LinearHeadLogps, fusable
-from preftune.logps import LogpsOptions, _token_stats, chunked_token_stats, plain_sequence_logps, sequence_logps
+import preftune.logps.head as head_module
+from preftune.logps.head import LinearHeadLogps, fusable
+from preftune.logps.causal import LogpsOptions, _token_stats, chunked_token_stats, plain_sequence_logps, sequence_logps
 
 from .test_logps import FIELDS, batch
 from .tiny import tiny_causal_lm

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from preftune.logps import (LogpsOptions, _token_stats, _vocab_mean_logit, chunk_tokens, chunked_token_stats, plain_sequence_logps,
+from preftune.logps.causal import (LogpsOptions, _token_stats, _vocab_mean_logit, chunk_tokens, chunked_token_stats, plain_sequence_logps,
                             sequence_logps, supports_chunked)
 
 from .tiny import tiny_causal_lm
@@ -102,7 +102,7 @@ def test_softcapped_model_chunked_equals_plain(chunk_size, wpo, fused):
 
 
 def test_softcapped_model_with_shared_prefix():
-    from preftune.prefix import shared_prefix_logps, supports_prefix_sharing
+    from preftune.logps.prefix import shared_prefix_logps, supports_prefix_sharing
 
     from .test_prefix import MIXED, make_batch
 

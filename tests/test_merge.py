@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from preftune import cli
 from preftune.assets import tiny_model_path
 from preftune.errors import ConfigError
-from preftune.merge import MERGE_RECORD, merge_adapter
+from preftune.apps.merge import MERGE_RECORD, merge_adapter
 from preftune.models import load_trained, setup_chat_format
 
 from .tiny import tiny_causal_lm

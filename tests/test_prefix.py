@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from preftune.data.collate import PreferenceBatch, PreferenceCollator
-from preftune.logps import LogpsOptions, plain_sequence_logps, sequence_logps
-from preftune.prefix import (CHOSEN, PAD, REJECTED, SHARED, pack_shared_prefix, prefix_sharing_blockers,
+from preftune.logps.causal import LogpsOptions, plain_sequence_logps, sequence_logps
+from preftune.logps.prefix import (CHOSEN, PAD, REJECTED, SHARED, pack_shared_prefix, prefix_sharing_blockers,
                              shared_prefix_logps, supports_prefix_sharing)
 
 from .tiny import tiny_causal_lm
@@ -112,7 +112,7 @@ def test_layout_by_hand():
     assert layout.segments.tolist() == [[S, S, C, C, C, R], [S, S, R, P, P, P]]
     assert layout.shared_len.tolist() == [2, 2] and layout.real_tokens == 9
     # rejected token 30 (position 5) sees the prompt and itself, not the chosen tokens
-    from preftune.prefix import prefix_sharing_mask
+    from preftune.logps.prefix import prefix_sharing_mask
 
     mask = prefix_sharing_mask(layout)[:, 0]
     assert mask[0, 5].tolist() == [True, True, False, False, False, True]
@@ -241,7 +241,7 @@ def test_left_padding_is_refused():
 @pytest.mark.parametrize("sharing", [True, False])
 def test_dpo_reference_follows_the_prefix_sharing_flag_and_equals_plain(tmp_path, sharing, monkeypatch):
     """The reference's no-grad pass shares prompts too (logps_prefix_sharing), with the plain path's values."""
-    import preftune.prefix as prefix_module
+    import preftune.logps.prefix as prefix_module
     from preftune import DPOConfig, DPOTrainer
     from preftune.data.collate import PreferenceBatch
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 import yaml
 
-from preftune import model_card as model_card_module
-from preftune import report
-from preftune.model_card import model_card, write_model_card
-from preftune.report import (
+from preftune.outputs import card as model_card_module
+from preftune.outputs import report
+from preftune.outputs.card import model_card, write_model_card
+from preftune.outputs.report import (
     final_metrics,
     panels_for,
     plot_metrics,

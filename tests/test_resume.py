@@ -6,7 +6,7 @@ checkpoint is complete, or half-way through writing one), then resumed with
 (DPO with bco_pair, whose running reward mean is state, and TR-DPO, whose synced
 reference weights are state). Every weight, the optimizer's moments and the logged
 losses must equal the uninterrupted run's exactly. The unit tests at the end pin
-`preftune.checkpoints`' rules on fake run folders.
+`preftune.train.checkpoints`' rules on fake run folders.
 
 The processes run two at a time; each costs a few seconds of start-up, the training
 itself (10 steps of the bundled tiny model) well under one.
@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from preftune import checkpoints
+from preftune.train import checkpoints
 from preftune.assets import tiny_dataset_files, tiny_model_path
 from preftune.errors import ConfigError
 
@@ -41,9 +41,9 @@ torch.set_num_threads(1)
 import transformers
 from transformers import TrainerCallback
 
-from preftune import checkpoints
+from preftune.train import checkpoints
 from preftune.assets import tiny_model_path
-from preftune.trainer import PreferenceTrainer
+from preftune.train.trainer import PreferenceTrainer
 
 spec = json.loads(sys.argv[1])
 TRAINERS = []

@@ -13,7 +13,7 @@ from preftune import DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 from preftune.assets import tiny_model_path
 from preftune.cli import main as cli_main
 from preftune.data.sources import load_preference_data
-from preftune.eval_generations import GENERATIONS_FILE, generate_from_ids, pick_prompts
+from preftune.outputs.generations import GENERATIONS_FILE, generate_from_ids, pick_prompts
 
 
 def tiny():

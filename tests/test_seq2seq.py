@@ -16,10 +16,10 @@ from preftune import ConfigError, DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 from preftune.data.collate import EncoderDecoderCollator, PreferenceBatch, PreferenceCollator, Seq2SeqBatch, batch_from_inputs
 from preftune.data.formats import PreferencePair
 from preftune.data.prepare import _fingerprint, prepare_dataset
-from preftune.logps import LogpsOptions
+from preftune.logps.causal import LogpsOptions
 from preftune.data.tokenize import LengthLimits, TokenizedPair, tokenize_pair, truncate_pair
-from preftune.reference import AdapterDisabledReference, ModelReference, PrecomputedReference
-from preftune.seq2seq import encoder_decoder_logps, preference_batch_logps
+from preftune.train.reference import AdapterDisabledReference, ModelReference, PrecomputedReference
+from preftune.logps.seq2seq import encoder_decoder_logps, preference_batch_logps
 
 from .data.tiny_tokenizers import V, build
 from .tiny import tiny_seq2seq_lm
@@ -161,7 +161,7 @@ def plain_logps(model, batch: Seq2SeqBatch) -> torch.Tensor:
     return (logps * batch.completion_mask).sum(1)
 
 
-# The families whose LM head runs in chunks (preftune.seq2seq.CHUNKED_FAMILIES), and the log-prob options.
+# The families whose LM head runs in chunks (preftune.logps.seq2seq.CHUNKED_FAMILIES), and the log-prob options.
 MODEL_ARCHS = ("t5", "mt5", "bart", "mbart")
 OPTIONS = {"chunked": LogpsOptions(), "chunked-3": LogpsOptions(chunk_size=3),
            "checkpointed": LogpsOptions(fused_head=False, chunk_size=3), "plain": LogpsOptions(chunked=False)}
@@ -220,7 +220,7 @@ def test_the_full_logits_are_never_formed(arch, opts, monkeypatch):
     chunks are formed from the scored decoder states only. (A hook on the head turns the closed-form
     backward off, so the chunks go through the head module and the hook sees them; without the hook
     the closed-form path's own matmuls are counted.)"""
-    import preftune.head as head_module
+    import preftune.logps.head as head_module
 
     model = tiny_seq2seq_lm(arch).eval()
     if opts == "chunked":
@@ -413,7 +413,7 @@ def test_flag_contradicting_the_model_is_refused(toks, tmp_path):
 
 
 def test_eval_generations_keep_the_whole_answer(toks):
-    from preftune.eval_generations import generate_from_ids
+    from preftune.outputs.generations import generate_from_ids
 
     model, tok = model_and_tok("bart", toks)
     with torch.no_grad():
@@ -488,8 +488,8 @@ def test_chat_and_ui_answers_are_the_decoder_tokens(arch, toks):
     """generate returns only decoder tokens for these models: nothing may be sliced off as 'prompt'."""
     import copy
 
-    from preftune.chat import ChatSession, GenerationSettings
-    from preftune.ui import answer
+    from preftune.apps.chat import ChatSession, GenerationSettings
+    from preftune.apps.ui import answer
 
     model, tok = model_and_tok(arch, toks)
     tok = copy.deepcopy(tok)

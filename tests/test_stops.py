@@ -13,8 +13,13 @@ import warnings
 import pytest
 import torch
 
-from preftune import ORPOConfig, checkpoints, cli
+from preftune import ORPOConfig
+
+from preftune.train import checkpoints
+
+from preftune import cli
 from preftune.assets import tiny_model_path
+from preftune.cli.train import resume_command
 
 FLAGS = ["--max_steps", "12", "--save_strategy", "steps", "--save_steps", "4", "--logging_steps", "4",
          "--eval_strategy", "no", "--num_train_epochs", "1"]
@@ -118,7 +123,7 @@ def test_full_disk_at_the_final_save(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path, capsys, monkeypatch):
-    from preftune.trainer import PreferenceTrainer
+    from preftune.train.trainer import PreferenceTrainer
 
     real = PreferenceTrainer.compute_loss
 
@@ -142,10 +147,10 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path, capsy
 
 
 def test_the_resume_command_keeps_the_flags_and_hides_tokens():
-    command = cli._resume_command("dpo", ["--model", "m", "--hub_token", "hf_SECRET", "--beta", "0.2"], "outputs/dpo-run")
+    command = resume_command("dpo", ["--model", "m", "--hub_token", "hf_SECRET", "--beta", "0.2"], "outputs/dpo-run")
     assert command == ("preftune dpo --model m --hub_token '<redacted>' --beta 0.2 --output_dir outputs/dpo-run "
                        "--resume_from_checkpoint true")
-    assert cli._resume_command("orpo", ["--output_dir=x", "--resume_from_checkpoint", "true"], "x") == \
+    assert resume_command("orpo", ["--output_dir=x", "--resume_from_checkpoint", "true"], "x") == \
         "preftune orpo --output_dir=x --resume_from_checkpoint true"
 
 
@@ -153,7 +158,7 @@ def test_full_disk_in_merge_leaves_nothing_behind(tmp_path, capsys, monkeypatch)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from preftune import merge
+    from preftune.apps import merge
 
     adapter = tmp_path / "adapter"
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()),

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from preftune import ConfigError, DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 from preftune.assets import tiny_model_path
 from preftune.data.sources import load_preference_data
-from preftune.reference import AdapterDisabledReference, ModelReference
+from preftune.train.reference import AdapterDisabledReference, ModelReference
 
 
 def tiny():
@@ -38,7 +38,7 @@ def test_dpo_with_peft_uses_adapter_disabled_reference_without_a_copy(tmp_path):
     from preftune.data.collate import PreferenceBatch
 
     ref = trainer.reference.logps(trainer.model, PreferenceBatch.from_inputs(batch))
-    from preftune.logps import sequence_logps
+    from preftune.logps.causal import sequence_logps
 
     expected = sequence_logps(base.eval(), batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     assert torch.allclose(ref.completion_logps, expected.completion_logps, atol=1e-4)

@@ -12,10 +12,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from preftune import cli, ui
+from preftune import cli
+
+from preftune.apps import ui
 from preftune.assets import tiny_dataset_files, tiny_model_path
 from preftune.errors import ConfigError
-from preftune.generation import generate_answers
+from preftune.apps.generate import generate_answers
 
 MAX_NEW = 32
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated):DeprecationWarning",

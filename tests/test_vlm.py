@@ -11,14 +11,14 @@ from PIL import Image
 from preftune import DPOConfig, DPOTrainer
 from preftune.data.collate import PreferenceBatch, VisionPreferenceBatch, VisionPreferenceCollator, batch_from_inputs
 from preftune.data.prepare import prepare_dataset
-from preftune.logps import LogpsOptions
+from preftune.logps.causal import LogpsOptions
 from preftune.data.tokenize import LengthLimits
 from preftune.errors import ConfigError, DataError
-from preftune.logps import plain_sequence_logps, sequence_logps
+from preftune.logps.causal import plain_sequence_logps, sequence_logps
 from preftune.models import load_model, load_processor
-from preftune.prefix import prefix_sharing_blockers
-from preftune.reference import AdapterDisabledReference, ModelReference
-from preftune.seq2seq import is_vision_model, preference_batch_logps
+from preftune.logps.prefix import prefix_sharing_blockers
+from preftune.train.reference import AdapterDisabledReference, ModelReference
+from preftune.logps.seq2seq import is_vision_model, preference_batch_logps
 from tests.data.tiny_tokenizers import build
 
 TEMPLATE = (

@@ -22,7 +22,7 @@ import os
 import tempfile
 from typing import Any
 
-from ..errors import DataError
+from preftune.errors import DataError
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 BUNDLED = ("tiny-prefs", "preftune/tiny-prefs")
@@ -59,7 +59,7 @@ def _local_files(path: str) -> tuple[str, dict[str, list[str]]]:
 
 def _resolve_local(name: str) -> str | None:
     if name in BUNDLED:
-        from ..assets import tiny_dataset_path
+        from preftune.assets import tiny_dataset_path
 
         return tiny_dataset_path()
     path = os.path.expanduser(name)

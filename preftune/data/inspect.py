@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any, Mapping, Sequence
 
-from ..errors import ConfigError, DataError
+from preftune.errors import ConfigError, DataError
 
 PERCENTILES = (50, 90, 99)
 NO_LIMIT = "none"  # a length limit given as "none" on the command line: no limit (None: the default)
@@ -52,7 +52,7 @@ def _stats(values: Sequence[int]) -> dict:
 def _default_limits() -> dict:
     from dataclasses import fields
 
-    from ..config import PreferenceConfig
+    from preftune.train.config import PreferenceConfig
 
     names = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode")
     return {f.name: f.default for f in fields(PreferenceConfig) if f.name in names}
@@ -60,7 +60,7 @@ def _default_limits() -> dict:
 
 def _config_is_encoder_decoder(model: str) -> bool:
     """Whether a model id/path's config.json says is_encoder_decoder (the config only, no weights)."""
-    from ..models import check_model_config
+    from preftune.models import check_model_config
 
     return bool(getattr(check_model_config(model), "is_encoder_decoder", False))
 
@@ -88,10 +88,10 @@ def inspect_dataset(
     from `model`'s config.json): tokenize and truncate as training a T5/BART-style model does —
     the prompt is the encoder input, each completion a decoder target, limited separately.
     """
-    from .formats import describe_shape, match_shape
-    from .prepare import ID_COLUMNS, prepare_dataset
-    from .sources import load_sources, split_specs
-    from .tokenize import LengthLimits, TokenizedPair, _specials, text_tokenizer, truncate_pair
+    from preftune.data.formats import describe_shape, match_shape
+    from preftune.data.prepare import ID_COLUMNS, prepare_dataset
+    from preftune.data.sources import load_sources, split_specs
+    from preftune.data.tokenize import LengthLimits, TokenizedPair, _specials, text_tokenizer, truncate_pair
 
     defaults = _default_limits() if use_defaults else {}
 
@@ -102,8 +102,8 @@ def inspect_dataset(
                           pick("max_completion_length", max_completion_length),
                           truncation_mode or defaults.get("truncation_mode") or "keep_end")
     if tokenizer is None:
-        from ..assets import tiny_model_path
-        from ..models import load_tokenizer
+        from preftune.assets import tiny_model_path
+        from preftune.models import load_tokenizer
 
         model = model or tiny_model_path()
         tokenizer = load_tokenizer(model)
@@ -118,7 +118,7 @@ def inspect_dataset(
     shape = match_shape(names)
     identical = 0
     if shape is not None:
-        from .sources import _iter_rows
+        from preftune.data.sources import _iter_rows
 
         identical = sum(_identical(row, shape.name) for row in _iter_rows(ds))
 
@@ -200,7 +200,7 @@ def _pct(count: int, total: int) -> str:
 
 def format_report(report: dict) -> str:
     """The report as a readable text block."""
-    from ..console import format_table
+    from preftune.cli.console import format_table
 
     total = report["rows"]
     lines = [f"data set: {', '.join(report['dataset'])}  (tokenizer: {report['model']})"]
@@ -277,8 +277,8 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 
 def _list(argv: list[str]) -> int:
-    from ..console import format_table
-    from .registry import REGISTRY
+    from preftune.cli.console import format_table
+    from preftune.data.registry import REGISTRY
 
     p = _Parser(prog="preftune data list", description="The registry of well-known preference data sets.", allow_abbrev=False)
     p.add_argument("--json", action="store_true", help="Print the registry as JSON.")
@@ -305,7 +305,7 @@ def data_main(argv: list[str]) -> int:
     if sub != "inspect":
         raise ConfigError(f"unknown data command {sub!r}; use 'preftune data inspect DATASET' or 'preftune data list'.")
     args = _inspect_parser().parse_args(rest)
-    from .sources import parse_columns
+    from preftune.data.sources import parse_columns
 
     report = inspect_dataset(
         args.dataset, model=args.model, split=args.split, config=args.config, columns=parse_columns(args.columns),

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..errors import DataError
-from .specs import SourceSpec
+from preftune.errors import DataError
+from preftune.data.specs import SourceSpec
 
 _N_SHOWN = 3  # bad rows quoted in a skip summary
 
@@ -127,7 +127,7 @@ def _iter_rows(ds, batch_size: int = 1000):
 def _check_rows(part: _Part, rows: Sequence[int] | None, alone: bool, skip_bad_rows: bool, keep_pairs: bool):
     """Check every row of a part (`rows`: which part rows, in order). Returns
     (kept positions into `rows`, pairs or None). Raises on a bad row unless skipping."""
-    from .formats import to_preference_pair
+    from preftune.data.formats import to_preference_pair
 
     order = list(rows) if rows is not None else None
     source = part.dataset.select(order) if order is not None and order != list(range(len(part.dataset))) else part.dataset

@@ -40,11 +40,11 @@ import math
 import os
 from typing import Iterable, Mapping, Sequence
 
-from ..errors import ConfigError, DataError
-from . import registry
-from .files import BUNDLED, _first_line, _load_json, _local_files, _resolve_local  # noqa: F401 - BUNDLED re-exported
-from .rows import LoadedData, _check_rows, _iter_rows, _Part  # noqa: F401 - _iter_rows re-exported (data.inspect)
-from .specs import SourceSpec, parse_columns, parse_spec, spec_text, split_specs  # noqa: F401 - re-exported
+from preftune.errors import ConfigError, DataError
+from preftune.data import registry
+from preftune.data.files import BUNDLED, _first_line, _load_json, _local_files, _resolve_local  # noqa: F401 - BUNDLED re-exported
+from preftune.data.rows import LoadedData, _check_rows, _iter_rows, _Part  # noqa: F401 - _iter_rows re-exported (data.inspect)
+from preftune.data.specs import SourceSpec, parse_columns, parse_spec, spec_text, split_specs  # noqa: F401 - re-exported
 
 
 # ----------------------------------------------------------------------- loading

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from ..errors import ConfigError, DataError
-from .files import _is_local_name, _looks_local
+from preftune.errors import ConfigError, DataError
+from preftune.data.files import _is_local_name, _looks_local
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def parse_columns(value: str | Mapping[str, str | None] | None) -> dict[str, str
         if target is not None and not isinstance(target, str):
             raise ConfigError(f"--columns maps {source!r} to {target!r}; targets must be column names (or null to drop the column).")
         out[str(source)] = None if target is None or target.strip().lower() in ("", "none", "null") else target.strip()
-    from .formats import check_columns
+    from preftune.data.formats import check_columns
 
     check_columns(out)
     return out

@@ -53,7 +53,7 @@ separate sequences, so the same three columns hold different things:
   start with it). A BOS doubled by a chat template that writes it is kept once.
   Each completion then ends with EOS exactly once (rule above). The model's
   ``decoder_start_token_id`` is never in the ids: it is put in front by the shift
-  right of the targets (`preftune.seq2seq`).
+  right of the targets (`preftune.logps.seq2seq`).
 - Truncation (`truncate_pair(..., is_encoder_decoder=True)`), TRL's seq2seq
   semantics, with ``max_length`` kept as a cap on every sequence: the prompt is cut
   to ``max_prompt_length`` ids (or ``max_length`` when that is None) whatever the

@@ -36,8 +36,8 @@ Departures from the papers / from TRL, and why:
 - aot / aot_pair return one loss per sorted position (as TRL), so `losses[i]` is not
   pair i's; their value depends on the whole batch.
 """
-from .dpo import F_DIVERGENCES, DPOInputs, DPOLossFn, DPOLossOutput, DPOParams, combine, f_divergence_logits
-from .dpo_variants import (
+from preftune.losses.dpo import F_DIVERGENCES, DPOInputs, DPOLossFn, DPOLossOutput, DPOParams, combine, f_divergence_logits
+from preftune.losses.dpo_variants import (
     DPO_LOSSES,
     F_DIVERGENCE_LOSSES,
     LABEL_SMOOTHING_LOSSES,
@@ -57,7 +57,7 @@ from .dpo_variants import (
     sigmoid_norm_loss,
     sppo_hard_loss,
 )
-from .orpo import ORPOLossOutput, log1mexp, orpo_loss
+from preftune.losses.orpo import ORPOLossOutput, log1mexp, orpo_loss
 
 __all__ = [
     "DPO_LOSSES",

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .dpo import (
+from preftune.losses.dpo import (
     DPOInputs,
     DPOLossFn,
     DPOLossOutput,

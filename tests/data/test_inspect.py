@@ -54,7 +54,7 @@ def test_report_matches_the_pipeline(tmp_path, tiny_tokenizer):
 
 
 def test_defaults_come_from_the_config_and_none_means_no_limit(tmp_path, tiny_tokenizer):
-    from preftune.config import ORPOConfig
+    from preftune.train.config import ORPOConfig
 
     path = write_jsonl(tmp_path / "p.jsonl", ROWS[:1])
     report = inspect_dataset(path, tokenizer=tiny_tokenizer)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .logps import SequenceLogps
-from .losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss
+from preftune.logps.causal import SequenceLogps
+from preftune.losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss
 
 Tensor = torch.Tensor
 
@@ -163,7 +163,7 @@ class DPOObjective:
 
 def objective_from_config(args):
     """Resolve the config's flags once into the objective the trainer calls each step."""
-    from .config import DPOConfig, ORPOConfig
+    from preftune.train.config import DPOConfig, ORPOConfig
 
     if isinstance(args, ORPOConfig):
         return ORPOObjective(beta=args.beta, nll_completion_only=args.nll_completion_only)

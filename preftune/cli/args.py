@@ -8,7 +8,7 @@ that those given on the command line override. The command lines of ms-swift
 changed: their flag names are accepted as aliases (the ``aliases`` of
 `ScriptArguments` fields, `_resolve_aliases`, `MODEL_TYPES`). The demo's settings
 (`DEMO_SETTINGS`, `DEMO_BETA`) are defaults that any flag given overrides.
-`preftune.cli.parse_run` puts these together into a run.
+`preftune.cli.train.parse_run` puts these together into a run.
 
 Decisions, where ms-swift or TRL differ:
 
@@ -24,7 +24,7 @@ Decisions, where ms-swift or TRL differ:
 - ms-swift's defaults (LoRA on, its learning rate, ...) are not copied: only its
   flag names. preftune's defaults are the config's.
 - ``--warmup_ratio``, ``--group_by_length``, ``--no_cuda``, ``--evaluation_strategy``
-  (gone from transformers 5) are config fields (aliases resolved in `preftune.config`).
+  (gone from transformers 5) are config fields (aliases resolved in `preftune.train.config`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from .errors import ConfigError
+from preftune.errors import ConfigError
 
 DEMO_SETTINGS = dict(
     learning_rate=5e-4,
@@ -135,7 +135,7 @@ class ScriptArguments:
 
 
 def _config_class(command: str):
-    from .config import DPOConfig, ORPOConfig
+    from preftune.train.config import DPOConfig, ORPOConfig
 
     return {"orpo": ORPOConfig, "dpo": DPOConfig}[command]
 
@@ -298,7 +298,7 @@ def _resolve_dtype(dtype: str, values: dict, given: set) -> dict:
 
 
 def _model_name(script: ScriptArguments) -> str:
-    from .assets import tiny_model_path
+    from preftune.assets import tiny_model_path
 
     if script.model:
         return script.model

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .report import (
+from preftune.outputs.report import (
     _POSITION_KEYS, CARD_FILE, CONFIG_FILE, CURVES_FILE, METRICS_FILE, _atomic_write, _number, split_history,
 )
 

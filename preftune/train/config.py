@@ -18,7 +18,7 @@ Departures from TRL's configs, and why:
 - `logps_chunked`, `logps_prefix_sharing` and `logps_fused_head` (all on by default,
   all exact) compute log-probs without materialising the full (batch, seq, vocab)
   logits, with each pair's prompt run once and a plain LM head back-propagated in
-  closed form; see `preftune.logps`, `preftune.prefix` and `preftune.head`.
+  closed form; see `preftune.logps.causal`, `preftune.logps.prefix` and `preftune.logps.head`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 from transformers import TrainingArguments
 
-from .errors import ConfigError
+from preftune.errors import ConfigError
 
 
 # Older transformers' names -> the field each sets (resolved in PreferenceConfig._resolve_legacy_names).
@@ -181,14 +181,14 @@ class PreferenceConfig(TrainingArguments):
         if self.dataloader_pin_memory is None:  # pinning without an accelerator only makes PyTorch warn
             self.dataloader_pin_memory = bool(_accelerator_available() and not self.use_cpu)
         _check_precision(self)
-        from .parallel import resolve_presets
+        from preftune.train.parallel import resolve_presets
 
         resolve_presets(self)
         self._validate_preference_fields()
         super().__post_init__()
 
     def length_limits(self):
-        from .data.tokenize import LengthLimits
+        from preftune.data.tokenize import LengthLimits
 
         return LengthLimits(self.max_length, self.max_prompt_length, self.max_completion_length, self.truncation_mode)
 
@@ -347,7 +347,7 @@ class DPOConfig(PreferenceConfig):
         self._validate_reference()
 
     def _validate_losses(self) -> None:
-        from .losses import DPO_LOSSES, F_DIVERGENCE_LOSSES, F_DIVERGENCES, LABEL_SMOOTHING_LOSSES
+        from preftune.losses import DPO_LOSSES, F_DIVERGENCE_LOSSES, F_DIVERGENCES, LABEL_SMOOTHING_LOSSES
 
         unknown = [t for t in self.loss_type if t not in DPO_LOSSES]
         if not self.loss_type or unknown:

@@ -6,7 +6,7 @@ At the end of training, `write_run_report` writes, next to the saved model:
   evaluations and the final summary, in order; NaN/inf written as ``null``).
 - ``training_curves.png``: loss, rewards (chosen vs rejected), margins, accuracies and,
   for ORPO, the odds-ratio and NLL terms against the step; train solid, eval dashed.
-- ``README.md``: a Hugging Face model card (`preftune.model_card`) (YAML front matter, how to load the model,
+- ``README.md``: a Hugging Face model card (`preftune.outputs.card`) (YAML front matter, how to load the model,
   data, the settings that matter, final metrics, the curves, the paper to cite).
 
 Everything here is a plain function of the log history and the config dict, so it
@@ -337,13 +337,13 @@ def write_run_report(
 
 
 def _card_writer():
-    from .model_card import write_model_card  # model_card imports this module's helpers
+    from preftune.outputs.card import write_model_card  # model_card imports this module's helpers
 
     return write_model_card
 
 
 def _curves_title(trainer_name: str, base_model: str | None, config: Mapping) -> str:
-    from .model_card import _method
+    from preftune.outputs.card import _method
 
     method = _method(trainer_name, config).upper()
     base = os.path.basename(str(base_model).rstrip("/")) if base_model else None

@@ -1,13 +1,13 @@
-"""`preftune` command line: ``preftune orpo|dpo ...``, ``preftune data inspect|list ...``.
+"""`preftune orpo|dpo ...`: flags to a `Run`, then training (the other commands are in `preftune.cli`).
 
 Every ORPOConfig / DPOConfig / TrainingArguments field is a flag, and ``--config
 run.yaml`` holds the same keys (flags given on the command line win); ms-swift's and
 TRL's flag names are accepted as aliases. The flags, the aliases and the YAML
-handling are in `preftune.cli_args`; this module resolves them into a `Run` (model,
-LoRA and quantization settings), trains, and dispatches the commands. With no model
+handling are in `preftune.cli.args`; this module resolves them into a `Run` (model,
+LoRA and quantization settings) and trains. With no model
 and no data set, the run trains the bundled tiny model on the bundled preference
 set with demo settings (printed first); any flag given still wins.
-``NPROC_PER_NODE=N`` re-runs the command under torchrun (`preftune.launch`).
+``NPROC_PER_NODE=N`` re-runs the command under torchrun (`preftune.cli.launch`).
 
 LoRA flags given while LoRA is off are unused, and a note says so. 4- and 8-bit
 loading needs LoRA, bitsandbytes and a CUDA GPU; a run that lacks one says which,
@@ -16,12 +16,10 @@ before any model is downloaded.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
-import sys
 from dataclasses import dataclass, field, fields
 
-from .cli_args import (
+from preftune.cli.args import (
     DEMO_BETA,
     DEMO_SETTINGS,
     MODEL_TYPES,
@@ -33,8 +31,8 @@ from .cli_args import (
     _resolve_aliases,
     _yaml_argv,
 )
-from .config import LEGACY_ALIASES
-from .errors import ConfigError, UserError
+from preftune.train.config import LEGACY_ALIASES
+from preftune.errors import ConfigError
 
 
 # --------------------------------------------------------------------- resolving
@@ -173,13 +171,13 @@ def _say(message: str) -> None:
 def train(command: str, argv: list[str]) -> int:
     from transformers.trainer_callback import ProgressCallback
 
-    from .console import ConsoleProgressCallback
-    from .data.sources import parse_columns, train_and_eval
-    from .errors import DataError
-    from .generation import generate_answers
-    from .models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
-    from .trainer import DPOTrainer, ORPOTrainer, prepare_split
-    from .checkpoints import SaveError
+    from preftune.cli.console import ConsoleProgressCallback
+    from preftune.data.sources import parse_columns, train_and_eval
+    from preftune.errors import DataError
+    from preftune.apps.generate import generate_answers
+    from preftune.models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
+    from preftune.train.trainer import DPOTrainer, ORPOTrainer, prepare_split
+    from preftune.train.checkpoints import SaveError
 
     run = parse_run(command, argv)
     script, config = run.script, run.config
@@ -249,9 +247,9 @@ def train(command: str, argv: list[str]) -> int:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         trainer.save_model(config.output_dir)
     except KeyboardInterrupt:
-        raise _interrupted(config.output_dir, _resume_command(command, argv, config.output_dir)) from None
+        raise _interrupted(config.output_dir, resume_command(command, argv, config.output_dir)) from None
     except SaveError as err:
-        raise _save_failed(err, _resume_command(command, argv, config.output_dir)) from None
+        raise _save_failed(err, resume_command(command, argv, config.output_dir)) from None
     for prompt, old, new in zip(samples, before, generate_answers(trainer.model, tokenizer, samples)):
         _say(f"\nprompt: {prompt[-1]['content']}\n  before: {old}\n  after:  {new}")
     if eval_ds is not None and config.eval_strategy != "no":
@@ -261,7 +259,7 @@ def train(command: str, argv: list[str]) -> int:
         _say("preftune: held-out " + ", ".join(f"{k[5:]}={metrics[k]:.4f}" for k in keys if k in metrics))
     _say(f"preftune: model saved to {config.output_dir}")
     if script.merge and int(os.environ.get("RANK", "0")) == 0:
-        from .merge import merge_adapter
+        from preftune.apps.merge import merge_adapter
 
         merged = merge_adapter(config.output_dir, merge_to, overwrite=config.overwrite_output_dir)
         _say(f"preftune: merged model saved to {merged}")
@@ -286,7 +284,7 @@ def check_output_dir(config, rank: int = 0) -> None:
             pass
     except OSError as err:
         raise ConfigError(f"cannot write to output folder {path!r}: {err.strerror or err}.") from None
-    from .checkpoints import check_resume
+    from preftune.train.checkpoints import check_resume
 
     check_resume(config.resume_from_checkpoint, path)  # nothing to resume from: say so before anything loads
 
@@ -320,7 +318,7 @@ class Stopped(Exception):
 
 
 def _interrupted(output_dir: str, resume: str) -> Stopped:
-    from .checkpoints import last_complete
+    from preftune.train.checkpoints import last_complete
 
     last = last_complete(output_dir)[0]
     if last is None:
@@ -335,7 +333,7 @@ def _save_failed(err, resume: str) -> Stopped:
     return Stopped(f"preftune: error: {err}; free space (or lower --save_total_limit), then {then}", 2)
 
 
-def _resume_command(command: str, argv: list[str], output_dir: str) -> str:
+def resume_command(command: str, argv: list[str], output_dir: str) -> str:
     """The command line that continues this run from its newest complete checkpoint."""
     import shlex
 
@@ -370,7 +368,7 @@ def _save_command(run: Run, argv: list[str]) -> None:
 def _redact_json(arg: str) -> str:
     import json
 
-    from .model_card import redact_config
+    from preftune.outputs.card import redact_config
 
     prefix, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
     try:
@@ -385,8 +383,8 @@ def _redact_json(arg: str) -> str:
 
 def _demo_samples(model, tokenizer, eval_ds, n: int = 3, pool: int = 12):
     """n held-out prompts the untrained model answers in the rejected (curt) style, and those answers."""
-    from .assets import is_chosen_style
-    from .generation import generate_answers
+    from preftune.assets import is_chosen_style
+    from preftune.apps.generate import generate_answers
 
     if eval_ds is None:
         return [], []
@@ -394,61 +392,3 @@ def _demo_samples(model, tokenizer, eval_ds, n: int = 3, pool: int = 12):
     answers = generate_answers(model, tokenizer, prompts)
     picked = [i for i, a in enumerate(answers) if not is_chosen_style(a)][:n] or list(range(min(n, len(prompts))))
     return [prompts[i] for i in picked], [answers[i] for i in picked]
-
-
-USAGE = """usage: preftune COMMAND [flags]
-
-commands:
-  orpo           train with ORPO (no reference model)
-  dpo            train with DPO (a frozen reference model)
-  data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
-  data list      the registry of well-known preference data sets
-  chat PATH      talk to a trained model or adapter folder in the terminal
-  merge          fold a LoRA adapter into its base model (--adapter DIR --output DIR)
-  ui             a local web page: the trained model and the model it started from, side by side
-
-`preftune orpo` with no flags runs the offline demo on the bundled tiny model.
-`preftune COMMAND --help` lists every flag. NPROC_PER_NODE=N runs N processes (torchrun)."""
-
-
-# Commands that use a trained model: module whose `main(argv) -> int` runs them (UserError for bad input).
-TOOLS = {"chat": "preftune.chat", "merge": "preftune.merge", "ui": "preftune.ui"}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    try:
-        if command == "data":
-            from .data.inspect import data_main
-
-            return data_main(rest)
-        if command in TOOLS:
-            import importlib
-
-            return importlib.import_module(TOOLS[command]).main(rest)
-        if command not in ("orpo", "dpo"):
-            near = difflib.get_close_matches(command, ["orpo", "dpo", "data", *TOOLS], n=1)
-            raise UserError(f"unknown command {command!r}; choose orpo, dpo, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
-        from .launch import relaunch
-
-        code = relaunch(argv)
-        if code is not None:
-            return code
-        return train(command, rest)
-    except Stopped as err:
-        print(f"\n{err}", file=sys.stderr)  # on a line of its own, after the progress bar
-        return err.exit_code
-    except UserError as err:
-        print(f"preftune: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("preftune: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,8 +23,8 @@ import shutil
 import sys
 import tempfile
 
-from .checkpoints import write_failure
-from .errors import ConfigError, UserError
+from preftune.train.checkpoints import write_failure
+from preftune.errors import ConfigError, UserError
 
 MERGE_RECORD = "preftune_merge.json"
 
@@ -43,7 +43,7 @@ def _inside(path: str, folder: str) -> bool:
 
 def check_adapter(adapter_dir: str) -> None:
     """An existing folder holding adapter_config.json, or a ConfigError saying what it is instead."""
-    from .models import is_adapter_folder
+    from preftune.models import is_adapter_folder
 
     path = os.path.expanduser(adapter_dir)
     if not os.path.isdir(path):
@@ -115,7 +115,7 @@ def _sync_special_tokens(model, tokenizer) -> None:
 
 def _merged(adapter_dir: str, base: str, dtype):
     """Load the base unquantized (in `dtype`) with the adapter on top, and return (merged model, tokenizer)."""
-    from .models import load_trained
+    from preftune.models import load_trained
 
     model, tokenizer = load_trained(adapter_dir, base=base, dtype=dtype)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
@@ -146,7 +146,7 @@ def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dt
     An existing non-empty `output_dir` is replaced only with `overwrite=True`.
     Returns the output folder's absolute path. Raises ConfigError for bad input.
     """
-    from .models import adapter_base, resolve_dtype
+    from preftune.models import adapter_base, resolve_dtype
 
     check_adapter(adapter_dir)
     base = base or adapter_base(os.path.expanduser(adapter_dir))

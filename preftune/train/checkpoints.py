@@ -30,7 +30,7 @@ import re
 import shutil
 import tempfile
 
-from .errors import ConfigError, UserError
+from preftune.errors import ConfigError, UserError
 
 MARKER = "preftune_complete.json"
 EXTRA_STATE = "preftune_state.json"

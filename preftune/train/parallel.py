@@ -18,9 +18,9 @@ import copy
 import importlib.util
 import os
 
-from .errors import ConfigError
+from preftune.errors import ConfigError
 
-_CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")  # preftune/configs
 DEEPSPEED_PRESETS = {"zero2": "zero2.json", "zero3": "zero3.json", "zero3_offload": "zero3_offload.json"}
 FSDP_PRESETS = {
     "full_shard": ("full_shard auto_wrap", "fsdp_full_shard.json"),

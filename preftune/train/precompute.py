@@ -21,7 +21,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data.collate import REF_COLUMNS, batch_from_inputs
+from preftune.data.collate import REF_COLUMNS, batch_from_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def weights_fingerprint(model: torch.nn.Module, exclude_adapters: tuple[str, ...
 
 def reference_fingerprint(provider, policy) -> str:
     """Fingerprint of the weights that make up the reference, whichever provider holds them."""
-    from .reference import AdapterDisabledReference, AdapterSwitchReference, ModelReference
+    from preftune.train.reference import AdapterDisabledReference, AdapterSwitchReference, ModelReference
 
     if isinstance(provider, ModelReference):
         return weights_fingerprint(provider.model)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError, UserError
+from preftune.errors import ConfigError, UserError
 
 # Set before gradio is imported anywhere in this process: no telemetry, no version check.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -46,7 +46,7 @@ def answer(model, tokenizer, history_messages: list[dict], max_new_tokens: int =
     """The model's next assistant turn for a conversation (a list of role/content messages).
 
     Uses the tokenizer's chat template; temperature 0 is greedy decoding (as
-    `preftune.generation.generate_answers`), above 0 samples at that temperature.
+    `preftune.apps.generate.generate_answers`), above 0 samples at that temperature.
     Special tokens are removed and surrounding whitespace stripped. When the
     conversation would not fit the model's context, the oldest turns are dropped.
     """
@@ -67,7 +67,7 @@ def answer(model, tokenizer, history_messages: list[dict], max_new_tokens: int =
                              eos_token_id=tokenizer.eos_token_id, **sampling)
     finally:
         model.train(was_training)
-    from .generation import answer_ids
+    from preftune.apps.generate import answer_ids
 
     return tokenizer.decode(answer_ids(model, out[0], enc["input_ids"].shape[1]), skip_special_tokens=True).strip()
 
@@ -135,7 +135,7 @@ def recorded_base(path: str) -> str | None:
 
 def load_models(path: str, base: str | None = None, dtype=None, device: str | None = None) -> Loaded:
     """PATH (and --base) -> the trained side and the side it started from, with notes for the person."""
-    from .models import adapter_base, ensure_pad_token, is_adapter_folder, load_model, load_tokenizer, load_trained
+    from preftune.models import adapter_base, ensure_pad_token, is_adapter_folder, load_model, load_tokenizer, load_trained
 
     path = os.path.expanduser(path)
     if not os.path.isdir(path):
@@ -201,7 +201,7 @@ def build_app(trained, tokenizer, base=None, base_tokenizer=None, *, trained_lab
     with the adapter disabled; None shows the trained model alone. Answers use
     `answer(...)` with `max_new_tokens` and `temperature`; one generation runs at a time.
     """
-    from .models import is_peft_model
+    from preftune.models import is_peft_model
 
     trained_side = Side(trained, tokenizer, trained_label)
     base_side = None

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .head import LinearHeadLogps, fusable
+from preftune.logps.head import LinearHeadLogps, fusable
 
 Tensor = torch.Tensor
 

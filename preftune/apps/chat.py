@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .errors import ConfigError, UserError
+from preftune.errors import ConfigError, UserError
 
 PROMPT = "you> "
 ANSWER_PREFIX = "model> "
@@ -221,7 +221,7 @@ class ChatSession:
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                       generation_config=self.settings.generation_config(self.model, self.tokenizer),
                                       streamer=streamer)
-        from .generation import answer_ids
+        from preftune.apps.generate import answer_ids
 
         answer = self.tokenizer.decode(answer_ids(self.model, out[0], len(ids)), skip_special_tokens=True).strip()
         self.messages = messages + [{"role": "assistant", "content": answer}]
@@ -358,7 +358,7 @@ def _device(name: str | None) -> str:
 
 
 def _describe(path: str, base: str | None, settings: GenerationSettings) -> str:
-    from .models import adapter_base, is_adapter_folder
+    from preftune.models import adapter_base, is_adapter_folder
 
     what = f"{path} (LoRA adapter on {base or adapter_base(path)})" if is_adapter_folder(path) else path
     decoding = "sampling" if settings.do_sample else "greedy"
@@ -383,7 +383,7 @@ def main(argv: list[str]) -> int:
     device = _device(args.device)
     if not os.path.isdir(os.path.expanduser(args.path)):  # before the loading line: one line of error, nothing else
         raise ConfigError(f"{args.path!r} is not a folder; pass a trained model or adapter folder (a run's output_dir).")
-    from .models import load_trained
+    from preftune.models import load_trained
 
     print(f"preftune chat: loading {args.path} ...", file=sys.stderr, flush=True)
     model, tokenizer = load_trained(args.path, base=args.base, dtype=args.dtype, device=device)

@@ -42,8 +42,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data.collate import PreferenceBatch, Seq2SeqBatch, VisionPreferenceBatch
-from .logps import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, chunk_tokens, chunked_token_stats, unwrap
+from preftune.data.collate import PreferenceBatch, Seq2SeqBatch, VisionPreferenceBatch
+from preftune.logps.causal import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, chunk_tokens, chunked_token_stats, unwrap
 
 Tensor = torch.Tensor
 
@@ -134,7 +134,7 @@ def _chunkable(base) -> bool:
 def _check_supported(model, base) -> None:
     if not getattr(getattr(base, "config", None), "is_encoder_decoder", False):
         raise ValueError(f"{type(base).__name__} is not an encoder-decoder model; collate with PreferenceCollator "
-                         "and use preftune.prefix.batch_logps.")
+                         "and use preftune.logps.prefix.batch_logps.")
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
         raise ValueError("prompt-learning PEFT adapters (prompt/prefix tuning) are not supported for encoder-decoder "
@@ -245,7 +245,7 @@ def preference_batch_logps(
         return encoder_decoder_logps(model, batch, sequence_rows=sequence_rows,
                                      completion_weights=completion_weights, wpo=wpo, options=options)
     if isinstance(batch, VisionPreferenceBatch):  # image features enter the prompt: no prefix sharing
-        from .logps import sequence_logps
+        from preftune.logps.causal import sequence_logps
 
         return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
                               sequence_rows=sequence_rows, options=options,
@@ -254,7 +254,7 @@ def preference_batch_logps(
         raise ValueError(f"{type(unwrap(model)).__name__} is an encoder-decoder model but the batch was collated for a "
                          "decoder-only one; collate with EncoderDecoderCollator (the trainers do when the model's "
                          "config has is_encoder_decoder).")
-    from .prefix import batch_logps
+    from preftune.logps.prefix import batch_logps
 
     return batch_logps(model, batch, options=options, sequence_rows=sequence_rows,
                        completion_weights=completion_weights, wpo=wpo)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-from .errors import ConfigError
+from preftune.errors import ConfigError
 
 LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK")
 _TORCHRUN_WORDS = ("auto", "cpu", "gpu")  # also accepted by torchrun's --nproc_per_node

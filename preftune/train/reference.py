@@ -6,7 +6,7 @@ Chosen once, when the trainer is built (`reference_for`), never re-decided per s
   base weights are the reference, so no second copy of the model is held;
 - `AdapterSwitchReference`: a second adapter on the same base (seed 004's option 3);
 - `PrecomputedReference`: log-probs computed once before training (see
-  `preftune.precompute`) and carried in the batch; no reference model in memory.
+  `preftune.train.precompute`) and carried in the batch; no reference model in memory.
 ORPO and reference-free DPO use no provider (None).
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data.collate import PreferenceBatch
-from .errors import ConfigError
-from .logps import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps
-from .seq2seq import preference_batch_logps
+from preftune.data.collate import PreferenceBatch
+from preftune.errors import ConfigError
+from preftune.logps.causal import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps
+from preftune.logps.seq2seq import preference_batch_logps
 
 
 def _unwrap_ddp(model):

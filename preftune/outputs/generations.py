@@ -35,8 +35,8 @@ def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens
 
     A decoder-only model returns prompt + answer (the answer follows the prompt's ids); an
     encoder-decoder model returns only the decoder's tokens, all of them the answer."""
-    from .generation import answer_ids
-    from .logps import unwrap
+    from preftune.apps.generate import answer_ids
+    from preftune.logps.causal import unwrap
 
     model = unwrap(model)
     was_training = model.training
@@ -94,7 +94,7 @@ def generation_rows(step: int, tokenizer, prompts, policy_answers, reference_ans
 
 def log_eval_generations(trainer) -> list[dict]:
     """Answer the fixed prompts with the policy (and the reference, for DPO) and log them."""
-    from .models import text_tokenizer
+    from preftune.models import text_tokenizer
 
     args = trainer.args
     eval_dataset = trainer.eval_dataset

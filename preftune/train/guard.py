@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from transformers import TrainerCallback
 
-from .errors import UserError
+from preftune.errors import UserError
 
 
 class TrainingDiverged(UserError):
@@ -98,7 +98,7 @@ def _diverged_message(args, state, step: int, n: int, what: str) -> str:
         cause = "the model or data (it was never finite: check the model loads in this dtype and the pairs are sane)"
     else:
         cause = f"a learning rate too high for this model (--learning_rate {args.learning_rate:g}; try a tenth of it)"
-    from .checkpoints import last_complete
+    from preftune.train.checkpoints import last_complete
 
     last = last_complete(args.output_dir)[0]
     resume = f"resume from {last} after the fix" if last else "no checkpoint was saved before it"

@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .logps import (DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, _reduce, _scored_positions, chunk_tokens,
+from preftune.logps.causal import (DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, _reduce, _scored_positions, chunk_tokens,
                     chunked_token_stats, supports_chunked, unwrap)
 
 if TYPE_CHECKING:  # logps sits below data/ in the import order; only the batch's fields are used
-    from .data.collate import PreferenceBatch
+    from preftune.data.collate import PreferenceBatch
 
 Tensor = torch.Tensor
 logger = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ def batch_logps(
     """Per-row log-probs of a decoder-only batch: with shared prefixes where that is exact
     (`options.prefix_sharing`, which needs `options.chunked`), else `sequence_logps`.
     """
-    from .logps import sequence_logps
+    from preftune.logps.causal import sequence_logps
 
     if options.prefix_sharing and options.chunked:
         blockers = prefix_sharing_blockers(model)

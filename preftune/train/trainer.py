@@ -25,24 +25,24 @@ import datasets
 import torch
 from transformers import Trainer
 
-from . import checkpoints
-from .config import DPOConfig, ORPOConfig, PreferenceConfig
-from .data.collate import (REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, VisionPreferenceCollator,
+from preftune.train import checkpoints
+from preftune.train.config import DPOConfig, ORPOConfig, PreferenceConfig
+from preftune.data.collate import (REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, VisionPreferenceCollator,
                            batch_from_inputs)
-from .data.images import is_vision_processor
-from .data.prepare import LENGTH_SAMPLERS, prepare_dataset, with_pair_lengths
-from .errors import ConfigError
-from .eval_generations import log_eval_generations
-from .guard import NonFiniteGuard
-from .logps import LogpsOptions
-from .seq2seq import is_encoder_decoder_model, is_vision_model, preference_batch_logps
-from .models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
+from preftune.data.images import is_vision_processor
+from preftune.data.prepare import LENGTH_SAMPLERS, prepare_dataset, with_pair_lengths
+from preftune.errors import ConfigError
+from preftune.outputs.generations import log_eval_generations
+from preftune.train.guard import NonFiniteGuard
+from preftune.logps.causal import LogpsOptions
+from preftune.logps.seq2seq import is_encoder_decoder_model, is_vision_model, preference_batch_logps
+from preftune.models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
                      load_tokenizer, text_tokenizer)
-from .objectives import objective_from_config
-from .parallel import prepare_reference_model
-from .precompute import attach_reference_logps, reference_fingerprint
-from .reference import ModelReference, PrecomputedReference, reference_for
-from .sync import SyncReferenceCallback
+from preftune.train.objectives import objective_from_config
+from preftune.train.parallel import prepare_reference_model
+from preftune.train.precompute import attach_reference_logps, reference_fingerprint
+from preftune.train.reference import ModelReference, PrecomputedReference, reference_for
+from preftune.train.sync import SyncReferenceCallback
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class PreferenceTrainer(Trainer):
         return (loss, metrics) if return_outputs else loss
 
     def _router_aux_loss_coef(self, model) -> float:
-        from .logps import unwrap
+        from preftune.logps.causal import unwrap
 
         return float(getattr(unwrap(model).config, "router_aux_loss_coef", 0.001))
 
@@ -300,7 +300,7 @@ class PreferenceTrainer(Trainer):
 
     @contextlib.contextmanager
     def _shareable_args(self):
-        from .model_card import shareable_config
+        from preftune.outputs.card import shareable_config
 
         fields = ("hub_token", "model_init_kwargs", "ref_model_init_kwargs", "output_dir", "logging_dir",
                   "ref_logps_cache_dir")
@@ -321,7 +321,7 @@ class PreferenceTrainer(Trainer):
         """metrics.jsonl, training_curves.png and the model card README.md into `folder` (main process only)."""
         if not self.is_world_process_zero():
             return {}
-        from .report import write_run_report
+        from preftune.outputs.report import write_run_report
 
         adapter = is_peft_model(self.model)
         return write_run_report(
@@ -387,7 +387,7 @@ class PreferenceTrainer(Trainer):
             return
         os.makedirs(self.args.output_dir, exist_ok=True)
         path = os.path.join(self.args.output_dir, "preftune_config.json")
-        from .model_card import shareable_config
+        from preftune.outputs.card import shareable_config
 
         config = shareable_config({"trainer": type(self).__name__, **self.args.to_dict()})
         with open(path, "w") as f:

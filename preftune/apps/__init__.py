@@ -1,0 +1,1 @@
+"""After training: the one generation path, `preftune chat`, `preftune ui` and `preftune merge`."""
