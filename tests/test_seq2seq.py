@@ -334,7 +334,7 @@ def test_dpo_end_to_end(arch, toks, tmp_path):
     model, tok = model_and_tok(arch, toks)
     trainer = DPOTrainer(model=model, args=config(DPOConfig, tmp_path), processing_class=tok,
                          train_dataset=Dataset.from_list(rows(16)), eval_dataset=Dataset.from_list(rows(8, seed=1)))
-    assert trainer.args.is_encoder_decoder is True
+    assert trainer.is_encoder_decoder is True
     assert isinstance(trainer.data_collator, EncoderDecoderCollator)
     assert isinstance(trainer.reference, ModelReference) and trainer.reference.model is not trainer.model
     first = trainer.train_dataset[0]

@@ -159,3 +159,42 @@ def test_pair_lengths_column_on_exact_ids():
     assert with_pair_lengths(ds, "n")["n"] == [6, 5]
     kept = ds.add_column("length", [0, 0])
     assert with_pair_lengths(kept)["length"] == [0, 0]  # a column the user gave is kept
+
+
+def test_prepared_data_and_its_report_come_through_the_constructor(tmp_path):
+    from preftune.train.trainer import PreparedData, prepare_split
+
+    model, tok = tiny()
+    args = ORPOConfig(output_dir=str(tmp_path), report_to="none")
+    prepared = prepare_split(pairs(), tok, args, "train")
+    assert isinstance(prepared, PreparedData) and prepared.report.n_kept == 8
+    trainer = ORPOTrainer(model=model, args=args, processing_class=tok, train_dataset=prepared,
+                          dataset_names=["my-prefs.jsonl"])
+    assert trainer.data_reports == {"train": prepared.report}  # not prepared a second time
+    assert trainer.train_dataset is prepared.dataset
+    assert trainer.dataset_names == ["my-prefs.jsonl"]
+    assert args.is_encoder_decoder is None and trainer.is_encoder_decoder is False  # the config is never changed
+
+
+def test_orpo_refuses_a_reference_model(tmp_path):
+    model, tok = tiny()
+    with pytest.raises(ConfigError, match="uses no reference model"):
+        from preftune.train.trainer import PreferenceTrainer
+
+        PreferenceTrainer(model=model, ref_model=tiny()[0], args=ORPOConfig(output_dir=str(tmp_path), report_to="none"),
+                          processing_class=tok, train_dataset=pairs())
+
+
+@pytest.mark.parametrize("cls, config", [(ORPOTrainer, ORPOConfig), (DPOTrainer, DPOConfig)])
+def test_a_steps_metrics_are_gathered_in_one_collective(tmp_path, cls, config):
+    model, tok = tiny()
+    args = config(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=4, max_steps=2,
+                  logging_steps=1, save_strategy="no")
+    trainer = cls(model=model, args=args, processing_class=tok, train_dataset=pairs())
+    calls = []
+    real = trainer.accelerator.gather_for_metrics
+    trainer.accelerator.gather_for_metrics = lambda x, *a, **k: calls.append(tuple(x.shape)) or real(x, *a, **k)
+    trainer.train()
+    n_metrics = len([k for k in trainer.state.log_history[0] if "/" in k or k in ("nll_loss", "log_odds_ratio", "log_odds_chosen")])
+    assert calls == [(4, n_metrics)] * 2  # one (B, K) gather per step
+    assert trainer.state.log_history[0]["rewards/accuracies"] in (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -176,7 +176,9 @@ def train(command: str, argv: list[str]) -> int:
     from preftune.errors import DataError
     from preftune.apps.generate import generate_answers
     from preftune.models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
-    from preftune.train.trainer import DPOTrainer, ORPOTrainer, prepare_split
+    from preftune.train.dpo import DPOTrainer
+    from preftune.train.orpo import ORPOTrainer
+    from preftune.train.trainer import prepare_split
     from preftune.train.checkpoints import SaveError
 
     run = parse_run(command, argv)
@@ -188,8 +190,8 @@ def train(command: str, argv: list[str]) -> int:
                           "with another folder, or --overwrite_output_dir.")
     remote_code = bool(run.model_kwargs.get("trust_remote_code"))
     model_config = check_model_config(run.model, trust_remote_code=remote_code)  # a missing or broken model fails before any data is read
-    if config.is_encoder_decoder is None:  # T5/BART: the data is tokenized for an encoder and a decoder
-        config.is_encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
+    # T5/BART: the data is tokenized for an encoder and a decoder (the trainer checks the flag against the model)
+    is_encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
     if run.demo:
         _say(f"preftune {command}: no --model/--dataset given, so this is the demo: the bundled tiny model on the "
              f"bundled tiny-prefs set (lr={config.learning_rate}, epochs={config.num_train_epochs}, beta={config.beta}). "
@@ -220,26 +222,22 @@ def train(command: str, argv: list[str]) -> int:
     else:
         tokenizer = load_tokenizer(run.model, trust_remote_code=remote_code)
     ensure_pad_token(text_tokenizer(tokenizer))
-    try:
-        train_ds, train_report = prepare_split(train_data.dataset, tokenizer, config, "train")
-    except DataError as err:
-        raise DataError(train_data.relabel(str(err))) from None
-    reports = {"train": train_report}
-    if eval_ds is not None:
+    prepared = {}
+    for split, data in (("train", train_data.dataset), ("eval", eval_ds)):
+        if data is None:
+            continue
         try:
-            eval_ds, reports["eval"] = prepare_split(eval_ds, tokenizer, config, "eval")
+            prepared[split] = prepare_split(data, tokenizer, config, split, is_encoder_decoder=is_encoder_decoder)
         except DataError as err:
-            raise DataError(eval_data.relabel(str(err))) from None
-    for split, report in reports.items():
-        _say(f"preftune: {split} data: {report.summary()}")
+            raise DataError((train_data if split == "train" else eval_data).relabel(str(err))) from None
+        _say(f"preftune: {split} data: {prepared[split].report.summary()}")
     model = load_model(run.model, run.model_kwargs)
     trainer_cls = ORPOTrainer if command == "orpo" else DPOTrainer
-    trainer = trainer_cls(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, peft_config=run.peft_config)
+    trainer = trainer_cls(model=model, args=config, train_dataset=prepared["train"], eval_dataset=prepared.get("eval"),
+                          processing_class=tokenizer, peft_config=run.peft_config,
+                          dataset_names=script.dataset or (["tiny-prefs (bundled)"] if run.demo else None))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ConsoleProgressCallback)
-    trainer.data_reports = reports
-    trainer.dataset_names = script.dataset or (["tiny-prefs (bundled)"] if run.demo else None)
     samples, before = _demo_samples(trainer.model, tokenizer, eval_data.dataset) if run.demo else ([], [])
     _save_command(run, argv)
     _say(f"preftune: {_world(config)}")

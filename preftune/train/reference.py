@@ -114,13 +114,14 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def reference_for(args, model, ref_model, is_peft: bool, copy_policy: bool = True):
-    """The provider of reference log-probs (None: not needed).
+def reference_for(args, model, ref_model, needs_reference: bool, is_peft: bool, copy_policy: bool = True):
+    """The provider of reference log-probs; None when the objective needs none (`needs_reference`,
+    e.g. reference-free DPO).
 
     With copy_policy=False (precomputing before any update) the policy itself is the
     reference, so no copy is ever made.
     """
-    if not getattr(args, "loss_type", None) or args.reference_free:
+    if not needs_reference:
         return None
     # The reference computes each pair's prompt once too (logps_prefix_sharing). An earlier build
     # measured its packed no-grad forward ~4x slower than the plain one on CPU; with the current

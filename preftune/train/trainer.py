@@ -4,9 +4,15 @@
 -> objective (loss + metrics). Everything that depends on flags — the objective, the
 reference provider, the data pipeline — is resolved once in `__init__`.
 
-`ORPOTrainer` and `DPOTrainer` keep TRL's constructor signatures so TRL scripts run
-with only the import changed (`tokenizer=` is accepted as the old name of
+Each family owns its wiring in its own module: `preftune.train.orpo.ORPOTrainer`,
+`preftune.train.dpo.DPOTrainer` (reference provider, precomputed references, TR-DPO
+sync, the state they add to checkpoints). They keep TRL's constructor signatures so TRL
+scripts run with only the import changed (`tokenizer=` is accepted as the old name of
 `processing_class`).
+
+Data reaches the trainer raw (any supported row shape: prepared here) or as
+`PreparedData` (token ids and the report of how they were made: what the command line
+passes after checking every row before the model loads). The config is never changed.
 
 Vision-language models (LLaVA): pass the processor as ``processing_class`` (as TRL);
 rows keep their ``images`` column, prompts get the model's image tokens and are never
@@ -20,17 +26,18 @@ import json
 import logging
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 
 import datasets
 import torch
 from transformers import Trainer
 
 from preftune.train import checkpoints
-from preftune.train.config import DPOConfig, ORPOConfig, PreferenceConfig
+from preftune.train.config import PreferenceConfig
 from preftune.data.collate import (REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, VisionPreferenceCollator,
                            batch_from_inputs)
 from preftune.data.images import is_vision_processor
-from preftune.data.prepare import LENGTH_SAMPLERS, prepare_dataset, with_pair_lengths
+from preftune.data.prepare import LENGTH_SAMPLERS, PrepareReport, prepare_dataset, with_pair_lengths
 from preftune.errors import ConfigError
 from preftune.outputs.generations import log_eval_generations
 from preftune.train.guard import NonFiniteGuard
@@ -39,15 +46,18 @@ from preftune.logps.seq2seq import is_encoder_decoder_model, is_vision_model, pr
 from preftune.models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
                      load_tokenizer, text_tokenizer)
 from preftune.train.objectives import objective_from_config
-from preftune.train.parallel import prepare_reference_model
-from preftune.train.precompute import attach_reference_logps, reference_fingerprint
-from preftune.train.reference import ModelReference, PrecomputedReference, reference_for
-from preftune.train.sync import SyncReferenceCallback
 
 logger = logging.getLogger(__name__)
 
-REF_WEIGHTS = "reference_model.safetensors"  # TR-DPO: the synced reference, saved with each checkpoint
 _COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", *REF_COLUMNS, "images"]
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A split as the trainer trains on it: token ids (`prepare_split`) and how they were made."""
+
+    dataset: datasets.Dataset
+    report: PrepareReport
 
 
 class PreferenceTrainer(Trainer):
@@ -71,6 +81,8 @@ class PreferenceTrainer(Trainer):
         compute_metrics=None,
         tokenizer=None,
         optimizer_cls_and_kwargs=None,
+        *,
+        dataset_names=None,
     ):
         args = args if args is not None else self.config_class(output_dir=self.default_output_dir)
         if not isinstance(args, self.config_class):
@@ -97,17 +109,14 @@ class PreferenceTrainer(Trainer):
         if model is not None and is_vision_model(model) and not vision:
             _check_no_images(train_dataset, eval_dataset)
         data_tok = processing_class if vision else tok  # a VLM's processor expands the prompts' image tokens
-        args.is_encoder_decoder = _resolve_encoder_decoder(model, args.is_encoder_decoder)
+        self.is_encoder_decoder = _resolve_encoder_decoder(model, args.is_encoder_decoder)
 
         if peft_config is not None:
             model = apply_peft(model, peft_config, gradient_checkpointing=args.gradient_checkpointing)
         if args.disable_dropout and model is not None:
             disable_dropout(model)
-            if ref_model is not None:
-                disable_dropout(ref_model)
-        precompute = getattr(args, "precompute_ref_log_probs", False)
-        self.reference = reference_for(args, model, ref_model, is_peft=is_peft_model(model), copy_policy=not precompute)
         self.objective = objective_from_config(args)
+        self.reference = self._reference_provider(model, ref_model, args)  # None: the objective needs none
         self.logps_options = LogpsOptions.from_args(args)  # the policy's; providers hold the reference's
 
         self.data_reports = {}
@@ -119,7 +128,7 @@ class PreferenceTrainer(Trainer):
         pad_id = args.padding_value if args.padding_value is not None else tok.pad_token_id
         if data_collator is None and vision:
             data_collator = VisionPreferenceCollator(pad_token_id=pad_id, image_processor=processing_class.image_processor)
-        collator_cls = EncoderDecoderCollator if args.is_encoder_decoder else PreferenceCollator
+        collator_cls = EncoderDecoderCollator if self.is_encoder_decoder else PreferenceCollator
         data_collator = data_collator or collator_cls(pad_token_id=pad_id)
 
         super().__init__(
@@ -139,45 +148,45 @@ class PreferenceTrainer(Trainer):
         # Our loss is a mean over pairs: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
         self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
-        if isinstance(self.reference, ModelReference) and self.reference.model is not self.model:
-            self.reference.model = prepare_reference_model(self.accelerator, self.reference.model)
-        if precompute:
-            self._precompute_reference()
         self.base_model_name = _base_model_name(self.model)
-        self.dataset_names = None  # named in the model card; the command line sets it
+        self.dataset_names = dataset_names  # named in the model card
         self.nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
-        if getattr(args, "sync_ref_model", False):
-            self.add_callback(SyncReferenceCallback(self.reference.model, self.model, args.ref_model_mixup_alpha,
-                                                    args.ref_model_sync_steps))
+        self._finish_setup()
 
-    def _precompute_reference(self) -> None:
-        """One pass of the reference over the data, then no reference model in memory."""
-        provider, args = self.reference, self.args
-        common = dict(
-            batch_size=args.precompute_ref_batch_size or args.per_device_eval_batch_size, device=args.device,
-            cache_dir=args.ref_logps_cache_dir, weights_key=reference_fingerprint(provider, self.model),
-        )
+    # ------------------------------------------------------- family hooks
 
-        def attach(dataset, split):
-            return attach_reference_logps(dataset, provider, self.model, self.data_collator, split=split, **common)
+    def _reference_provider(self, model, ref_model, args):
+        """Where reference log-probs come from; None for objectives without a reference (ORPO)."""
+        if ref_model is not None:
+            raise ConfigError(f"{type(self).__name__} uses no reference model; drop ref_model.")
+        return None
 
-        self.train_dataset = attach(self.train_dataset, "train")
-        if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {k: attach(v, f"eval/{k}") for k, v in self.eval_dataset.items()}
-        else:
-            self.eval_dataset = attach(self.eval_dataset, "eval")
-        self.reference = PrecomputedReference()  # the reference model (if any) is no longer referenced
+    def _finish_setup(self) -> None:
+        """Wiring that needs the built Trainer (accelerator, data loaders); nothing for ORPO."""
+
+    def _extra_state(self) -> dict:
+        """What this trainer adds to each checkpoint's preftune_state.json."""
+        return {"nonfinite_skipped": self.nonfinite_guard.skipped}
+
+    def _save_extra_files(self, folder: str) -> None:
+        """Files this trainer adds to each checkpoint folder."""
+
+    def _restore_extra_state(self, folder: str, state: dict) -> None:
+        self.nonfinite_guard.skipped = state.get("nonfinite_skipped", 0)
 
     # ------------------------------------------------------------------ data
 
     def _prepare(self, dataset, tokenizer, args, split):
-        """Rows of any supported shape -> token ids (already prepared data passes through)."""
-        if dataset is None or _is_prepared(dataset):
+        """Rows of any supported shape -> token ids; `PreparedData` (and data already tokenized) as it is."""
+        if isinstance(dataset, PreparedData):
+            self.data_reports[split] = dataset.report
+            return dataset.dataset
+        if dataset is None or _is_tokenized(dataset):
             return dataset
-        prepared, report = prepare_split(dataset, tokenizer, args, split)
-        self.data_reports[split] = report
-        return prepared
+        prepared = prepare_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder)
+        self.data_reports[split] = prepared.report
+        return prepared.dataset
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first."""
@@ -246,12 +255,21 @@ class PreferenceTrainer(Trainer):
     # --------------------------------------------------------------- metrics
 
     def _store_metrics(self, metrics: dict, split: str) -> None:
-        """Keep sums and counts, so a logged value is the exact mean over all pairs since the last log."""
-        for name, values in metrics.items():
-            values = self.accelerator.gather_for_metrics(values.detach().float().reshape(-1))
-            total = self._stored_metrics[split][name]
-            total[0] += values.sum().item()
-            total[1] += values.numel()
+        """Keep sums and counts, so a logged value is the exact mean over all pairs since the last log.
+
+        Every metric of the step is a (B,) per-pair vector (a per-batch value such as the MoE
+        aux_loss is repeated over the pairs); they are stacked into one (B, K) tensor and
+        gathered in ONE collective, then read back to the host in one sync.
+        """
+        names = list(metrics)
+        n_pairs = max(v.numel() for v in metrics.values())
+        stacked = torch.stack([v.detach().float().reshape(-1).expand(n_pairs) for v in metrics.values()], dim=1)
+        gathered = self.accelerator.gather_for_metrics(stacked)  # (B_all, K): every process's pairs
+        sums = gathered.sum(0).tolist()
+        for name, total in zip(names, sums):
+            stored = self._stored_metrics[split][name]
+            stored[0] += total
+            stored[1] += gathered.shape[0]
 
     def log(self, logs: dict, start_time=None) -> None:
         eval_keys = [k for k in logs if k.startswith("eval") and k.endswith("loss")]
@@ -355,31 +373,11 @@ class PreferenceTrainer(Trainer):
             checkpoints.rotate(run_dir, limit, keep=self.state.best_model_checkpoint)
 
     def _save_extra_state(self, folder: str) -> None:
-        """What Trainer does not know about: BCO's running reward mean, a TR-DPO reference's weights."""
-        state = {"nonfinite_skipped": self.nonfinite_guard.skipped}
-        bco = getattr(self.objective, "bco", None)
-        if bco is not None:
-            state["bco_running_mean"] = {"mean": bco.mean, "count": bco.count}
-        checkpoints.save_extra_state(folder, state)
-        if getattr(self.args, "sync_ref_model", False) and isinstance(self.reference, ModelReference):
-            from safetensors.torch import save_model
-
-            save_model(self.accelerator.unwrap_model(self.reference.model), os.path.join(folder, REF_WEIGHTS))
+        checkpoints.save_extra_state(folder, self._extra_state())
+        self._save_extra_files(folder)
 
     def _load_extra_state(self, folder: str) -> None:
-        state = checkpoints.load_extra_state(folder)
-        self.nonfinite_guard.skipped = state.get("nonfinite_skipped", 0)
-        bco = getattr(self.objective, "bco", None)
-        if bco is not None and "bco_running_mean" in state:
-            bco.mean, bco.count = state["bco_running_mean"]["mean"], state["bco_running_mean"]["count"]
-        ref_path = os.path.join(folder, REF_WEIGHTS)
-        if getattr(self.args, "sync_ref_model", False) and isinstance(self.reference, ModelReference):
-            if not os.path.isfile(ref_path):
-                raise ConfigError(f"{folder} has no {REF_WEIGHTS}: it was not saved by a TR-DPO run, so the synced "
-                                  "reference cannot be restored; resume without --sync_ref_model or from another run.")
-            from safetensors.torch import load_model
-
-            load_model(self.accelerator.unwrap_model(self.reference.model), ref_path)
+        self._restore_extra_state(folder, checkpoints.load_extra_state(folder))
 
     def save_resolved_config(self) -> None:
         """Write the full, resolved config next to the checkpoints (tokens redacted, absolute paths by their last name)."""
@@ -389,7 +387,8 @@ class PreferenceTrainer(Trainer):
         path = os.path.join(self.args.output_dir, "preftune_config.json")
         from preftune.outputs.card import shareable_config
 
-        config = shareable_config({"trainer": type(self).__name__, **self.args.to_dict()})
+        config = shareable_config({"trainer": type(self).__name__, **self.args.to_dict(),
+                                   "is_encoder_decoder": self.is_encoder_decoder})  # as resolved from the model
         with open(path, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True, default=str)
 
@@ -404,22 +403,24 @@ def _base_model_name(model) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str):
-    """Rows -> token ids with `args`' length limits and bad-row policy: (prepared dataset, PrepareReport).
+def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str, is_encoder_decoder: bool = False) -> PreparedData:
+    """Rows -> token ids with `args`' length limits and bad-row policy, and the report of it.
 
     The command line calls this before loading the model's weights, so that every
-    data problem is found first; the trainer calls it for raw datasets it is given.
+    data problem is found first, and hands the result to the trainer; the trainer
+    calls it for raw datasets it is given. `is_encoder_decoder`: tokenize for an
+    encoder and a decoder (T5, BART).
     """
     with args.main_process_first(desc=f"preparing {split} data"):
         prepared, report = prepare_dataset(
             dataset, tokenizer if is_vision_processor(tokenizer) else text_tokenizer(tokenizer), args.length_limits(),
             skip_bad_rows=args.skip_bad_rows,
             num_proc=args.dataset_num_proc, desc=f"tokenizing {split} pairs",
-            is_encoder_decoder=bool(args.is_encoder_decoder),
+            is_encoder_decoder=is_encoder_decoder,
         )
     level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
     logger.log(level, "%s data: %s", split, report.summary())
-    return prepared, report
+    return PreparedData(prepared, report)
 
 
 def _resolve_encoder_decoder(model, flag: bool | None) -> bool:
@@ -442,7 +443,8 @@ def _check_no_images(*datasets) -> None:
                                   "is a tokenizer; pass the model's processor (AutoProcessor.from_pretrained(...)).")
 
 
-def _is_prepared(dataset) -> bool:
+def _is_tokenized(dataset) -> bool:
+    """A user's data set already holding token ids (TRL accepts those too)."""
     names = getattr(dataset, "column_names", None)
     return names is not None and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(names)
 
@@ -451,39 +453,3 @@ def _one_of(processing_class, tokenizer):
     if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
         raise ConfigError("pass the tokenizer once: processing_class and tokenizer are two names for the same argument.")
     return processing_class if processing_class is not None else tokenizer
-
-
-class ORPOTrainer(PreferenceTrainer):
-    """ORPO: Hong, Lee & Thorne 2024. No reference model."""
-
-    config_class = ORPOConfig
-    default_output_dir = "orpo-output"
-
-    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, model_init=None, callbacks=None, optimizers=(None, None),
-                 preprocess_logits_for_metrics=None, peft_config=None, compute_metrics=None, tokenizer=None):
-        super().__init__(
-            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, processing_class=processing_class, model_init=model_init,
-            callbacks=callbacks, optimizers=optimizers, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            peft_config=peft_config, compute_metrics=compute_metrics, tokenizer=tokenizer,
-        )
-
-
-class DPOTrainer(PreferenceTrainer):
-    """DPO: Rafailov et al. 2023, and the DPO family selected by `loss_type`."""
-
-    config_class = DPOConfig
-    default_output_dir = "dpo-output"
-
-    def __init__(self, model=None, ref_model=None, args=None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
-                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
-                 peft_config=None, tokenizer=None, model_init=None):
-        super().__init__(
-            model=model, ref_model=ref_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, processing_class=processing_class, model_init=model_init,
-            callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics, peft_config=peft_config,
-            compute_metrics=compute_metrics, tokenizer=tokenizer,
-        )

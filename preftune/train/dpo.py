@@ -1,0 +1,107 @@
+"""`DPOTrainer`: DPO (Rafailov et al. 2023, arXiv 2305.18290) and the DPO family selected by `loss_type`.
+
+Everything only DPO needs is wired here, not in the shared base trainer: the reference
+provider (`preftune.train.reference`, asked only when the objective needs a reference),
+placing a separate reference model in the policy's engine (DDP/FSDP/DeepSpeed),
+precomputed reference log-probs (one pass, then no reference model in memory), TR-DPO's
+reference sync, and what these add to a checkpoint (BCO's running reward mean, the synced
+reference's weights).
+"""
+from __future__ import annotations
+
+import os
+
+from preftune.errors import ConfigError
+from preftune.models import disable_dropout, is_peft_model
+from preftune.train.config import DPOConfig
+from preftune.train.parallel import prepare_reference_model
+from preftune.train.precompute import attach_reference_logps, reference_fingerprint
+from preftune.train.reference import ModelReference, PrecomputedReference, reference_for
+from preftune.train.sync import SyncReferenceCallback
+from preftune.train.trainer import PreferenceTrainer
+
+REF_WEIGHTS = "reference_model.safetensors"  # TR-DPO: the synced reference, saved with each checkpoint
+
+
+class DPOTrainer(PreferenceTrainer):
+    """DPO and its family. TRL's constructor signature; `ref_model` optional (see `reference_for`)."""
+
+    config_class = DPOConfig
+    default_output_dir = "dpo-output"
+
+    def __init__(self, model=None, ref_model=None, args=None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
+                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
+                 peft_config=None, tokenizer=None, model_init=None, *, dataset_names=None):
+        super().__init__(
+            model=model, ref_model=ref_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, model_init=model_init,
+            callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics, peft_config=peft_config,
+            compute_metrics=compute_metrics, tokenizer=tokenizer, dataset_names=dataset_names,
+        )
+
+    # ------------------------------------------------------------ reference
+
+    def _reference_provider(self, model, ref_model, args):
+        if ref_model is not None and args.disable_dropout:
+            disable_dropout(ref_model)
+        # Precomputing before any update: the policy itself is the reference, so no copy is made.
+        return reference_for(args, model, ref_model, needs_reference=self.objective.needs_reference,
+                             is_peft=is_peft_model(model), copy_policy=not args.precompute_ref_log_probs)
+
+    def _finish_setup(self) -> None:
+        if isinstance(self.reference, ModelReference) and self.reference.model is not self.model:
+            self.reference.model = prepare_reference_model(self.accelerator, self.reference.model)
+        if self.args.precompute_ref_log_probs:
+            self._precompute_reference()
+        if self.args.sync_ref_model:
+            self.add_callback(SyncReferenceCallback(self.reference.model, self.model, self.args.ref_model_mixup_alpha,
+                                                    self.args.ref_model_sync_steps))
+
+    def _precompute_reference(self) -> None:
+        """One pass of the reference over the data, then no reference model in memory."""
+        provider, args = self.reference, self.args
+        common = dict(
+            batch_size=args.precompute_ref_batch_size or args.per_device_eval_batch_size, device=args.device,
+            cache_dir=args.ref_logps_cache_dir, weights_key=reference_fingerprint(provider, self.model),
+        )
+
+        def attach(dataset, split):
+            return attach_reference_logps(dataset, provider, self.model, self.data_collator, split=split, **common)
+
+        self.train_dataset = attach(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: attach(v, f"eval/{k}") for k, v in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = attach(self.eval_dataset, "eval")
+        self.reference = PrecomputedReference()  # the reference model (if any) is no longer referenced
+
+    # ----------------------------------------------------------- checkpoints
+
+    def _extra_state(self) -> dict:
+        state = super()._extra_state()
+        bco = self.objective.bco
+        if bco is not None:
+            state["bco_running_mean"] = {"mean": bco.mean, "count": bco.count}
+        return state
+
+    def _save_extra_files(self, folder: str) -> None:
+        if self.args.sync_ref_model and isinstance(self.reference, ModelReference):
+            from safetensors.torch import save_model
+
+            save_model(self.accelerator.unwrap_model(self.reference.model), os.path.join(folder, REF_WEIGHTS))
+
+    def _restore_extra_state(self, folder: str, state: dict) -> None:
+        super()._restore_extra_state(folder, state)
+        bco = self.objective.bco
+        if bco is not None and "bco_running_mean" in state:
+            bco.mean, bco.count = state["bco_running_mean"]["mean"], state["bco_running_mean"]["count"]
+        if self.args.sync_ref_model and isinstance(self.reference, ModelReference):
+            ref_path = os.path.join(folder, REF_WEIGHTS)
+            if not os.path.isfile(ref_path):
+                raise ConfigError(f"{folder} has no {REF_WEIGHTS}: it was not saved by a TR-DPO run, so the synced "
+                                  "reference cannot be restored; resume without --sync_ref_model or from another run.")
+            from safetensors.torch import load_model
+
+            load_model(self.accelerator.unwrap_model(self.reference.model), ref_path)
