@@ -7,7 +7,9 @@
   the causal, prefix-shared and encoder-decoder paths all end with;
 - `unwrap`: the transformers model under DDP / PEFT wrappers, the package's only such helper.
 
-Nothing here runs a model.
+Nothing here runs a model. Departures from the code this gathers: the encoder-decoder path now
+ends with `reduce_to_rows` too (it had its own copy of the reduction), and `unwrap(keep_peft=True)`
+replaces the reference providers' own DDP-only unwrapping.
 """
 from __future__ import annotations
 
