@@ -86,16 +86,17 @@ def make_batch(cfg, seed=0):
 
 
 def run_variant(name, model, ids, attn, comp, rows, wpo=False):
-    from preftune.logps.causal import LogpsOptions, plain_sequence_logps, sequence_logps
+    from preftune.logps import LogpsOptions, LogpsRequest, plain_sequence_logps, sequence_logps
 
     model.zero_grad(set_to_none=True)
+    request = LogpsRequest(sequence_rows=rows, wpo=wpo)
     if name.startswith(("preftune-chunked", "preftune-checkpointed")):  # ":N" sets logps_chunk_size=N
         size = int(name.split(":")[1]) if ":" in name else None
         options = LogpsOptions(chunk_size=size, fused_head=name.startswith("preftune-chunked"))
-        out = sequence_logps(model, ids, attn, comp, sequence_rows=rows, options=options, wpo=wpo)
+        out = sequence_logps(model, ids, attn, comp, request, options=options)
         loss = out.completion_logps.sum() + out.sequence_logps.sum()
     elif name == "preftune-plain":
-        out = plain_sequence_logps(model, ids, attn, comp, sequence_rows=rows, wpo=wpo)
+        out = plain_sequence_logps(model, ids, attn, comp, request)
         loss = out.completion_logps.sum() + out.sequence_logps.sum()
     else:  # trl-fused: the same scored positions through TRL's fused function
         from trl.kernels import ChunkedLogProbFunction

@@ -67,7 +67,7 @@ def make_batch(seed=0):
 
 
 def one(arch: str, name: str, repeats: int) -> dict:
-    from preftune.logps.causal import LogpsOptions
+    from preftune.logps import LogpsOptions, LogpsRequest
     from preftune.logps.seq2seq import encoder_decoder_logps
 
     model, batch = build(arch), make_batch()
@@ -75,7 +75,7 @@ def one(arch: str, name: str, repeats: int) -> dict:
 
     def step():
         model.zero_grad(set_to_none=True)
-        out = encoder_decoder_logps(model, batch, sequence_rows=torch.arange(8) < 4, options=options)
+        out = encoder_decoder_logps(model, batch, LogpsRequest(sequence_rows=torch.arange(8) < 4), options=options)
         (out.completion_logps.sum() + out.sequence_logps.sum()).backward()
 
     step()  # warm-up

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from preftune import DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 from preftune.assets import tiny_model_path
 from preftune.data.sources import load_preference_data
-from preftune.logps.causal import SequenceLogps
+from preftune.logps import SequenceLogps
 from preftune.losses import DPO_LOSSES
 from preftune.train.objectives import RunningMean, ld_token_weights, objective_from_config
 from preftune.train.reference import AdapterSwitchReference, ModelReference, PrecomputedReference

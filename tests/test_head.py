@@ -12,6 +12,7 @@ from peft import LoraConfig, get_peft_model
 
 import preftune.logps.head as head_module
 from preftune.logps.head import LinearHeadLogps, fusable
+from preftune.logps import LogpsRequest
 from preftune.logps.causal import LogpsOptions, _token_stats, chunked_token_stats, plain_sequence_logps, sequence_logps
 
 from .test_logps import FIELDS, batch
@@ -139,8 +140,8 @@ def test_lora_model_gradients_equal_plain(arch):
     rows = torch.tensor([True, True, False, False])
     assert fusable(model.get_base_model().get_output_embeddings(), torch.zeros(1, 32))
     results = []
-    for fn in (lambda: sequence_logps(model, ids, attn, comp, sequence_rows=rows),
-               lambda: plain_sequence_logps(model, ids, attn, comp, sequence_rows=rows)):
+    for fn in (lambda: sequence_logps(model, ids, attn, comp, LogpsRequest(sequence_rows=rows)),
+               lambda: plain_sequence_logps(model, ids, attn, comp, LogpsRequest(sequence_rows=rows))):
         model.zero_grad()
         out = fn()
         (out.completion_logps.sum() + 0.5 * out.sequence_logps.sum()).backward()

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from preftune.logps import LogpsRequest
 from preftune.logps.causal import (LogpsOptions, _token_stats, _vocab_mean_logit, chunk_tokens, chunked_token_stats, plain_sequence_logps,
                             sequence_logps, supports_chunked)
 
@@ -28,7 +29,7 @@ def test_hand_counted_tokens_and_rows():
     model = tiny_causal_lm("llama").eval()
     ids, attn, comp = batch()
     rows = torch.tensor([True, True, False, False])
-    out = sequence_logps(model, ids, attn, comp, sequence_rows=rows)
+    out = sequence_logps(model, ids, attn, comp, LogpsRequest(sequence_rows=rows))
     assert out.completion_tokens.tolist() == [5.0, 3.0, 4.0, 6.0]
     # whole-sequence tokens: every real token but the first, for the asked rows only
     assert out.sequence_tokens.tolist() == [8.0, 5.0, 0.0, 0.0]
@@ -47,7 +48,7 @@ def assert_chunked_equals_plain(model, chunk_size=None, wpo=False, atol=1e-5, fu
 
     def run(fn, **kw):
         model.zero_grad()
-        out = fn(model, ids, attn, comp, sequence_rows=rows, wpo=wpo, **kw)
+        out = fn(model, ids, attn, comp, LogpsRequest(sequence_rows=rows, wpo=wpo), **kw)
         (out.completion_logps.sum() * 0.7 + out.sequence_logps.sum() * 0.3).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return out, grads
@@ -111,8 +112,9 @@ def test_softcapped_model_with_shared_prefix():
         pytest.skip("prefix sharing does not support this model")
     b = make_batch(MIXED)
     rows = torch.arange(8) < 4
-    got = shared_prefix_logps(model, b, sequence_rows=rows, options=LogpsOptions(chunk_size=5), wpo=True)
-    want = plain_sequence_logps(model, b.input_ids, b.attention_mask, b.completion_mask, rows, wpo=True)
+    got = shared_prefix_logps(model, b, LogpsRequest(sequence_rows=rows, wpo=True), options=LogpsOptions(chunk_size=5))
+    want = plain_sequence_logps(model, b.input_ids, b.attention_mask, b.completion_mask,
+                                LogpsRequest(sequence_rows=rows, wpo=True))
     for field in FIELDS:
         assert torch.allclose(getattr(got, field), getattr(want, field), atol=1e-4), field
 
@@ -241,7 +243,7 @@ def test_completion_weights_and_wpo_match_hand_computation():
         expected = (token * torch.tensor([1, 1, 0.5, 0.5, 0.5])).sum()
         expected_wpo = (token - torch.logsumexp(2 * logp[0, 3:8], -1)).mean()
         for fn in (sequence_logps, plain_sequence_logps):
-            out = fn(model, ids, attn, comp, completion_weights=weights, wpo=True)
+            out = fn(model, ids, attn, comp, LogpsRequest(completion_weights=weights, wpo=True))
             assert out.weighted_completion_logps[0].item() == pytest.approx(expected.item(), abs=1e-5)
             assert out.preference_logps is out.weighted_completion_logps
             assert out.completion_logps[0].item() == pytest.approx(token.sum().item(), abs=1e-5)

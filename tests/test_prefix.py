@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from preftune.data.collate import PreferenceBatch, PreferenceCollator
+from preftune.logps import LogpsRequest
 from preftune.logps.causal import LogpsOptions, plain_sequence_logps, sequence_logps
 from preftune.logps.prefix import (CHOSEN, PAD, REJECTED, SHARED, pack_shared_prefix, prefix_sharing_blockers,
                              shared_prefix_logps, supports_prefix_sharing)
@@ -43,18 +44,21 @@ def run(fn, model, batch, rows, weights):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def request(rows, weights):
+    return LogpsRequest(sequence_rows=rows, completion_weights=weights, wpo=True)
+
+
 def shared(model, batch, rows, weights, **kw):
-    return shared_prefix_logps(model, batch, sequence_rows=rows, completion_weights=weights, wpo=True, **kw)
+    return shared_prefix_logps(model, batch, request(rows, weights), **kw)
 
 
 def plain(model, batch, rows, weights):
-    return plain_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, rows,
-                                completion_weights=weights, wpo=True)
+    return plain_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
+                                request(rows, weights))
 
 
 def chunked(model, batch, rows, weights):
-    return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, sequence_rows=rows,
-                          completion_weights=weights, wpo=True)
+    return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, request(rows, weights))
 
 
 def assert_same(model, batch, rows, reference=plain, atol=1e-5, **kw):
@@ -142,10 +146,10 @@ def test_prompt_computed_once():
     model.lm_head.register_forward_hook(count_head)
     rows = sequence_rows("all", 4)
     with torch.no_grad():
-        sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, sequence_rows=rows)
+        sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, LogpsRequest(sequence_rows=rows))
         assert seen == {"layer": 32, "head": 24}
         seen.update(layer=0, head=0)
-        shared_prefix_logps(model, batch, sequence_rows=rows)
+        shared_prefix_logps(model, batch, LogpsRequest(sequence_rows=rows))
         assert seen == {"layer": 20, "head": 18}
     assert pack_shared_prefix(batch).real_tokens == 20
 

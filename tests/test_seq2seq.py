@@ -16,10 +16,11 @@ from preftune import ConfigError, DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
 from preftune.data.collate import EncoderDecoderCollator, PreferenceBatch, PreferenceCollator, Seq2SeqBatch, batch_from_inputs
 from preftune.data.formats import PreferencePair
 from preftune.data.prepare import _fingerprint, prepare_dataset
-from preftune.logps.causal import LogpsOptions
+from preftune.logps import LogpsOptions
 from preftune.data.tokenize import LengthLimits, TokenizedPair, tokenize_pair, truncate_pair
 from preftune.train.reference import AdapterDisabledReference, ModelReference, PrecomputedReference
-from preftune.logps.seq2seq import encoder_decoder_logps, preference_batch_logps
+from preftune.logps import LogpsRequest, choose_logps_path
+from preftune.logps.seq2seq import encoder_decoder_logps
 
 from .data.tiny_tokenizers import V, build
 from .tiny import tiny_seq2seq_lm
@@ -174,7 +175,7 @@ def test_logps_equal_the_plain_computation_values_and_gradients(arch, opts):
     batch = _batch()
     coef = torch.tensor([1.0, -0.5, 2.0, 0.3])
     rows = torch.tensor([True, True, False, False])
-    out = encoder_decoder_logps(model, batch, sequence_rows=rows, options=OPTIONS[opts])
+    out = encoder_decoder_logps(model, batch, LogpsRequest(sequence_rows=rows), options=OPTIONS[opts])
     (out.completion_logps * coef).sum().backward()
     ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
@@ -200,7 +201,7 @@ def test_logits_metric_weights_and_wpo_match_the_full_logits(arch, opts):
     batch = _batch()
     weights = torch.rand(batch.completion_mask.shape)
     with torch.no_grad():
-        out = encoder_decoder_logps(model, batch, completion_weights=weights, wpo=True, options=OPTIONS[opts])
+        out = encoder_decoder_logps(model, batch, LogpsRequest(completion_weights=weights, wpo=True), options=OPTIONS[opts])
         labels = batch.completion_input_ids.masked_fill(batch.completion_mask == 0, -100)
         logits = model(input_ids=batch.prompt_input_ids.repeat(2, 1),
                        attention_mask=batch.prompt_attention_mask.repeat(2, 1), labels=labels).logits.float()
@@ -276,10 +277,10 @@ def test_one_pair_batch(arch):
 def test_dispatch_by_batch_kind():
     model = tiny_seq2seq_lm("t5").eval()
     with torch.no_grad():
-        out = preference_batch_logps(model, _batch(), options=LogpsOptions(chunk_size=7))
+        out = choose_logps_path(model, LogpsOptions(chunk_size=7))(model, _batch())
         assert torch.allclose(out.completion_logps, plain_logps(model, _batch()), atol=1e-5)
     with pytest.raises(ValueError, match="EncoderDecoderCollator"):
-        preference_batch_logps(model, PreferenceBatch.from_inputs(PreferenceCollator(0)(FEATURES)))
+        choose_logps_path(model)(model, PreferenceBatch.from_inputs(PreferenceCollator(0)(FEATURES)))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -11,14 +11,14 @@ from PIL import Image
 from preftune import DPOConfig, DPOTrainer
 from preftune.data.collate import PreferenceBatch, VisionPreferenceBatch, VisionPreferenceCollator, batch_from_inputs
 from preftune.data.prepare import prepare_dataset
-from preftune.logps.causal import LogpsOptions
+from preftune.logps import LogpsOptions
 from preftune.data.tokenize import LengthLimits
 from preftune.errors import ConfigError, DataError
 from preftune.logps.causal import plain_sequence_logps, sequence_logps
 from preftune.models import load_model, load_processor
 from preftune.logps.prefix import prefix_sharing_blockers
 from preftune.train.reference import AdapterDisabledReference, ModelReference
-from preftune.logps.seq2seq import is_vision_model, preference_batch_logps
+from preftune.logps import LogpsRequest, choose_logps_path, is_vision_model
 from tests.data.tiny_tokenizers import build
 
 TEMPLATE = (
@@ -207,7 +207,7 @@ def test_logps_equal_the_plain_computation_values_and_gradients(vlm):
     rows_ = torch.tensor([True] * 4 + [False] * 4)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    got = preference_batch_logps(model, batch, options=LogpsOptions(chunk_size=5), sequence_rows=rows_)  # chunked LM head
+    got = choose_logps_path(model, LogpsOptions(chunk_size=5))(model, batch, LogpsRequest(sequence_rows=rows_))  # chunked LM head
     comp, seq = _textbook(model, batch, rows_)
     assert torch.allclose(got.completion_logps, comp, atol=1e-5)
     assert torch.allclose(got.sequence_logps, seq, atol=1e-5)
@@ -282,7 +282,7 @@ def test_precomputed_reference_log_probs(vlm, vlm_dir, tmp_path):
     fresh = load_model(vlm_dir).eval()  # the policy before training is the reference
     batch = batch_from_inputs(trainer.data_collator([data[i] for i in range(4)]))
     with torch.no_grad():
-        expected = preference_batch_logps(fresh, batch).completion_logps
+        expected = choose_logps_path(fresh)(fresh, batch).completion_logps
     assert torch.allclose(batch.ref_logps, expected, atol=1e-4)
     trainer.train()
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)

@@ -7,7 +7,7 @@ import torch
 def answer_ids(model, generated: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """The answer's tokens in one row of `generate`'s output: a decoder-only model returns
     prompt + answer, an encoder-decoder model only the decoder's tokens (all answer)."""
-    from preftune.logps.causal import unwrap
+    from preftune.logps import unwrap
 
     return generated if getattr(unwrap(model).config, "is_encoder_decoder", False) else generated[prompt_len:]
 

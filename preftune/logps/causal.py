@@ -16,16 +16,26 @@ The vocabulary-mean logit (the logits/* metrics) of a plain `nn.Linear` head wit
 softcapping is h·mean(W) + mean(b), one vector product instead of a pass over the logits.
 
 Position t of a row predicts token t+1, so token j is scored from hidden state j-1.
+
+Departures from the textbook computation (`plain_sequence_logps`), and why: the LM head runs
+outside the model, on the scored positions only (memory); the vocabulary-mean logit of a plain
+linear head comes from mean(W) (one product instead of a pass over the logits). Both are exact,
+and tested against the plain path, gradients included.
+
+`sequence_logps` (the documented entry point) looks at the model on every call to pick chunked
+or plain; the trainer instead uses the path `dispatch.choose_logps_path` chose once, which calls
+`chunked_sequence_logps` or `plain_sequence_logps` directly.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from preftune.logps.base import (DEFAULT_OPTIONS, NO_REQUEST, LogpsOptions, LogpsRequest, SequenceLogps,
+                                 reduce_to_rows, scored_positions, unwrap)
 from preftune.logps.head import LinearHeadLogps, fusable
 
 Tensor = torch.Tensor
@@ -34,72 +44,11 @@ Tensor = torch.Tensor
 _CHUNK_ELEMENTS = 1 << 26
 
 
-@dataclass(frozen=True)
-class LogpsOptions:
-    """How log-probs are computed: the config's `logps_*` flags. Every default is the exact fast path;
-    each can be switched off to get the plain computation it is tested against."""
-
-    chunked: bool = True  # LM head on the scored hidden states in chunks, never the full (N, T, V) logits
-    chunk_size: int | None = None  # tokens per chunk; None: `chunk_tokens`' default
-    fused_head: bool = True  # a plain linear head's hand-written backward (head.py) instead of checkpointing
-    prefix_sharing: bool = True  # each pair's prompt run once (prefix.py); needs `chunked`
-
-    @classmethod
-    def from_args(cls, args) -> "LogpsOptions":
-        return cls(chunked=args.logps_chunked, chunk_size=args.logps_chunk_size,
-                   fused_head=args.logps_fused_head, prefix_sharing=args.logps_prefix_sharing)
-
-
-DEFAULT_OPTIONS = LogpsOptions()
-
-
-@dataclass(frozen=True)
-class SequenceLogps:
-    """Sums over the tokens of each row of a concatenated batch, each (N,) with N = 2B."""
-
-    completion_logps: Tensor  # Σ log p over completion tokens
-    completion_tokens: Tensor  # number of completion tokens (float)
-    sequence_logps: Tensor  # Σ log p over every predicted token (prompt + completion); 0 for rows not asked for
-    sequence_tokens: Tensor  # number of those tokens (float)
-    completion_logits_sum: Tensor  # Σ over completion tokens of the vocabulary-mean logit (metrics; detached)
-    aux_loss: Tensor | None = None  # MoE router auxiliary loss, when the model returns one
-    completion_wpo_avg: Tensor | None = None  # WPO: mean over completion tokens of log p − log Σ_v p_v² (detached)
-    weighted_completion_logps: Tensor | None = None  # Σ w_t log p over completion tokens, when weights were given
-
-    @property
-    def preference_logps(self) -> Tensor:
-        """What preference losses compare: the weighted sum when weights were given (LD-DPO), else the plain sum."""
-        return self.completion_logps if self.weighted_completion_logps is None else self.weighted_completion_logps
-
-    @property
-    def completion_avg_logps(self) -> Tensor:
-        return self.completion_logps / self.completion_tokens.clamp(min=1)
-
-
-def unwrap(model):
-    """The transformers model under DDP / PEFT wrappers (for config and the LM head)."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
 def supports_chunked(model) -> bool:
+    """Whether the model has an output embedding and its forward takes `logits_to_keep` (the chunked path)."""
     base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     return head is not None and "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def _scored_positions(attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None):
-    """Masks over the shifted targets (N, T-1): completion tokens, and every real token of chosen rows."""
-    completion = completion_mask[:, 1:].bool()
-    sequence = attention_mask[:, 1:].bool()
-    if sequence_rows is None:
-        sequence = torch.zeros_like(sequence)
-    else:
-        sequence = sequence & sequence_rows[:, None]
-    return completion, sequence
 
 
 def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -202,24 +151,15 @@ def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, si
     return logps, mean_logit, log_sq_sum
 
 
-def _reduce(stats, rows, is_completion, is_sequence, n: int, aux_loss, weights: Tensor | None) -> SequenceLogps:
-    """Scatter per-token values (M,) back to per-row sums (N,)."""
-    token_logps, token_logits_mean, log_sq_sum = stats
-    zeros = token_logps.new_zeros(n)
-    comp = is_completion.to(token_logps.dtype)
-    seq = is_sequence.to(token_logps.dtype)
-    count = zeros.detach().index_add(0, rows, comp)
-    wpo_sum = zeros.detach().index_add(0, rows, (token_logps.detach() - log_sq_sum) * comp)
-    return SequenceLogps(
-        completion_logps=zeros.index_add(0, rows, token_logps * comp),
-        completion_tokens=count,
-        sequence_logps=zeros.index_add(0, rows, token_logps * seq),
-        sequence_tokens=zeros.detach().index_add(0, rows, seq),
-        completion_logits_sum=zeros.detach().index_add(0, rows, token_logits_mean.detach() * comp),
-        aux_loss=aux_loss,
-        completion_wpo_avg=wpo_sum / count.clamp(min=1),
-        weighted_completion_logps=None if weights is None else zeros.index_add(0, rows, token_logps * comp * weights),
-    )
+
+def head_token_stats(base, h: Tensor, targets: Tensor, options: LogpsOptions, wpo: bool):
+    """`chunked_token_stats` through a decoder-only model's own LM head: its softcapping, its vocabulary,
+    the chunk size of `options` (or `chunk_tokens`' default). Shared by the causal and prefix-shared paths."""
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
+    size = options.chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
+    return chunked_token_stats(head, h, targets, softcap, wpo, size, fused=options.fused_head)
 
 
 def sequence_logps(
@@ -227,26 +167,39 @@ def sequence_logps(
     input_ids: Tensor,
     attention_mask: Tensor,
     completion_mask: Tensor,
-    sequence_rows: Tensor | None = None,
+    request: LogpsRequest = NO_REQUEST,
     *,
     options: LogpsOptions = DEFAULT_OPTIONS,
-    completion_weights: Tensor | None = None,
-    wpo: bool = False,
     model_inputs: dict | None = None,
 ) -> SequenceLogps:
     """Log-probs of the completion (and optionally whole-sequence) tokens of each row.
 
-    input_ids, attention_mask, completion_mask: (N, T); sequence_rows: (N,) bool,
-    the rows whose whole sequence is also summed (ORPO's NLL on chosen rows);
-    completion_weights: (N, T) float, a weight per completion token in
-    `weighted_completion_logps` (LD-DPO), absent when None; wpo: also fill `completion_wpo_avg`;
-    model_inputs: more keyword inputs of the model, e.g. a vision-language model's ``pixel_values``;
-    options: `chunked`, `chunk_size` and `fused_head` apply here (`prefix_sharing` is `prefix.batch_logps`').
+    input_ids, attention_mask, completion_mask: (N, T); request: `LogpsRequest` (ORPO's NLL rows,
+    LD-DPO weights, WPO); model_inputs: more keyword inputs of the model, e.g. a vision-language
+    model's ``pixel_values``; options: `chunked`, `chunk_size` and `fused_head` apply here
+    (`prefix_sharing` is the dispatcher's: `dispatch.choose_logps_path`).
+
+    Chunked when `options.chunked` and the model supports it, else plain. This looks at the model on
+    every call; the trainer uses the path `dispatch.choose_logps_path` chose once instead.
     """
     if not options.chunked or not supports_chunked(model):
-        return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, sequence_rows,
-                                    completion_weights, wpo, model_inputs=model_inputs)
-    base = unwrap(model)
+        return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, request,
+                                    model_inputs=model_inputs)
+    return chunked_sequence_logps(model, input_ids, attention_mask, completion_mask, request, options=options,
+                                  model_inputs=model_inputs)
+
+
+def chunked_sequence_logps(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    request: LogpsRequest = NO_REQUEST,
+    *,
+    options: LogpsOptions = DEFAULT_OPTIONS,
+    model_inputs: dict | None = None,
+) -> SequenceLogps:
+    """`sequence_logps` for a model known to support it (`supports_chunked`): the LM head in chunks."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -256,34 +209,31 @@ def sequence_logps(
         **(model_inputs or {}),
     )
     hidden = out.hidden_states[-1][:, :-1]  # (N, T-1, H); position j-1 scores token j
-    completion, sequence = _scored_positions(attention_mask, completion_mask, sequence_rows)
+    completion, sequence = scored_positions(attention_mask, completion_mask, request.sequence_rows)
     scored = completion | sequence  # (N, T-1)
     rows = scored.nonzero()[:, 0]  # (M,)
-    h = hidden[scored]  # (M, H)
-    targets = input_ids[:, 1:][scored]  # (M,)
-    head = base.get_output_embeddings()
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    size = options.chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
-    stats = chunked_token_stats(head, h, targets, softcap, wpo, size, fused=options.fused_head)
-    weights = None if completion_weights is None else completion_weights[:, 1:][scored]
-    return _reduce(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
-                   getattr(out, "aux_loss", None), weights)
+    stats = head_token_stats(unwrap(model), hidden[scored], input_ids[:, 1:][scored], options, request.wpo)
+    weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
+    return reduce_to_rows(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
+                          getattr(out, "aux_loss", None), weights)
 
 
 def plain_sequence_logps(
-    model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None = None,
-    completion_weights: Tensor | None = None,
-    wpo: bool = False,
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    request: LogpsRequest = NO_REQUEST,
+    *,
     model_inputs: dict | None = None,
 ) -> SequenceLogps:
     """The textbook computation: full (N, T, V) logits, log-softmax, gather."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **(model_inputs or {}))
     logits = out.logits[:, :-1]  # (N, T-1, V)
-    completion, sequence = _scored_positions(attention_mask, completion_mask, sequence_rows)
+    completion, sequence = scored_positions(attention_mask, completion_mask, request.sequence_rows)
     scored = completion | sequence
     rows = scored.nonzero()[:, 0]
-    stats = _token_stats(logits[scored], input_ids[:, 1:][scored], None, wpo)
-    weights = None if completion_weights is None else completion_weights[:, 1:][scored]
-    return _reduce(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
-                   getattr(out, "aux_loss", None), weights)
+    stats = _token_stats(logits[scored], input_ids[:, 1:][scored], None, request.wpo)
+    weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
+    return reduce_to_rows(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
+                          getattr(out, "aux_loss", None), weights)

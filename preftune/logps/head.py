@@ -1,6 +1,6 @@
 """Label log-probs through a plain linear LM head, with a hand-written backward.
 
-`chunked_token_stats` (logps.py) checkpoints each chunk of the head, so autograd
+`chunked_token_stats` (causal.py) checkpoints each chunk of the head, so autograd
 recomputes the chunk's logits *and* its cross-entropy graph in backward and then
 differentiates it. For a plain `nn.Linear` head the gradient is known in closed form:
 

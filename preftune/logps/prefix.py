@@ -34,11 +34,13 @@ Departures from the plain path, and why:
   equal those over the plain (2B, T) batch, so `aux_loss` equals the plain path's.
 - A custom mask disables sdpa's `is_causal` fast path and flash-attention kernels;
   `prefix_sharing_blockers` lists when this path is exact and usable.
+
+Whether it is used for a model is decided once, by `dispatch.choose_logps_path`, which then
+calls `shared_prefix_logps(..., check=False)` every step.
 """
 from __future__ import annotations
 
 import functools
-import logging
 import inspect
 import re
 import sys
@@ -47,14 +49,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from preftune.logps.causal import (DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, _reduce, _scored_positions, chunk_tokens,
-                    chunked_token_stats, supports_chunked, unwrap)
+from preftune.logps.base import (DEFAULT_OPTIONS, NO_REQUEST, LogpsOptions, LogpsRequest, SequenceLogps, reduce_to_rows,
+                                 scored_positions, unwrap)
+from preftune.logps.causal import head_token_stats, supports_chunked
 
-if TYPE_CHECKING:  # logps sits below data/ in the import order; only the batch's fields are used
+if TYPE_CHECKING:  # only the batch's fields are used here
     from preftune.data.collate import PreferenceBatch
 
 Tensor = torch.Tensor
-logger = logging.getLogger(__name__)
 
 SHARED, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segment ids of packed tokens
 _MASK_TENSOR_IMPLS = ("eager", "sdpa")  # attention implementations that take a dense 4D mask as given
@@ -280,28 +282,27 @@ def _moe_aux_loss(base, logits: list[Tensor], layout: SharedPrefixLayout) -> Ten
 def shared_prefix_logps(
     model,
     batch: PreferenceBatch,
+    request: LogpsRequest = NO_REQUEST,
     *,
-    sequence_rows: Tensor | None = None,
     options: LogpsOptions = DEFAULT_OPTIONS,
-    completion_weights: Tensor | None = None,
-    wpo: bool = False,
+    check: bool = True,
 ) -> SequenceLogps:
-    """What `sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, ...)`
+    """What `sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, request)`
     returns — same fields, rows (chosen rows, then rejected rows), values and gradients —
     with each pair's shared prefix run through the model once.
 
-    sequence_rows: (2B,) bool, rows whose whole sequence is also summed;
-    completion_weights: (2B, T) float per-token weights (LD-DPO); wpo: fill `completion_wpo_avg`.
-    Raises ValueError when the model is not supported (check `supports_prefix_sharing` first).
+    request: `LogpsRequest` over the 2B rows (ORPO's NLL rows, LD-DPO weights (2B, T), WPO).
+    check: raise ValueError when the model is not supported (`prefix_sharing_blockers`); False
+    only for a caller that has checked this model already (the dispatcher, once per model).
     """
-    blockers = prefix_sharing_blockers(model)
-    if blockers:
-        raise ValueError(f"Prefix sharing is not available for this model: {'; '.join(blockers)}; "
-                         "use sequence_logps instead.")
+    if check:
+        blockers = prefix_sharing_blockers(model)
+        if blockers:
+            raise ValueError(f"Prefix sharing is not available for this model: {'; '.join(blockers)}; "
+                             "use sequence_logps instead.")
     base = unwrap(model)
     ids = batch.input_ids
     layout = pack_shared_prefix(batch)
-    head = base.get_output_embeddings()
     masks = _attention_masks(base, layout, base.get_input_embeddings().weight.dtype)
     want_aux = bool(getattr(base.config, "output_router_logits", False))
     extra = {"output_router_logits": False} if want_aux else {}
@@ -322,7 +323,7 @@ def shared_prefix_logps(
     aux_loss = _moe_aux_loss(base, capture.logits, layout) if want_aux else None
     hidden = out.hidden_states[-1]  # (B, L, H)
 
-    completion, sequence = _scored_positions(batch.attention_mask, batch.completion_mask, sequence_rows)
+    completion, sequence = scored_positions(batch.attention_mask, batch.completion_mask, request.sequence_rows)
     scored = completion | sequence  # (2B, T-1); position j-1 scores token j
     rows, pos = scored.nonzero().unbind(1)  # (M,) each, in the plain path's order
     targets = ids[:, 1:][scored]  # (M,)
@@ -331,41 +332,7 @@ def shared_prefix_logps(
     span = int(targets.max()) + 1 if targets.numel() else 1
     unique, inverse = torch.unique(source * span + targets, return_inverse=True)  # (U,), (M,)
     h = hidden.reshape(-1, hidden.shape[-1])[unique // span]  # (U, H)
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
-    size = options.chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
-    stats = chunked_token_stats(head, h, unique % span, softcap, wpo, size, fused=options.fused_head)
+    stats = head_token_stats(base, h, unique % span, options, request.wpo)
     stats = tuple(s[inverse] for s in stats)  # (M,) each: back to one entry per (row, token)
-    weights = None if completion_weights is None else completion_weights[:, 1:][scored]
-    return _reduce(stats, rows, completion[scored], sequence[scored], ids.shape[0], aux_loss, weights)
-
-
-# ------------------------------------------------------------------ dispatch
-
-_REPORTED: set[int] = set()
-
-
-def batch_logps(
-    model,
-    batch: PreferenceBatch,
-    *,
-    options: LogpsOptions = DEFAULT_OPTIONS,
-    sequence_rows: Tensor | None = None,
-    completion_weights: Tensor | None = None,
-    wpo: bool = False,
-) -> SequenceLogps:
-    """Per-row log-probs of a decoder-only batch: with shared prefixes where that is exact
-    (`options.prefix_sharing`, which needs `options.chunked`), else `sequence_logps`.
-    """
-    from preftune.logps.causal import sequence_logps
-
-    if options.prefix_sharing and options.chunked:
-        blockers = prefix_sharing_blockers(model)
-        if not blockers:
-            return shared_prefix_logps(model, batch, sequence_rows=sequence_rows, options=options,
-                                       completion_weights=completion_weights, wpo=wpo)
-        if id(unwrap(model)) not in _REPORTED:  # say once per model why the plain path is used
-            _REPORTED.add(id(unwrap(model)))
-            logger.info("prefix sharing off for %s: %s", type(unwrap(model)).__name__, "; ".join(blockers))
-    return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                          sequence_rows=sequence_rows, options=options, completion_weights=completion_weights, wpo=wpo)
+    weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
+    return reduce_to_rows(stats, rows, completion[scored], sequence[scored], ids.shape[0], aux_loss, weights)

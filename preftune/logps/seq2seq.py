@@ -22,40 +22,31 @@ tied-embedding rescaling and BART's ``final_logits_bias`` included). For the T5 
 BART families (`CHUNKED_FAMILIES`) the full (2B, Tc, V) logits are never formed: a
 pre-hook on the LM head keeps the decoder states the head is given (after T5's
 rescaling) and hands the head a zero-length slice instead, and the scored states go
-through `logps.chunked_token_stats` (chunks, the closed-form head backward) with
+through `causal.chunked_token_stats` (chunks, the closed-form head backward) with
 BART's ``final_logits_bias`` added to each chunk. Other encoder-decoder families, or
 ``logps_chunked=False``, use the model's own logits. Prefix sharing does not apply.
 
-`SequenceLogps` is filled as the decoder-only path fills it: `sequence_logps` (the
-ORPO NLL) sums the same decoder tokens as `completion_logps` for the rows asked for,
-since the prompt is not predicted by an encoder-decoder model (as TRL); LD-DPO
+`SequenceLogps` is filled as the decoder-only path fills it, by the same `base.reduce_to_rows`:
+`sequence_logps` (the ORPO NLL) sums the same decoder tokens as `completion_logps` for the rows
+asked for, since the prompt is not predicted by an encoder-decoder model (as TRL); LD-DPO
 weights and WPO's statistic are supported; `aux_loss` is None.
 
-`preference_batch_logps` is what the trainer, the reference providers and the
-precompute pass call: a `Seq2SeqBatch` goes here, a `VisionPreferenceBatch` (a
-vision-language model's batch with images) to `logps.sequence_logps` with its image
-inputs passed to the model (chunked LM head, no prefix sharing), a `PreferenceBatch`
-to `prefix.batch_logps`.
+Departure: without WPO, `completion_wpo_avg` is the mean completion log-prob, as on the
+decoder-only path (it was zeros before the reduction was shared); no objective reads it then.
+
+Which batches come here is decided once per model by `dispatch.choose_logps_path`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from preftune.data.collate import PreferenceBatch, Seq2SeqBatch, VisionPreferenceBatch
-from preftune.logps.causal import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps, chunk_tokens, chunked_token_stats, unwrap
+from preftune.data.collate import Seq2SeqBatch
+from preftune.logps.base import (DEFAULT_OPTIONS, NO_REQUEST, LogpsOptions, LogpsRequest, SequenceLogps, reduce_to_rows,
+                                 unwrap)
+from preftune.logps.causal import chunk_tokens, chunked_token_stats
 
 Tensor = torch.Tensor
-
-
-def is_vision_model(model) -> bool:
-    """True for a vision-language model (its config has a ``vision_config``: LLaVA and kin), wrappers included."""
-    return getattr(getattr(unwrap(model), "config", None), "vision_config", None) is not None
-
-
-def is_encoder_decoder_model(model) -> bool:
-    """True for a T5/BART-style model (its config says ``is_encoder_decoder``), wrappers included."""
-    return bool(getattr(getattr(unwrap(model), "config", None), "is_encoder_decoder", False))
 
 
 def shift_right(labels: Tensor, decoder_start_token_id: int, pad_token_id: int) -> Tensor:
@@ -126,7 +117,8 @@ class _HeadInput:
         self.handle.remove()
 
 
-def _chunkable(base) -> bool:
+def chunkable(base) -> bool:
+    """Whether this model's LM head can run in chunks here (its family is in `CHUNKED_FAMILIES`)."""
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     return getattr(base.config, "model_type", None) in CHUNKED_FAMILIES and head is not None
 
@@ -134,7 +126,7 @@ def _chunkable(base) -> bool:
 def _check_supported(model, base) -> None:
     if not getattr(getattr(base, "config", None), "is_encoder_decoder", False):
         raise ValueError(f"{type(base).__name__} is not an encoder-decoder model; collate with PreferenceCollator "
-                         "and use preftune.logps.prefix.batch_logps.")
+                         "(preftune.logps.choose_logps_path picks the path for a model).")
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
         raise ValueError("prompt-learning PEFT adapters (prompt/prefix tuning) are not supported for encoder-decoder "
@@ -144,19 +136,16 @@ def _check_supported(model, base) -> None:
 def encoder_decoder_logps(
     model,
     batch: Seq2SeqBatch,
+    request: LogpsRequest = NO_REQUEST,
     *,
-    sequence_rows: Tensor | None = None,
-    completion_weights: Tensor | None = None,
-    wpo: bool = False,
     options: LogpsOptions = DEFAULT_OPTIONS,
 ) -> SequenceLogps:
     """Sums over the completion tokens of each of the 2B decoder rows (chosen rows first).
 
-    sequence_rows: (2B,) bool, rows whose `sequence_logps` is filled (ORPO's NLL: the
-    decoder targets, the same tokens as the completion); completion_weights: (2B, Tc)
-    float per-token weights (LD-DPO) for `weighted_completion_logps`; wpo: fill
-    `completion_wpo_avg`; options: `chunked`, `chunk_size` and `fused_head` apply to the
-    families in `CHUNKED_FAMILIES`.
+    request: `sequence_rows` (2B,) are the rows whose `sequence_logps` is filled (ORPO's NLL: the
+    decoder targets, the same tokens as the completion); `completion_weights` (2B, Tc) per-token
+    weights (LD-DPO) for `weighted_completion_logps`; `wpo` fills `completion_wpo_avg`.
+    options: `chunked`, `chunk_size` and `fused_head` apply to the families in `CHUNKED_FAMILIES`.
     """
     base = unwrap(model)
     _check_supported(model, base)
@@ -167,7 +156,7 @@ def encoder_decoder_logps(
         raise ValueError(f"{type(base).__name__}.get_decoder() returns the model itself; its decoder stack cannot be found.")
     share = _ShareEncoderOutput(decoder, n)
     head = base.get_output_embeddings()
-    capture = _HeadInput(head) if options.chunked and _chunkable(base) else None
+    capture = _HeadInput(head) if options.chunked and chunkable(base) else None
     try:
         out = model(
             input_ids=batch.prompt_input_ids,
@@ -194,67 +183,22 @@ def encoder_decoder_logps(
         bias_name = CHUNKED_FAMILIES[base.config.model_type]
         bias = getattr(base, bias_name).reshape(-1) if bias_name else None
         size = options.chunk_size or chunk_tokens(head.weight.shape[0], h.shape[-1], h.device)
-        token_logps, mean_logit, log_sq_sum = chunked_token_stats(head, h, y, None, wpo, size,
-                                                                  fused=options.fused_head, logits_bias=bias)
+        stats = chunked_token_stats(head, h, y, None, request.wpo, size, fused=options.fused_head, logits_bias=bias)
     else:
         logits = out.logits[mask].float()  # (M, V): the scored positions only
         token_logps = -F.cross_entropy(logits, y, reduction="none")  # = logit(y) − logsumexp
         with torch.no_grad():
-            mean_logit = logits.mean(-1)
-            if wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse
+            log_sq_sum = torch.zeros_like(token_logps)
+            if request.wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse
                 lse = logits.gather(-1, y[:, None]).squeeze(-1) - token_logps
                 log_sq_sum = torch.logsumexp(2 * logits, -1) - 2 * lse
+            stats = (token_logps, logits.mean(-1), log_sq_sum)
 
-    zeros = token_logps.new_zeros(n)
-    completion = zeros.index_add(0, rows, token_logps)
-    count = zeros.detach().index_add(0, rows, torch.ones_like(token_logps).detach())
-    if sequence_rows is None:
-        seq_rows = torch.zeros(n, dtype=torch.bool, device=completion.device)
+    # Every scored decoder token is a completion token; the rows asked for sum the same tokens again
+    # as their whole sequence (the prompt is the encoder's input, not predicted).
+    if request.sequence_rows is None:
+        in_sequence = torch.zeros_like(y, dtype=torch.bool)
     else:
-        seq_rows = sequence_rows.to(device=completion.device, dtype=torch.bool)
-    return SequenceLogps(
-        completion_logps=completion,
-        completion_tokens=count,
-        sequence_logps=torch.where(seq_rows, completion, zeros),
-        sequence_tokens=torch.where(seq_rows, count, zeros.detach()),
-        completion_logits_sum=zeros.detach().index_add(0, rows, mean_logit),
-        aux_loss=None,
-        completion_wpo_avg=(zeros.detach().index_add(0, rows, token_logps.detach() - log_sq_sum) / count.clamp(min=1)
-                            if wpo else zeros.detach()),
-        weighted_completion_logps=(None if completion_weights is None
-                                   else zeros.index_add(0, rows, token_logps * completion_weights[mask].to(token_logps.dtype))),
-    )
-
-
-def preference_batch_logps(
-    model,
-    batch: PreferenceBatch | Seq2SeqBatch,
-    *,
-    options: LogpsOptions = DEFAULT_OPTIONS,
-    sequence_rows: Tensor | None = None,
-    completion_weights: Tensor | None = None,
-    wpo: bool = False,
-) -> SequenceLogps:
-    """Per-row log-probs of a collated batch, whichever kind of model it was collated for.
-
-    A `Seq2SeqBatch` goes to `encoder_decoder_logps` (the chunked head for the T5 and BART
-    families; prefix sharing does not apply); a `VisionPreferenceBatch` to `sequence_logps`
-    with its image inputs (no prefix sharing); a `PreferenceBatch` to `prefix.batch_logps`.
-    """
-    if isinstance(batch, Seq2SeqBatch):
-        return encoder_decoder_logps(model, batch, sequence_rows=sequence_rows,
-                                     completion_weights=completion_weights, wpo=wpo, options=options)
-    if isinstance(batch, VisionPreferenceBatch):  # image features enter the prompt: no prefix sharing
-        from preftune.logps.causal import sequence_logps
-
-        return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                              sequence_rows=sequence_rows, options=options,
-                              completion_weights=completion_weights, wpo=wpo, model_inputs=dict(batch.vision_inputs))
-    if is_encoder_decoder_model(model):
-        raise ValueError(f"{type(unwrap(model)).__name__} is an encoder-decoder model but the batch was collated for a "
-                         "decoder-only one; collate with EncoderDecoderCollator (the trainers do when the model's "
-                         "config has is_encoder_decoder).")
-    from preftune.logps.prefix import batch_logps
-
-    return batch_logps(model, batch, options=options, sequence_rows=sequence_rows,
-                       completion_weights=completion_weights, wpo=wpo)
+        in_sequence = request.sequence_rows.to(device=y.device, dtype=torch.bool)[rows]
+    weights = None if request.completion_weights is None else request.completion_weights[mask]
+    return reduce_to_rows(stats, rows, torch.ones_like(y, dtype=torch.bool), in_sequence, n, None, weights)

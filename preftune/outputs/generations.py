@@ -36,7 +36,7 @@ def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens
     A decoder-only model returns prompt + answer (the answer follows the prompt's ids); an
     encoder-decoder model returns only the decoder's tokens, all of them the answer."""
     from preftune.apps.generate import answer_ids
-    from preftune.logps.causal import unwrap
+    from preftune.logps import unwrap
 
     model = unwrap(model)
     was_training = model.training

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from preftune.logps.causal import SequenceLogps
+from preftune.logps import LogpsRequest, SequenceLogps
 from preftune.losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss
 
 Tensor = torch.Tensor
@@ -43,8 +43,19 @@ def _logits_metrics(policy: SequenceLogps) -> dict[str, Tensor]:
     return {"logits/chosen": chosen, "logits/rejected": rejected}
 
 
+class _AsksForLogps:
+    """What an objective asks of the log-prob path beyond the completion log-probs: its
+    `sequence_rows`, `token_weights` and `use_weighting`, in one request."""
+
+    def logps_request(self, completion_mask: Tensor) -> LogpsRequest:
+        """completion_mask: (N, T) of the batch (N = 2B rows, chosen first)."""
+        return LogpsRequest(sequence_rows=self.sequence_rows(completion_mask.shape[0], completion_mask.device),
+                            completion_weights=self.token_weights(completion_mask),  # LD-DPO: the policy only, as TRL
+                            wpo=self.use_weighting)
+
+
 @dataclass(frozen=True)
-class ORPOObjective:
+class ORPOObjective(_AsksForLogps):
     beta: float
     nll_completion_only: bool = False
     needs_reference = False
@@ -107,7 +118,7 @@ def ld_token_weights(completion_mask: Tensor, alpha: float) -> Tensor:
 
 
 @dataclass(frozen=True)
-class DPOObjective:
+class DPOObjective(_AsksForLogps):
     """The DPO family: weighted loss_type terms, then the WPO / RPO modifiers."""
 
     loss_fns: tuple[DPOLossFn, ...]

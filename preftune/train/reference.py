@@ -8,34 +8,39 @@ Chosen once, when the trainer is built (`reference_for`), never re-decided per s
 - `PrecomputedReference`: log-probs computed once before training (see
   `preftune.train.precompute`) and carried in the batch; no reference model in memory.
 ORPO and reference-free DPO use no provider (None).
+
+A provider that runs a model computes with a log-prob path chosen once for that model
+(`preftune.logps.choose_logps_path`, at its first call: the reference model may not be built
+like the policy, and accelerate may wrap it after the trainer is built).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from preftune.data.collate import PreferenceBatch
 from preftune.errors import ConfigError
-from preftune.logps.causal import DEFAULT_OPTIONS, LogpsOptions, SequenceLogps
-from preftune.logps.seq2seq import preference_batch_logps
+from preftune.logps import LogpsOptions, LogpsPath, SequenceLogps, choose_logps_path, unwrap
 
-
-def _unwrap_ddp(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class _Chunking:
-    options: LogpsOptions = DEFAULT_OPTIONS
+    options: LogpsOptions = field(default_factory=LogpsOptions)
+    # Chosen at the first call, for the model this provider runs (which may not be the policy), then kept.
+    path: LogpsPath | None = field(default=None, repr=False)
 
     def run(self, model, batch: PreferenceBatch) -> SequenceLogps:
+        if self.path is None:
+            self.path = choose_logps_path(model, self.options)
+            logger.info("reference %s", self.path.description)
         with torch.no_grad():
-            return preference_batch_logps(model, batch, options=self.options)
+            return self.path(model, batch)
 
 
 @dataclass
@@ -62,7 +67,7 @@ class AdapterDisabledReference(_Chunking):
 
     @contextlib.contextmanager
     def as_model(self, policy_model):
-        with _unwrap_ddp(policy_model).disable_adapter():
+        with unwrap(policy_model, keep_peft=True).disable_adapter():
             yield policy_model
 
 
@@ -78,7 +83,7 @@ class AdapterSwitchReference(_Chunking):
 
     @contextlib.contextmanager
     def as_model(self, policy_model):
-        peft_model = _unwrap_ddp(policy_model)
+        peft_model = unwrap(policy_model, keep_peft=True)
         peft_model.set_adapter(self.ref_adapter_name)
         try:
             yield policy_model

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import TrainerCallback
 
-from preftune.logps.causal import unwrap
+from preftune.logps import unwrap
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 `compute_loss` reads top to bottom: batch -> policy log-probs -> reference log-probs
 -> objective (loss + metrics). Everything that depends on flags — the objective, the
-reference provider, the data pipeline — is resolved once in `__init__`.
+reference provider, the log-prob path, the data pipeline — is resolved once in `__init__`.
 
 Each family owns its wiring in its own module: `preftune.train.orpo.ORPOTrainer`,
 `preftune.train.dpo.DPOTrainer` (reference provider, precomputed references, TR-DPO
@@ -41,8 +41,7 @@ from preftune.data.prepare import LENGTH_SAMPLERS, PrepareReport, prepare_datase
 from preftune.errors import ConfigError
 from preftune.outputs.generations import log_eval_generations
 from preftune.train.guard import NonFiniteGuard
-from preftune.logps.causal import LogpsOptions
-from preftune.logps.seq2seq import is_encoder_decoder_model, is_vision_model, preference_batch_logps
+from preftune.logps import LogpsOptions, choose_logps_path, is_encoder_decoder_model, is_vision_model, unwrap
 from preftune.models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
                      load_tokenizer, text_tokenizer)
 from preftune.train.objectives import objective_from_config
@@ -147,6 +146,8 @@ class PreferenceTrainer(Trainer):
         )
         # Our loss is a mean over pairs: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
+        self.logps_path = choose_logps_path(self.model, self.logps_options)  # once: a fixed property of the model
+        logger.info(self.logps_path.description)
         self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
         self.base_model_name = _base_model_name(self.model)
         self.dataset_names = dataset_names  # named in the model card
@@ -217,13 +218,8 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = batch_from_inputs(inputs)  # PreferenceBatch, or Seq2SeqBatch for encoder-decoder models
-        n_rows = 2 * batch.batch_size
-        weights = self.objective.token_weights(batch.completion_mask)  # LD-DPO (policy only, as TRL), else None
-        policy = preference_batch_logps(
-            model, batch, options=self.logps_options,
-            sequence_rows=self.objective.sequence_rows(n_rows, batch.completion_mask.device),
-            completion_weights=weights, wpo=self.objective.use_weighting,
-        )
+        request = self.objective.logps_request(batch.completion_mask)  # ORPO's NLL rows, LD-DPO weights, WPO
+        policy = self.logps_path(model, batch, request)
         ref = self.reference.logps(model, batch) if self.reference is not None else None
         out = self.objective(policy, ref)
         loss = out.loss
@@ -237,8 +233,6 @@ class PreferenceTrainer(Trainer):
         return (loss, metrics) if return_outputs else loss
 
     def _router_aux_loss_coef(self, model) -> float:
-        from preftune.logps.causal import unwrap
-
         return float(getattr(unwrap(model).config, "router_aux_loss_coef", 0.001))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
