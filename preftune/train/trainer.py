@@ -180,8 +180,9 @@ class PreferenceTrainer(Trainer):
         return prepared
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first."""
-        if eval_dataset is not None and not isinstance(eval_dataset, dict):
+        """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first (a name is one of the named
+        eval sets, prepared when the trainer was built: Trainer evaluates a dict of them by name)."""
+        if eval_dataset is not None and not isinstance(eval_dataset, (dict, str)):
             pc = self.processing_class
             eval_dataset = self._prepare(eval_dataset, pc if is_vision_processor(pc) else text_tokenizer(pc), self.args, "eval")
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
