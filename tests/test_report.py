@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from preftune.outputs import card as model_card_module
-from preftune.outputs import report
+from preftune.outputs import redact, report
 from preftune.outputs.card import model_card, write_model_card
 from preftune.outputs.report import (
     final_metrics,
@@ -255,8 +255,8 @@ def test_tokens_never_reach_the_card():
                  hub_model_id="me/my-model")
     text = card(config_dict=cfg)
     assert secret not in text
-    assert model_card_module.redact_config(cfg)["model_init_kwargs"] == {"revision": "main"}
-    assert "hub_token" not in model_card_module.redact_config(cfg)
+    assert redact.redact_config(cfg)["model_init_kwargs"] == {"revision": "main"}
+    assert "hub_token" not in redact.redact_config(cfg)
     # the hub id is what the snippet loads; preftune chat needs the local folder
     assert "from_pretrained(\"me/my-model\")" in text
     assert "hf download me/my-model --local-dir outputs/my-run" in text
@@ -277,7 +277,7 @@ def test_no_absolute_path_reaches_the_card():
     assert "/home/someone" not in text
     assert "A fine-tuned version of `tiny-llama`" in text and "`prefs.jsonl`" in text and "org/set" in text
     assert 'from_pretrained("my-run")' in text
-    shared = model_card_module.shareable_config(cfg)
+    shared = redact.shareable_config(cfg)
     assert shared["output_dir"] == "my-run" and shared["model_init_kwargs"] == {"cache_dir": "hf"}
     assert shared["learning_rate"] == cfg["learning_rate"] and "hub_token" not in shared
 
@@ -314,6 +314,114 @@ def test_run_report_removes_a_stale_png_when_there_is_nothing_to_plot(tmp_path):
     assert set(written) == {"metrics", "model_card"}
     assert not (tmp_path / "training_curves.png").exists()
     assert "training_curves.png" not in (tmp_path / "README.md").read_text()
+
+
+# --------------------------------------------------------------- model kinds
+
+
+def test_model_kind_is_read_from_the_config():
+    from transformers import LlamaConfig, LlavaConfig, T5Config
+
+    from preftune.outputs.loading import model_kind
+
+    assert model_kind(LlamaConfig()) == "causal"
+    assert model_kind(T5Config()) == "seq2seq"
+    assert model_kind(LlavaConfig()) == "vision"
+    with pytest.raises(ValueError, match="causal, seq2seq, vision"):
+        card(model_kind="audio")
+
+
+@pytest.mark.parametrize("kind,auto,peft,tag", [
+    ("causal", "AutoModelForCausalLM", "AutoPeftModelForCausalLM", "text-generation"),
+    ("seq2seq", "AutoModelForSeq2SeqLM", "AutoPeftModelForSeq2SeqLM", "text2text-generation"),
+    ("vision", "AutoModelForImageTextToText", "PeftModel", "image-text-to-text"),
+])
+def test_card_loads_each_kind_of_model_with_its_own_classes(kind, auto, peft, tag):
+    others = {"AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForImageTextToText"} - {auto}
+    full = card(model_kind=kind)
+    assert front_matter(full)["pipeline_tag"] == tag
+    assert f"from transformers import {auto}, " in full and f"model = {auto}.from_pretrained(\"outputs/my-run\")" in full
+    assert not any(o in full for o in others) and "peft" not in full.split("## Training data")[0].lower()
+    adapter = card(model_kind=kind, adapter=True, trainer_name="DPOTrainer", config_dict=config(trainer="DPOTrainer"))
+    assert front_matter(adapter)["pipeline_tag"] == tag and front_matter(adapter)["library_name"] == "peft"
+    assert f"{peft}.from_pretrained(" in adapter and not any(o in adapter for o in others)
+    assert "merge_and_unload()" in adapter
+    if kind == "vision":  # a processor, an image in the message; preftune chat/merge are text-only
+        assert "AutoProcessor.from_pretrained(\"outputs/my-run\")" in full and '"type": "image"' in full
+        assert f"{auto}.from_pretrained(PeftConfig.from_pretrained(\"outputs/my-run\").base_model_name_or_path)" in adapter
+        assert "preftune chat" not in full and "preftune merge" not in adapter
+        assert "AutoTokenizer" not in full + adapter
+    else:
+        assert "AutoTokenizer.from_pretrained(\"outputs/my-run\")" in full and "preftune chat outputs/my-run" in full
+        assert "preftune merge --adapter outputs/my-run" in adapter
+    if kind == "seq2seq":  # the decoder's output is all answer: nothing sliced off
+        assert "tokenizer.decode(output[0], skip_special_tokens=True)" in full
+    described = card(model_kind=kind, base_model=None)
+    assert {"causal": "a causal language model", "seq2seq": "an encoder-decoder (sequence-to-sequence) language model",
+            "vision": "a vision-language model"}[kind] in described
+
+
+def run_snippet(text, folder):
+    cwd = os.getcwd()
+    os.chdir(folder)  # the card names the (absolute) output folder by its name only
+    try:
+        exec(python_snippet(text), {})
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_seq2seq_card_snippet_loads_and_answers(arch, tmp_path):
+    """A tiny T5/BART trained one step by the trainer: its card says seq2seq, and its snippet (full model and
+    LoRA adapter) loads the saved folder and generates."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from preftune import DPOConfig, DPOTrainer
+
+    from .data.tiny_tokenizers import build
+    from .tiny import tiny_seq2seq_lm
+
+    base = tmp_path / "base"
+    tiny_seq2seq_lm(arch).save_pretrained(str(base))
+    tok = build(arch)
+    tok.save_pretrained(str(base))
+    rows = [{"prompt": "Q: a b", "chosen": "yes fine thanks", "rejected": "no bad"}] * 4
+    for adapter in (False, True):
+        out = tmp_path / ("lora" if adapter else "full")
+        args = DPOConfig(output_dir=str(out), max_steps=1, per_device_train_batch_size=4, save_strategy="no",
+                         report_to="none", use_cpu=True)
+        lora = LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="SEQ_2_SEQ_LM") if adapter else None
+        trainer = DPOTrainer(model=str(base), args=args, processing_class=tok, train_dataset=Dataset.from_list(rows),
+                             peft_config=lora)
+        trainer.train()
+        trainer.save_model()
+        text = (out / "README.md").read_text()
+        assert front_matter(text)["pipeline_tag"] == "text2text-generation"
+        assert ("AutoPeftModelForSeq2SeqLM" if adapter else "AutoModelForSeq2SeqLM.from_pretrained(\"full\")") in text
+        run_snippet(text, tmp_path)
+
+
+def test_vision_card_snippet_loads_and_answers(tmp_path):
+    """The vision snippet (full model, and a LoRA adapter on it) on a tiny saved LLaVA and a local picture."""
+    import numpy as np
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+
+    from .test_vlm import build_model, build_processor
+
+    processor = build_processor()
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    build_model(len(processor.tokenizer), image_token).save_pretrained(str(tmp_path / "vlm"))
+    processor.save_pretrained(str(tmp_path / "vlm"))
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "picture.jpg")
+    run_snippet(card(model_kind="vision", config_dict=config(output_dir="vlm")), tmp_path)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")  # as the CLI's
+    model = get_peft_model(build_model(len(processor.tokenizer), image_token, seed=1), lora)
+    model.peft_config["default"].base_model_name_or_path = str(tmp_path / "vlm")
+    model.save_pretrained(str(tmp_path / "vlm-lora"))
+    processor.save_pretrained(str(tmp_path / "vlm-lora"))
+    run_snippet(card(model_kind="vision", adapter=True, config_dict=config(output_dir="vlm-lora")), tmp_path)
 
 
 # --------------------------------------------------------- real training run

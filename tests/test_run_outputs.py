@@ -182,6 +182,24 @@ def test_wandb_offline_run_gets_metrics_and_generations(tmp_path, monkeypatch):
     assert [row[table.columns.index("policy")] for row in table.data] == [r["policy"] for r in rows]
 
 
+def test_named_eval_sets_are_logged_and_read_back_by_the_same_prefix_rule(tmp_path):
+    """The trainer's log and the report's history share one eval-prefix rule: each named set's metrics land
+    under eval_NAME_, and the report reads them back as that set's column."""
+    from preftune.outputs.history import final_metrics
+
+    model, tok = tiny()
+    args = ORPOConfig(output_dir=str(tmp_path), max_steps=2, logging_steps=1, eval_strategy="steps", eval_steps=2,
+                      per_device_train_batch_size=4, save_strategy="no", report_to="none")
+    trainer = ORPOTrainer(model=model, args=args, processing_class=tok, train_dataset=pairs(n=8),
+                          eval_dataset={"a": pairs("test", 4), "b": pairs("test", 8)})
+    trainer.train()
+    for name in ("a", "b"):
+        (entry,) = [e for e in trainer.state.log_history if f"eval_{name}_loss" in e]
+        assert {f"eval_{name}_rewards/accuracies", f"eval_{name}_nll_loss"} <= set(entry)
+        assert final_metrics(trainer.state.log_history)[f"eval ({name})"]["loss"] == entry[f"eval_{name}_loss"]
+    assert not any(k.startswith("eval") for e in trainer.state.log_history if "grad_norm" in e for k in e)
+
+
 def test_missing_tracker_package_is_a_config_error(monkeypatch):
     import importlib.util
 

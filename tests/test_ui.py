@@ -16,7 +16,8 @@ from preftune import cli
 
 from preftune.apps import ui
 from preftune.assets import tiny_dataset_files, tiny_model_path
-from preftune.errors import ConfigError
+from preftune.errors import ConfigError, UserError
+from preftune.apps.chat import drop_oldest_turn
 from preftune.apps.generate import generate_answers
 
 MAX_NEW = 32
@@ -72,7 +73,11 @@ def test_a_conversation_too_long_for_the_context_drops_its_oldest_turns(monkeypa
     fits = len(tok.apply_chat_template(history[:1] + last, add_generation_prompt=True)["input_ids"]) + MAX_NEW
     monkeypatch.setattr(model.config, "max_position_embeddings", fits)  # room for the system message and the last turn only
     assert ui.answer(model, tok, history + last, MAX_NEW) == expected
-    assert ui._drop_oldest_turn(history + last) == history[:1] + history[3:] + last
+    assert drop_oldest_turn(history + last) == history[:1] + history[3:] + last
+    # chat's rule, one for both: a last message that cannot fit even alone is refused in words, not cut
+    monkeypatch.setattr(model.config, "max_position_embeddings", fits - 1)
+    with pytest.raises(UserError, match="shorten it or lower --max_new_tokens"):
+        ui.answer(model, tok, history + last, MAX_NEW)
 
 
 # ------------------------------------------------------------------ command line

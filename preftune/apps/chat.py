@@ -5,8 +5,10 @@ trained on: every turn renders the whole conversation so far through the tokeniz
 chat template (the one saved with the run), so the model sees its own earlier answers
 exactly as it would in a chat application. Answers stream word by word.
 
-`ChatSession` holds the conversation and does one turn per `send`; it knows nothing
-about terminals, so tests and notebooks use it directly. `run_chat` is the terminal
+`ChatSession` holds the conversation and does one turn per `send` (`reply` answers a
+conversation without keeping it: `preftune ui` runs one session per column); it knows
+nothing about terminals, so tests and notebooks use it directly. Answers come from
+`preftune.apps.generate`, the one generation path. `run_chat` is the terminal
 loop around it (prompt, commands, Ctrl-C); `main` parses the flags and loads the model.
 
 Decoding is greedy unless sampling is asked for (``--do_sample`` or ``--temperature``
@@ -17,11 +19,11 @@ context, the oldest turns are dropped (and a note says so) instead of failing mi
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 from dataclasses import dataclass
 
+from preftune.apps.generate import GenerationSettings, chat_prompt_ids, generate_answer
 from preftune.errors import ConfigError, UserError
 
 PROMPT = "you> "
@@ -32,69 +34,7 @@ COMMANDS = """commands:
   /exit    leave (also /quit, Ctrl-D; Ctrl-C stops an answer, or leaves at the prompt)"""
 
 
-# ------------------------------------------------------------------- generation
-
-
-@dataclass
-class GenerationSettings:
-    """How each answer is decoded. `temperature` / `top_p` / `top_k` only act when sampling."""
-
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-
-    def __post_init__(self):
-        """Reject values generate() would reject later, mid-conversation, with a traceback."""
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max_new_tokens must be at least 1, not {self.max_new_tokens}.")
-        if self.temperature is not None and self.temperature < 0:
-            raise ConfigError(f"--temperature must be 0 (greedy) or more, not {self.temperature}.")
-        if self.do_sample and self.temperature == 0:
-            raise ConfigError("--temperature 0 means greedy decoding, which contradicts --do_sample; drop one of them.")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top_p must be in (0, 1], not {self.top_p}.")
-        if self.top_k is not None and self.top_k < 0:
-            raise ConfigError(f"--top_k must be 0 (off) or more, not {self.top_k}.")
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise ConfigError(f"--repetition_penalty must be above 0 (1 means none), not {self.repetition_penalty}.")
-
-    def generation_config(self, model, tokenizer):
-        """The model's own generation config with these settings on top.
-
-        Starting from the model's config keeps what its authors set (e.g. extra stop
-        tokens); the sampling knobs are cleared in greedy mode so transformers does not
-        warn that they are unused. The tokenizer's EOS is always a stop token: a run that
-        switched the chat format (setup_chat_format) changed the EOS in the tokenizer,
-        while an adapter folder keeps the base model's old generation config.
-        """
-        from transformers import GenerationConfig
-
-        config = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())
-        config.max_new_tokens = self.max_new_tokens
-        config.max_length = None
-        config.do_sample = self.do_sample
-        if self.do_sample:
-            for name in ("temperature", "top_p", "top_k"):
-                if getattr(self, name) is not None:
-                    setattr(config, name, getattr(self, name))
-        else:
-            config.temperature = config.top_p = config.top_k = None
-        if self.repetition_penalty is not None:
-            config.repetition_penalty = self.repetition_penalty
-        config.eos_token_id = _stop_ids(config.eos_token_id, tokenizer.eos_token_id)
-        if tokenizer.pad_token_id is not None:
-            config.pad_token_id = tokenizer.pad_token_id
-        return config
-
-
-def _stop_ids(configured, tokenizer_eos) -> list[int]:
-    ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-    if tokenizer_eos is not None and tokenizer_eos not in ids:
-        ids.append(tokenizer_eos)
-    return ids
+# ------------------------------------------------------------- context, streaming
 
 
 def context_limit(model, tokenizer) -> int | None:
@@ -186,17 +126,17 @@ class ChatSession:
         messages = list(self.messages if messages is None else messages)
         if text is not None:
             messages.append({"role": "user", "content": text})
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
-        return list(encoded["input_ids"])
+        return chat_prompt_ids(self.tokenizer, messages)
 
-    def _fit(self, text: str) -> tuple[list[dict], list[int], int]:
-        """The conversation with `text` added, oldest turns dropped until prompt + answer fit the context."""
-        messages = self.messages + [{"role": "user", "content": text}]
+    def fit(self, messages: list[dict]) -> tuple[list[dict], list[int], int]:
+        """`messages` (ending with the new user message), the oldest turns dropped (`drop_oldest_turn`) until
+        prompt + answer fit the context: (messages kept, their prompt ids, turns dropped). A UserError when
+        even the last message alone does not fit."""
         ids = self.prompt_ids(messages=messages)
         dropped = 0
         room = None if self.max_context is None else self.max_context - self.settings.max_new_tokens
         while room is not None and len(ids) > room:
-            shorter = _drop_oldest_turn(messages)
+            shorter = drop_oldest_turn(messages)
             if shorter is None:
                 raise UserError(f"the message is {len(ids)} tokens with its template, more than the {room} the model's "
                                 f"{self.max_context}-token context leaves after --max_new_tokens "
@@ -205,6 +145,15 @@ class ChatSession:
             ids = self.prompt_ids(messages=messages)
         return messages, ids, dropped
 
+    def reply(self, messages: list[dict], stream=None, prefix: str = "") -> Reply:
+        """The model's answer to a conversation ending with a user message, fitted to the context as `fit`
+        does; the session's own history is left alone (`send` keeps it). With `stream`, `prefix` and then
+        the answer are written to it as they are generated."""
+        kept, ids, dropped = self.fit(list(messages))
+        streamer = _echo_streamer(self.tokenizer, stream, prefix) if stream is not None else None
+        answer = generate_answer(self.model, self.tokenizer, ids, self.settings, streamer=streamer)
+        return Reply(answer, kept + [{"role": "assistant", "content": answer}], dropped)
+
     def send(self, text: str, stream=None, prefix: str = "") -> str:
         """One turn: the model's answer to `text`, given the conversation so far.
 
@@ -212,27 +161,27 @@ class ChatSession:
         written to it as they are generated. The turn joins the history only once the
         answer is complete, so an interrupted answer (Ctrl-C) leaves the history as it was.
         """
-        import torch
-
-        messages, ids, dropped = self._fit(text)
-        input_ids = torch.tensor([ids], device=self.model.device)
-        streamer = _echo_streamer(self.tokenizer, stream, prefix) if stream is not None else None
-        with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                      generation_config=self.settings.generation_config(self.model, self.tokenizer),
-                                      streamer=streamer)
-        from preftune.apps.generate import answer_ids
-
-        answer = self.tokenizer.decode(answer_ids(self.model, out[0], len(ids)), skip_special_tokens=True).strip()
-        self.messages = messages + [{"role": "assistant", "content": answer}]
-        self.dropped_turns = dropped
-        return answer
+        reply = self.reply(self.messages + [{"role": "user", "content": text}], stream=stream, prefix=prefix)
+        self.messages = reply.messages
+        self.dropped_turns = reply.dropped_turns
+        return reply.text
 
 
-def _drop_oldest_turn(messages: list[dict]) -> list[dict] | None:
+@dataclass
+class Reply:
+    """An answer (`text`), the conversation it ends (`messages`, oldest turns dropped to fit, the answer last),
+    and how many turns were dropped (`dropped_turns`)."""
+
+    text: str
+    messages: list[dict]
+    dropped_turns: int
+
+
+def drop_oldest_turn(messages: list[dict]) -> list[dict] | None:
     """`messages` without its oldest user turn and the answers to it; None when only the last message is left.
 
-    System messages stay: they set up the whole conversation.
+    System messages stay: they set up the whole conversation. The one rule of `preftune chat` and
+    `preftune ui` for a conversation grown past the model's context.
     """
     first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
     if first is None or first == len(messages) - 1:

@@ -1,7 +1,9 @@
 """`preftune ui PATH`: a local web page to chat with a trained model and, side by side,
 the model it started from, so the effect of preference training is visible.
 
-Every prompt goes to both models; each column keeps its own conversation. The model
+Every prompt goes to both models; each column keeps its own conversation and answers
+through its own `preftune.apps.chat.ChatSession` (chat's template, context and
+dropped-turn rules; `preftune.apps.generate` decodes). The model
 it started from is, for a LoRA adapter folder, the same weights with the adapter
 switched off (no second copy in memory); for a full model folder, ``--base`` or the
 model recorded in the run's ``preftune_command.json``; with neither, the page shows
@@ -16,6 +18,7 @@ page loads nothing from outside this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import ipaddress
 import json
@@ -24,8 +27,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-import torch
-
+from preftune.apps.chat import ChatSession
+from preftune.apps.generate import GenerationSettings
 from preftune.errors import ConfigError, UserError
 
 # Set before gradio is imported anywhere in this process: no telemetry, no version check.
@@ -41,45 +44,22 @@ PASSWORD_ENV = "PREFTUNE_UI_PASSWORD"
 # ------------------------------------------------------------------ answering
 
 
-@torch.no_grad()
+def settings(max_new_tokens: int = 256, temperature: float = 0.0) -> GenerationSettings:
+    """The page's decoding: temperature 0 is greedy, above 0 samples at that temperature."""
+    if temperature > 0:
+        return GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature))
+    return GenerationSettings(max_new_tokens=max_new_tokens)
+
+
 def answer(model, tokenizer, history_messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0) -> str:
-    """The model's next assistant turn for a conversation (a list of role/content messages).
+    """The model's next assistant turn for a conversation (a list of role/content messages, the last one the user's).
 
-    Uses the tokenizer's chat template; temperature 0 is greedy decoding (as
-    `preftune.apps.generate.generate_answers`), above 0 samples at that temperature.
-    Special tokens are removed and surrounding whitespace stripped. When the
-    conversation would not fit the model's context, the oldest turns are dropped.
+    A `ChatSession`'s reply, so exactly what `preftune chat` answers: the tokenizer's chat
+    template, greedy decoding at temperature 0 (as `preftune.apps.generate.generate_answers`),
+    sampling above; special tokens removed, whitespace stripped; when the conversation would
+    not fit the model's context, the oldest turns are dropped (`preftune.apps.chat.drop_oldest_turn`).
     """
-    messages = list(history_messages)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    while True:
-        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        fits = not limit or enc["input_ids"].shape[1] + max_new_tokens <= limit
-        if fits or len(messages) <= 1:
-            break
-        messages = _drop_oldest_turn(messages)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    sampling = {"do_sample": True, "temperature": float(temperature)} if temperature > 0 else {"do_sample": False}
-    was_training = model.training
-    model.eval()
-    try:
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
-    finally:
-        model.train(was_training)
-    from preftune.apps.generate import answer_ids
-
-    return tokenizer.decode(answer_ids(model, out[0], enc["input_ids"].shape[1]), skip_special_tokens=True).strip()
-
-
-def _drop_oldest_turn(messages: list[dict]) -> list[dict]:
-    """Drop the first user turn and its answer, keeping a leading system message."""
-    head = [m for m in messages[:1] if m.get("role") == "system"]
-    rest = messages[len(head):]
-    cut = 1
-    while cut < len(rest) - 1 and rest[cut].get("role") != "user":
-        cut += 1
-    return head + rest[cut:]
+    return ChatSession(model, tokenizer, settings(max_new_tokens, temperature)).reply(list(history_messages)).text
 
 
 # ---------------------------------------------------------------------- models
@@ -94,11 +74,20 @@ class Side:
     label: str
     adapter_off: bool = False
 
+    sessions: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def session(self, max_new_tokens: int, temperature: float) -> ChatSession:
+        """The column's chat session (one per decoding setting): chat's rules for the template, the context
+        and dropped turns. It answers conversations it is given; each browser tab keeps its own history."""
+        key = (max_new_tokens, temperature)
+        if key not in self.sessions:
+            self.sessions[key] = ChatSession(self.model, self.tokenizer, settings(max_new_tokens, temperature))
+        return self.sessions[key]
+
     def reply(self, messages: list[dict], max_new_tokens: int, temperature: float) -> str:
-        if self.adapter_off:
-            with self.model.disable_adapter():
-                return answer(self.model, self.tokenizer, messages, max_new_tokens, temperature)
-        return answer(self.model, self.tokenizer, messages, max_new_tokens, temperature)
+        session = self.session(max_new_tokens, temperature)
+        with self.model.disable_adapter() if self.adapter_off else contextlib.nullcontext():
+            return session.reply(messages).text
 
 
 @dataclass
@@ -198,8 +187,9 @@ def build_app(trained, tokenizer, base=None, base_tokenizer=None, *, trained_lab
 
     `base` is the model to compare with: another model (with `base_tokenizer`, default
     `tokenizer`), or `trained` itself when it is a PEFT model, meaning the same weights
-    with the adapter disabled; None shows the trained model alone. Answers use
-    `answer(...)` with `max_new_tokens` and `temperature`; one generation runs at a time.
+    with the adapter disabled; None shows the trained model alone. Each column is a
+    `ChatSession` (answers as `answer(...)` gives them, with `max_new_tokens` and
+    `temperature`); one generation runs at a time.
     """
     from preftune.models import is_peft_model
 
@@ -253,24 +243,34 @@ def _build_page(trained: Side, base: Side | None, notes: list[str], max_new_toke
             clear = gr.Button("Clear", elem_id="clear")
         trained_state = gr.State([])
         base_state = gr.State([])
+        for side in (trained, base):  # a column's session, made now: a bad setting fails before the page is up
+            if side is not None:
+                side.session(max_new_tokens, temperature)
+
+        def turn(side: Side, history: list[dict]) -> list[dict]:
+            """`history` (ending with the user's message) with the side's answer; without that message when it
+            cannot be sent (too long for the model's context), with a warning on the page."""
+            try:
+                with lock:
+                    reply = side.reply(history, max_new_tokens, temperature)
+            except UserError as err:
+                gr.Warning(f"{side.label}: not sent: {err}")
+                return history[:-1]
+            return [*history, {"role": "assistant", "content": reply}]
 
         def respond(message, trained_history, base_history):
             message = (message or "").strip()
             if not message:
                 yield gr.update(), trained_history, base_history, trained_history, base_history
                 return
-            turn = {"role": "user", "content": message}
-            trained_history = [*trained_history, turn]
-            base_history = [*base_history, turn]
+            asked = {"role": "user", "content": message}
+            trained_history = [*trained_history, asked]
+            base_history = [*base_history, asked]
             yield "", trained_history, base_history, trained_history, base_history
-            with lock:
-                reply = trained.reply(trained_history, max_new_tokens, temperature)
-            trained_history = [*trained_history, {"role": "assistant", "content": reply}]
+            trained_history = turn(trained, trained_history)
             yield "", trained_history, base_history, trained_history, base_history
             if base is not None:
-                with lock:
-                    reply = base.reply(base_history, max_new_tokens, temperature)
-                base_history = [*base_history, {"role": "assistant", "content": reply}]
+                base_history = turn(base, base_history)
                 yield "", trained_history, base_history, trained_history, base_history
 
         def reset():

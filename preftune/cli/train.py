@@ -33,6 +33,7 @@ from preftune.cli.args import (
 )
 from preftune.train.config import LEGACY_ALIASES
 from preftune.errors import ConfigError
+from preftune.outputs.redact import redact_argv as _shown_argv  # the command line as shown and saved
 
 
 # --------------------------------------------------------------------- resolving
@@ -343,13 +344,6 @@ def resume_command(command: str, argv: list[str], output_dir: str) -> str:
     return shlex.join(["preftune", command, *words])
 
 
-def _shown_argv(argv: list[str]) -> list[str]:
-    """argv with every token value replaced by <redacted> (flags named *token*, JSON dicts holding one)."""
-    shown = [("<redacted>" if i and "token" in argv[i - 1] and argv[i - 1].startswith("--") else a) for i, a in enumerate(argv)]
-    shown = [a.split("=", 1)[0] + "=<redacted>" if a.startswith("--") and "token" in a and "=" in a else a for a in shown]
-    return [_redact_json(a) for a in shown]  # e.g. --model_init_kwargs '{"token": "..."}'
-
-
 def _save_command(run: Run, argv: list[str]) -> None:
     """OUTPUT_DIR/preftune_command.json: the command line and what it resolved to (next to preftune_config.json)."""
     import dataclasses
@@ -361,22 +355,6 @@ def _save_command(run: Run, argv: list[str]) -> None:
     record = {"command": run.command, "argv": _shown_argv(argv), "model": run.model, "script": dataclasses.asdict(run.script)}
     with open(os.path.join(run.config.output_dir, "preftune_command.json"), "w") as f:
         json.dump(record, f, indent=2, default=str)
-
-
-def _redact_json(arg: str) -> str:
-    import json
-
-    from preftune.outputs.card import redact_config
-
-    prefix, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
-    try:
-        obj = json.loads(value)
-    except ValueError:
-        return arg
-    if not isinstance(obj, dict):
-        return arg
-    redacted = json.dumps(redact_config(obj))
-    return f"{prefix}={redacted}" if prefix else redacted
 
 
 def _demo_samples(model, tokenizer, eval_ds, n: int = 3, pool: int = 12):

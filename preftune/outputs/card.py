@@ -1,68 +1,30 @@
-"""The model card (README.md) a run leaves in its output folder, and redaction of secrets.
+"""The model card (README.md) a run leaves in its output folder.
 
-`model_card` is a plain function of the resolved config, the final metrics and what was
-trained (full model or adapter), so it is tested without training; `write_model_card`
-writes it atomically next to the model. Keys holding tokens never reach the card.
+`model_card` is a plain function of the resolved config, the final metrics, what was
+trained (full model or adapter) and the kind of model (`preftune.outputs.loading`), so it
+is tested without training; `write_model_card` writes it atomically next to the model.
+Everything it shows from the config goes through `preftune.outputs.redact` first.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from preftune.outputs.report import (
-    _POSITION_KEYS, CARD_FILE, CONFIG_FILE, CURVES_FILE, METRICS_FILE, _atomic_write, _number, split_history,
-)
+from preftune.outputs.curves import CURVES_FILE
+from preftune.outputs.files import atomic_write
+from preftune.outputs.history import METRICS_FILE, finite_number, metric_columns
+from preftune.outputs.loading import kind_named, usage
+from preftune.outputs.redact import is_hub_id, local_name, shareable_config
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
-_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".tsv", ".yaml", ".yml")
-
-
-def _is_hub_id(name) -> bool:
-    """`owner/name` that is not a local path or a data file (what the hub's front matter accepts)."""
-    if not isinstance(name, str) or not _HUB_ID.match(name) or ".." in name:
-        return False
-    if name.lower().endswith(_FILE_SUFFIXES):
-        return False
-    return not os.path.exists(name)
+CARD_FILE = "README.md"
+CONFIG_FILE = "preftune_config.json"  # written by PreferenceTrainer.save_resolved_config
 
 
-def redact_config(config: Any) -> Any:
-    """A copy of `config` without secrets: every key containing "token" whose value is a
-    string (hub_token, token, ...) is dropped, at any depth (model_init_kwargs, ...)."""
-    if isinstance(config, Mapping):
-        return {k: redact_config(v) for k, v in config.items()
-                if not ("token" in str(k).lower() and isinstance(v, str))}
-    if isinstance(config, (list, tuple)):
-        return [redact_config(v) for v in config]
-    return config
-
-
-def local_name(name):
-    """A model, data set or folder as a file meant to be shared names it: hub ids as they are, a local
-    path by its last component (`/home/me/models/tiny-llama` -> `tiny-llama`), so that no path of the
-    training machine is published."""
-    if not isinstance(name, str) or not name or _is_hub_id(name):
-        return name
-    return os.path.basename(os.path.normpath(os.path.expanduser(name))) or name
-
-
-def shareable_config(config: Any) -> Any:
-    """`redact_config`, and every absolute path (output_dir, cache folders, ...) by its last component."""
-    config = redact_config(config)
-    if isinstance(config, Mapping):
-        return {k: shareable_config(v) for k, v in config.items()}
-    if isinstance(config, list):
-        return [shareable_config(v) for v in config]
-    if isinstance(config, str) and os.path.isabs(os.path.expanduser(config)) and len(config) > 1:
-        return local_name(config)
-    return config
-
-
-def _method(trainer_name: str, config: Mapping) -> str:
+def method_name(trainer_name: str, config: Mapping) -> str:
+    """"orpo", "dpo" (or the trainer's own name) for a run, from its trainer's name or its config."""
     name = (trainer_name or "").lower()
     if "orpo" in name:
         return "orpo"
@@ -106,7 +68,7 @@ def card_tags(trainer_name: str, config_dict: Mapping | None = None, *, adapter:
     `model.add_model_tags(card_tags(...))` on the trained model keeps these through it.
     """
     config = config_dict or {}
-    method = _method(trainer_name, config)
+    method = method_name(trainer_name, config)
     out = ["preftune", method]
     if method == "dpo":
         out += [t for t in _loss_types(config) if t != "sigmoid"]
@@ -215,24 +177,6 @@ _METRIC_NOTES = {
 }
 
 
-def _metric_columns(final: Mapping | None) -> dict[str, dict]:
-    """`final_metrics()`'s shape, or a flat Trainer-style dict (eval_ prefixed keys = eval)."""
-    if not final:
-        return {}
-    if all(isinstance(v, Mapping) for v in final.values()):
-        return {str(k): dict(v) for k, v in final.items() if v}
-    columns: dict[str, dict] = {}
-    train = {k: v for k, v in final.items() if not k.startswith("eval_")}
-    if set(train) - set(_POSITION_KEYS):
-        columns["train"] = train
-    evals = {k: v for k, v in final.items() if k.startswith("eval_")}
-    if evals:
-        row = split_history([{**evals, **{k: final[k] for k in _POSITION_KEYS if k in final}}])[1][0]
-        name = row.pop("eval_set", None)
-        columns["eval" if not name else f"eval ({name})"] = row
-    return columns
-
-
 _CITATIONS = {
     "orpo": ("ORPO", "Hong, Lee & Thorne, 2024", "2403.07691", """@article{hong2024orpo,
   title         = {{ORPO}: Monolithic Preference Optimization without Reference Model},
@@ -262,11 +206,11 @@ def _as_list(datasets) -> list[str]:
 
 
 def _model_ref(name: str) -> str:
-    return f"[{name}](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`"
+    return f"[{name}](https://huggingface.co/{name})" if is_hub_id(name) else f"`{name}`"
 
 
-def _what_it_is(method: str, base_model: str | None, config: Mapping, adapter: bool) -> str:
-    base = _model_ref(local_name(base_model)) if base_model else "a causal language model"
+def _what_it_is(method: str, base_model: str | None, config: Mapping, adapter: bool, described: str) -> str:
+    base = _model_ref(local_name(base_model)) if base_model else described
     if method == "orpo":
         how = ("[ORPO](https://arxiv.org/abs/2403.07691) (odds-ratio preference optimization): the loss is the "
                "negative log-likelihood of the chosen answer plus λ times an odds-ratio term that favours the chosen "
@@ -290,34 +234,6 @@ def _what_it_is(method: str, base_model: str | None, config: Mapping, adapter: b
     return text
 
 
-def _usage(model_id: str, adapter: bool, local_dir: str) -> str:
-    """Loading snippet for `model_id`; the preftune commands take a local folder (`local_dir`)."""
-    q = json.dumps(model_id)
-    chat = """messages = [{"role": "user", "content": "Hello! What can you do?"}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-output = model.generate(**inputs, max_new_tokens=128)
-print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))"""
-    if adapter:
-        load = f"""from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer
-
-model = AutoPeftModelForCausalLM.from_pretrained({q})  # the base model with this adapter on top
-tokenizer = AutoTokenizer.from_pretrained({q})
-"""
-        extra = (f"\n\nTo fold the adapter into the base weights: `model = model.merge_and_unload()` in Python, or "
-                 f"`preftune merge --adapter {local_dir} --output MERGED_DIR`.")
-    else:
-        load = f"""from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained({q})
-tokenizer = AutoTokenizer.from_pretrained({q})
-"""
-        extra = ""
-    download = f"hf download {model_id} --local-dir {local_dir}\n" if local_dir != model_id else ""
-    return (f"```python\n{load}\n{chat}\n```{extra}\n\nOr talk to it in the terminal:\n\n"
-            f"```bash\n{download}preftune chat {local_dir}\n```")
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -338,6 +254,7 @@ def model_card(
     lora=None,
     data_summaries: Mapping[str, str] | None = None,
     config_file: str | None = None,
+    model_kind: str | None = None,
 ) -> str:
     """The text of a Hugging Face model card (README.md) for a preftune run.
 
@@ -347,26 +264,29 @@ def model_card(
     `model_id` is the name the usage snippet loads (default: hub_model_id, else
     output_dir); `curves` a relative path of the curves PNG to embed; `lora` the LoRA
     settings (a peft config, adapter_config.json dict or PeftModel); `data_summaries`
-    split -> one-line data report; `config_file` the relative path of the full config.
+    split -> one-line data report; `config_file` the relative path of the full config;
+    `model_kind` "causal" (default), "seq2seq" or "vision" (`preftune.outputs.loading.model_kind`):
+    the classes and pipeline tag of the loading instructions.
     Nothing in the card depends on the time or machine of the run.
     """
+    kind = kind_named(model_kind)
     config = shareable_config(dict(config_dict or {}))
-    method = _method(trainer_name, config)
+    method = method_name(trainer_name, config)
     lora_settings = _lora_settings(lora)
     names = [shareable_config(d) for d in _as_list(datasets)]  # an absolute path by its last name
     local_dir = config.get("output_dir") or "OUTPUT_DIR"
     model_id = local_name(model_id) or config.get("hub_model_id") or local_dir
-    if not _is_hub_id(model_id):
+    if not is_hub_id(model_id):
         local_dir = model_id
 
     front: dict[str, Any] = {"library_name": "peft" if adapter else "transformers"}
-    if base_model and _is_hub_id(base_model):
+    if base_model and is_hub_id(base_model):
         front["base_model"] = base_model
     front["tags"] = card_tags(trainer_name, config, adapter=adapter, tags=tags)
-    hub_datasets = [d for d in names if _is_hub_id(d)]
+    hub_datasets = [d for d in names if is_hub_id(d)]
     if hub_datasets:
         front["datasets"] = hub_datasets
-    front["pipeline_tag"] = "text-generation"
+    front["pipeline_tag"] = kind.pipeline_tag
 
     import yaml
 
@@ -375,14 +295,14 @@ def model_card(
     parts = [
         "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---",
         f"# {title}",
-        _what_it_is(method, base_model, config, adapter),
+        _what_it_is(method, base_model, config, adapter, kind.described),
         "## How to use",
-        _usage(model_id, adapter, local_dir),
+        usage(model_id, adapter, local_dir, kind.name),
         "## Training data",
     ]
     if names:
         parts.append("\n".join(
-            f"- [{d}](https://huggingface.co/datasets/{d})" if _is_hub_id(d) else f"- `{d}`" for d in names))
+            f"- [{d}](https://huggingface.co/datasets/{d})" if is_hub_id(d) else f"- `{d}`" for d in names))
     else:
         parts.append("Not recorded (the data was passed to the trainer as an in-memory data set).")
     if data_summaries:
@@ -395,7 +315,7 @@ def model_card(
     if config_file:
         parts.append(f"The full resolved configuration is in [`{config_file}`]({config_file}).")
 
-    columns = _metric_columns(final_metrics)
+    columns = metric_columns(final_metrics)
     metric_rows = []
     for metric in _CARD_METRICS:
         values = [columns[c].get(metric) for c in columns]
@@ -405,7 +325,7 @@ def model_card(
         parts.append("## Results")
         at: dict[str, list[str]] = {}  # "step 75, epoch 1" -> columns logged there
         for col, values in columns.items():
-            step, epoch = _number(values.get("step")), _number(values.get("epoch"))
+            step, epoch = finite_number(values.get("step")), finite_number(values.get("epoch"))
             if step is not None:
                 place = f"step {int(step)}" + (f", epoch {epoch:.3g}" if epoch is not None else "")
                 at.setdefault(place, []).append(col)
@@ -449,5 +369,4 @@ def write_model_card(output_dir: str, *, lora=None, adapter: bool = False, **car
         config_file=CONFIG_FILE if os.path.isfile(os.path.join(output_dir, CONFIG_FILE)) else None,
     )
     path = os.path.join(output_dir, CARD_FILE)
-    _atomic_write(path, text.encode("utf-8"))
-    return path
+    return atomic_write(path, text.encode("utf-8"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-import torch
+from preftune.apps.generate import GenerationSettings, generate_answer
 
 GENERATIONS_FILE = "eval_generations.jsonl"
 
@@ -29,30 +29,16 @@ def pick_prompts(eval_dataset, n: int) -> list[list[int]]:
     return picked
 
 
-@torch.no_grad()
 def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """One greedy answer per prompt (token ids, chat template already applied), special tokens removed.
-
-    A decoder-only model returns prompt + answer (the answer follows the prompt's ids); an
-    encoder-decoder model returns only the decoder's tokens, all of them the answer."""
-    from preftune.apps.generate import answer_ids
+    """One greedy answer per prompt (token ids, chat template already applied), special tokens removed:
+    `preftune.apps.generate.generate_answer`, the path chat, ui and the demo use (the whole decoder
+    output for an encoder-decoder model, what follows the prompt for a decoder-only one). The model is
+    unwrapped first: a DeepSpeed / DDP engine (a reference model) generates through its module."""
     from preftune.logps import unwrap
 
     model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    answers = []
-    try:
-        for ids in prompts:
-            input_ids = torch.tensor([ids], device=device)
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            answers.append(tokenizer.decode(answer_ids(model, out[0], len(ids)), skip_special_tokens=True).strip())
-    finally:
-        model.train(was_training)
-    return answers
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    return [generate_answer(model, tokenizer, ids, settings) for ids in prompts]
 
 
 def append_jsonl(path: str, rows: list[dict]) -> None:

@@ -23,14 +23,13 @@ folder set aside keeps its files; a name already taken gets -2, -3, ...
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
 import shutil
-import tempfile
 
 from preftune.errors import ConfigError, UserError
+from preftune.outputs.files import atomic_write, write_failure
 
 MARKER = "preftune_complete.json"
 EXTRA_STATE = "preftune_state.json"
@@ -40,19 +39,8 @@ _FALSE = {"false", "no", "0", "none", ""}
 
 
 def write_json_atomic(path: str, record) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write JSON to a temporary file in the same folder, flushed to disk, then rename it over `path`."""
+    atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=str).encode("utf-8"), fsync=True)
 
 
 def mark_complete(folder: str, step: int) -> None:
@@ -244,12 +232,6 @@ def load_extra_state(folder: str) -> dict:
 
 # ------------------------------------------------------------ failed writes
 
-_NO_SPACE_WORDS = ("No space left", "os error 28", "StorageFull", "Disk quota exceeded", "os error 122")
-# torch.save reports a short write from its C++ zip writer, not as an OSError.
-_TORCH_WRITE_WORDS = ("PytorchStreamWriter", "inline_container", "file write failed")
-_LOW_SPACE = 16 * 2**20  # bytes left on the device after a failed write that point to a full disk
-
-
 class SaveError(UserError):
     """A checkpoint or the final model could not be written (a full disk, ...). Whatever was
     complete before is untouched: `last_complete` is the newest checkpoint to resume from."""
@@ -259,27 +241,6 @@ class SaveError(UserError):
         where = (f"the last complete checkpoint is {last_complete}" if last_complete
                  else "there is no complete checkpoint to resume from yet")
         super().__init__(f"{reason} while writing {folder}; {where}")
-
-
-def write_failure(err: BaseException, folder: str) -> str | None:
-    """What went wrong, in words, when `err` was raised while writing into `folder`; None when it
-    is not a failed write (a bug, which should raise as it is)."""
-    text = str(err)
-    is_write = isinstance(err, OSError) or type(err).__name__ == "SafetensorError" or (
-        isinstance(err, RuntimeError) and any(w in text for w in _TORCH_WRITE_WORDS))
-    if not is_write:
-        return None
-    device = f"no space left on the device of {os.path.dirname(os.path.abspath(folder)) or folder}"
-    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(w in text for w in _NO_SPACE_WORDS):
-        return device
-    try:
-        if shutil.disk_usage(os.path.dirname(os.path.abspath(folder))).free < _LOW_SPACE:
-            return device
-    except OSError:
-        pass
-    if isinstance(err, OSError):
-        return f"a write failed ({err.strerror or err})"
-    return None
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from preftune.data.collate import REF_COLUMNS, batch_from_inputs
+from preftune.outputs.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +94,7 @@ def attach_reference_logps(dataset, provider, model, collator, *, batch_size, de
         print(f"preftune: {split}: reusing precomputed reference log-probs ({path})", flush=True)
     else:
         values = compute_reference_logps(provider, model, dataset, collator, batch_size, device)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        save_file(values, tmp)
-        os.replace(tmp, path)  # never leave a half-written cache entry
+        atomic_write(path, writer=lambda tmp: save_file(values, tmp))  # never leave a half-written cache entry
         logger.info("%s: reference log-probs computed and cached at %s", split, path)
     if len(values["chosen"]) != len(dataset):
         raise RuntimeError(f"cached reference log-probs at {path} hold {len(values['chosen'])} pairs, not {len(dataset)}")

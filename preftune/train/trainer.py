@@ -190,8 +190,9 @@ class PreferenceTrainer(Trainer):
         return prepared.dataset
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first."""
-        if eval_dataset is not None and not isinstance(eval_dataset, dict):
+        """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first (a name is one of the named
+        eval sets, prepared when the trainer was built: Trainer evaluates a dict of them by name)."""
+        if eval_dataset is not None and not isinstance(eval_dataset, (dict, str)):
             pc = self.processing_class
             eval_dataset = self._prepare(eval_dataset, pc if is_vision_processor(pc) else text_tokenizer(pc), self.args, "eval")
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
@@ -266,8 +267,10 @@ class PreferenceTrainer(Trainer):
             stored[1] += gathered.shape[0]
 
     def log(self, logs: dict, start_time=None) -> None:
-        eval_keys = [k for k in logs if k.startswith("eval") and k.endswith("loss")]
-        split, prefix = ("eval", eval_keys[0][: -len("loss")]) if eval_keys else ("train", "")
+        from preftune.outputs.history import eval_prefix
+
+        prefix = eval_prefix(logs)
+        split, prefix = ("train", "") if prefix is None else ("eval", prefix)
         for name, (total, count) in self._stored_metrics[split].items():
             logs[prefix + name] = total / max(count, 1)
         self._stored_metrics[split].clear()
@@ -312,7 +315,7 @@ class PreferenceTrainer(Trainer):
 
     @contextlib.contextmanager
     def _shareable_args(self):
-        from preftune.outputs.card import shareable_config
+        from preftune.outputs.redact import shareable_config
 
         fields = ("hub_token", "model_init_kwargs", "ref_model_init_kwargs", "output_dir", "logging_dir",
                   "ref_logps_cache_dir")
@@ -333,6 +336,7 @@ class PreferenceTrainer(Trainer):
         """metrics.jsonl, training_curves.png and the model card README.md into `folder` (main process only)."""
         if not self.is_world_process_zero():
             return {}
+        from preftune.outputs.loading import model_kind
         from preftune.outputs.report import write_run_report
 
         adapter = is_peft_model(self.model)
@@ -340,7 +344,7 @@ class PreferenceTrainer(Trainer):
             folder, self.state.log_history, trainer_name=type(self).__name__, base_model=self.base_model_name,
             datasets=self.dataset_names, config_dict={"trainer": type(self).__name__, **self.args.to_dict()},
             adapter=adapter, lora=self.model if adapter else None,
-            data_summaries={k: r.summary() for k, r in self.data_reports.items()},
+            data_summaries={k: r.summary() for k, r in self.data_reports.items()}, model_kind=model_kind(self.model),
         )
 
     # ----------------------------------------------------------- checkpoints
@@ -377,14 +381,14 @@ class PreferenceTrainer(Trainer):
         """Write the full, resolved config next to the checkpoints (tokens redacted, absolute paths by their last name)."""
         if not self.is_world_process_zero():
             return
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        path = os.path.join(self.args.output_dir, "preftune_config.json")
-        from preftune.outputs.card import shareable_config
+        from preftune.outputs.card import CONFIG_FILE
+        from preftune.outputs.files import atomic_write
+        from preftune.outputs.redact import shareable_config
 
         config = shareable_config({"trainer": type(self).__name__, **self.args.to_dict(),
                                    "is_encoder_decoder": self.is_encoder_decoder})  # as resolved from the model
-        with open(path, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True, default=str)
+        text = json.dumps(config, indent=2, sort_keys=True, default=str)
+        atomic_write(os.path.join(self.args.output_dir, CONFIG_FILE), text.encode("utf-8"))
 
 
 def _base_model_name(model) -> str | None:
