@@ -162,7 +162,7 @@ def test_pair_lengths_column_on_exact_ids():
 
 
 def test_prepared_data_and_its_report_come_through_the_constructor(tmp_path):
-    from preftune.train.trainer import PreparedData, prepare_split
+    from preftune.train.inputs import PreparedData, prepare_split
 
     model, tok = tiny()
     args = ORPOConfig(output_dir=str(tmp_path), report_to="none")

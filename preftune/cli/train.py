@@ -179,7 +179,7 @@ def train(command: str, argv: list[str]) -> int:
     from preftune.models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
     from preftune.train.dpo import DPOTrainer
     from preftune.train.orpo import ORPOTrainer
-    from preftune.train.trainer import prepare_split
+    from preftune.train.inputs import prepare_split
     from preftune.train.checkpoints import SaveError
 
     run = parse_run(command, argv)

@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import torch
 from transformers import TrainingArguments
 
 from preftune.errors import ConfigError
+from preftune.train.environment import accelerator_available, bf16_available, check_precision, check_trackers
 
 
 # Older transformers' names -> the field each sets (resolved in PreferenceConfig._resolve_legacy_names).
@@ -38,18 +38,6 @@ LEGACY_ALIASES = {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmu
 
 def _value(x):
     return getattr(x, "value", x)  # an enum member's value, or the value itself
-
-
-def _bf16_available() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def _accelerator_available() -> bool:
-    """A device that pinned (page-locked) host memory speeds copies to: CUDA, XPU, MPS, ..."""
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and hasattr(accelerator, "is_available"):
-        return bool(accelerator.is_available())
-    return torch.cuda.is_available()
 
 
 @dataclass
@@ -177,10 +165,10 @@ class PreferenceConfig(TrainingArguments):
     def __post_init__(self):
         self._resolve_legacy_names()
         if self.bf16 is None:
-            self.bf16 = bool(_bf16_available() and not self.fp16 and not self.use_cpu)
+            self.bf16 = bool(bf16_available() and not self.fp16 and not self.use_cpu)
         if self.dataloader_pin_memory is None:  # pinning without an accelerator only makes PyTorch warn
-            self.dataloader_pin_memory = bool(_accelerator_available() and not self.use_cpu)
-        _check_precision(self)
+            self.dataloader_pin_memory = bool(accelerator_available() and not self.use_cpu)
+        check_precision(self)
         from preftune.train.parallel import resolve_presets
 
         resolve_presets(self)
@@ -208,46 +196,9 @@ class PreferenceConfig(TrainingArguments):
         self.length_limits()  # validates the length flags
         if self.beta <= 0:
             raise ConfigError(f"beta={self.beta} must be positive.")
-        _check_trackers(self.report_to)
+        check_trackers(self.report_to)
         if self.max_nonfinite_steps < 0:
             raise ConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be 0 (never stop) or more.")
-
-
-def _check_precision(args) -> None:
-    """bf16 asked for where the hardware lacks it: say so in words (seed 000's V100 note)."""
-    if not args.bf16:
-        return
-    if torch.cuda.is_available() and not args.use_cpu and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"bf16 needs a GPU with bf16 support (Ampere or newer), and {torch.cuda.get_device_name()} "
-                          "has none; use --dtype fp16 (or --dtype AUTO, which picks it).")
-    accelerators = [getattr(torch, name, None) for name in ("xpu", "mps", "npu")]
-    has_other = any(a is not None and hasattr(a, "is_available") and a.is_available() for a in accelerators)
-    if not torch.cuda.is_available() and not has_other and not args.use_cpu:
-        raise ConfigError("bf16 was asked for but this machine has no GPU; pass --use_cpu true to train in bf16 on the "
-                          "CPU (slow), or drop --bf16 / use --dtype fp32.")
-
-
-# report_to name -> (modules any one of which must import, what to install)
-_TRACKERS = {
-    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
-    "wandb": (("wandb",), "wandb"),
-    "mlflow": (("mlflow",), "mlflow"),
-    "comet_ml": (("comet_ml",), "comet_ml"),
-    "trackio": (("trackio",), "trackio"),
-}
-
-
-def _check_trackers(report_to) -> None:
-    """A tracker named in report_to whose package is missing fails here, not at the first log."""
-    import importlib.util
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    for name in names:
-        if name in _TRACKERS:
-            modules, package = _TRACKERS[name]
-            if not any(importlib.util.find_spec(m) for m in modules):
-                raise ConfigError(f"report_to={name!r} needs the {package} package, which is not installed; "
-                                  f"pip install {package}, or pass --report_to none.")
 
 
 @dataclass

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 
 import datasets
 import torch
@@ -37,26 +36,20 @@ from preftune.train.config import PreferenceConfig
 from preftune.data.collate import (REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, VisionPreferenceCollator,
                            batch_from_inputs)
 from preftune.data.images import is_vision_processor
-from preftune.data.prepare import LENGTH_SAMPLERS, PrepareReport, prepare_dataset, with_pair_lengths
+from preftune.data.prepare import LENGTH_SAMPLERS, with_pair_lengths
 from preftune.errors import ConfigError
 from preftune.outputs.generations import log_eval_generations
 from preftune.train.guard import NonFiniteGuard
-from preftune.logps import LogpsOptions, choose_logps_path, is_encoder_decoder_model, is_vision_model, unwrap
+from preftune.logps import LogpsOptions, choose_logps_path, is_vision_model, unwrap
 from preftune.models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
                      load_tokenizer, text_tokenizer)
+from preftune.train.inputs import (PreparedData, base_model_name, check_no_images, is_tokenized, one_processing_class,
+                                   prepare_split, resolve_encoder_decoder)
 from preftune.train.objectives import objective_from_config
 
 logger = logging.getLogger(__name__)
 
 _COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", *REF_COLUMNS, "images"]
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """A split as the trainer trains on it: token ids (`prepare_split`) and how they were made."""
-
-    dataset: datasets.Dataset
-    report: PrepareReport
 
 
 class PreferenceTrainer(Trainer):
@@ -86,7 +79,7 @@ class PreferenceTrainer(Trainer):
         args = args if args is not None else self.config_class(output_dir=self.default_output_dir)
         if not isinstance(args, self.config_class):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
-        processing_class = _one_of(processing_class, tokenizer)
+        processing_class = one_processing_class(processing_class, tokenizer)
         if model is None and model_init is None:
             raise ConfigError("pass a model (a PreTrainedModel, a hub id or a local path).")
         if isinstance(model, str):
@@ -106,9 +99,9 @@ class PreferenceTrainer(Trainer):
         ensure_pad_token(tok)
         vision = is_vision_processor(processing_class)
         if model is not None and is_vision_model(model) and not vision:
-            _check_no_images(train_dataset, eval_dataset)
+            check_no_images(train_dataset, eval_dataset)
         data_tok = processing_class if vision else tok  # a VLM's processor expands the prompts' image tokens
-        self.is_encoder_decoder = _resolve_encoder_decoder(model, args.is_encoder_decoder)
+        self.is_encoder_decoder = resolve_encoder_decoder(model, args.is_encoder_decoder)
 
         if peft_config is not None:
             model = apply_peft(model, peft_config, gradient_checkpointing=args.gradient_checkpointing)
@@ -149,7 +142,7 @@ class PreferenceTrainer(Trainer):
         self.logps_path = choose_logps_path(self.model, self.logps_options)  # once: a fixed property of the model
         logger.info(self.logps_path.description)
         self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
-        self.base_model_name = _base_model_name(self.model)
+        self.base_model_name = base_model_name(self.model)
         self.dataset_names = dataset_names  # named in the model card
         self.nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
@@ -183,7 +176,7 @@ class PreferenceTrainer(Trainer):
         if isinstance(dataset, PreparedData):
             self.data_reports[split] = dataset.report
             return dataset.dataset
-        if dataset is None or _is_tokenized(dataset):
+        if dataset is None or is_tokenized(dataset):
             return dataset
         prepared = prepare_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder)
         self.data_reports[split] = prepared.report
@@ -389,65 +382,3 @@ class PreferenceTrainer(Trainer):
                                    "is_encoder_decoder": self.is_encoder_decoder})  # as resolved from the model
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         atomic_write(os.path.join(self.args.output_dir, CONFIG_FILE), text.encode("utf-8"))
-
-
-def _base_model_name(model) -> str | None:
-    """The hub id or path the policy was loaded from (the base, for an adapter)."""
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict) and peft_config:
-        name = next(iter(peft_config.values())).base_model_name_or_path
-        if name:
-            return name
-    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
-
-
-def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str, is_encoder_decoder: bool = False) -> PreparedData:
-    """Rows -> token ids with `args`' length limits and bad-row policy, and the report of it.
-
-    The command line calls this before loading the model's weights, so that every
-    data problem is found first, and hands the result to the trainer; the trainer
-    calls it for raw datasets it is given. `is_encoder_decoder`: tokenize for an
-    encoder and a decoder (T5, BART).
-    """
-    with args.main_process_first(desc=f"preparing {split} data"):
-        prepared, report = prepare_dataset(
-            dataset, tokenizer if is_vision_processor(tokenizer) else text_tokenizer(tokenizer), args.length_limits(),
-            skip_bad_rows=args.skip_bad_rows,
-            num_proc=args.dataset_num_proc, desc=f"tokenizing {split} pairs",
-            is_encoder_decoder=is_encoder_decoder,
-        )
-    level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
-    logger.log(level, "%s data: %s", split, report.summary())
-    return PreparedData(prepared, report)
-
-
-def _resolve_encoder_decoder(model, flag: bool | None) -> bool:
-    """args.is_encoder_decoder, or the model's config when unset (False for model_init without the flag)."""
-    if model is None:
-        return bool(flag)
-    detected = is_encoder_decoder_model(model)
-    if flag is not None and bool(flag) != detected:
-        raise ConfigError(f"is_encoder_decoder={flag} but the model's config says is_encoder_decoder={detected}; "
-                          "leave is_encoder_decoder unset (it is read from the model).")
-    return detected
-
-
-def _check_no_images(*datasets) -> None:
-    """A vision-language model given a plain tokenizer would silently train without the images."""
-    for dataset in datasets:
-        for ds in (dataset.values() if isinstance(dataset, dict) else [dataset]):
-            if "images" in (getattr(ds, "column_names", None) or []):
-                raise ConfigError("the model is a vision-language model and the data has images, but processing_class "
-                                  "is a tokenizer; pass the model's processor (AutoProcessor.from_pretrained(...)).")
-
-
-def _is_tokenized(dataset) -> bool:
-    """A user's data set already holding token ids (TRL accepts those too)."""
-    names = getattr(dataset, "column_names", None)
-    return names is not None and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(names)
-
-
-def _one_of(processing_class, tokenizer):
-    if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
-        raise ConfigError("pass the tokenizer once: processing_class and tokenizer are two names for the same argument.")
-    return processing_class if processing_class is not None else tokenizer

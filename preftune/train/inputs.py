@@ -1,0 +1,88 @@
+"""What a trainer is given, checked and turned into what it trains on: prepared data (token ids and
+the report of how they were made), the tokenizer argument under either of its names, whether the
+model is an encoder-decoder one, and the name of the model it starts from (for the model card)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import datasets
+
+from preftune.data.images import is_vision_processor
+from preftune.data.prepare import PrepareReport, prepare_dataset
+from preftune.errors import ConfigError
+from preftune.logps import is_encoder_decoder_model
+from preftune.models import text_tokenizer
+from preftune.train.config import PreferenceConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A split as the trainer trains on it: token ids (`prepare_split`) and how they were made."""
+
+    dataset: datasets.Dataset
+    report: PrepareReport
+
+
+def base_model_name(model) -> str | None:
+    """The hub id or path the policy was loaded from (the base, for an adapter)."""
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and peft_config:
+        name = next(iter(peft_config.values())).base_model_name_or_path
+        if name:
+            return name
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str, is_encoder_decoder: bool = False) -> PreparedData:
+    """Rows -> token ids with `args`' length limits and bad-row policy, and the report of it.
+
+    The command line calls this before loading the model's weights, so that every
+    data problem is found first, and hands the result to the trainer; the trainer
+    calls it for raw datasets it is given. `is_encoder_decoder`: tokenize for an
+    encoder and a decoder (T5, BART).
+    """
+    with args.main_process_first(desc=f"preparing {split} data"):
+        prepared, report = prepare_dataset(
+            dataset, tokenizer if is_vision_processor(tokenizer) else text_tokenizer(tokenizer), args.length_limits(),
+            skip_bad_rows=args.skip_bad_rows,
+            num_proc=args.dataset_num_proc, desc=f"tokenizing {split} pairs",
+            is_encoder_decoder=is_encoder_decoder,
+        )
+    level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
+    logger.log(level, "%s data: %s", split, report.summary())
+    return PreparedData(prepared, report)
+
+
+def resolve_encoder_decoder(model, flag: bool | None) -> bool:
+    """args.is_encoder_decoder, or the model's config when unset (False for model_init without the flag)."""
+    if model is None:
+        return bool(flag)
+    detected = is_encoder_decoder_model(model)
+    if flag is not None and bool(flag) != detected:
+        raise ConfigError(f"is_encoder_decoder={flag} but the model's config says is_encoder_decoder={detected}; "
+                          "leave is_encoder_decoder unset (it is read from the model).")
+    return detected
+
+
+def check_no_images(*datasets) -> None:
+    """A vision-language model given a plain tokenizer would silently train without the images."""
+    for dataset in datasets:
+        for ds in (dataset.values() if isinstance(dataset, dict) else [dataset]):
+            if "images" in (getattr(ds, "column_names", None) or []):
+                raise ConfigError("the model is a vision-language model and the data has images, but processing_class "
+                                  "is a tokenizer; pass the model's processor (AutoProcessor.from_pretrained(...)).")
+
+
+def is_tokenized(dataset) -> bool:
+    """A user's data set already holding token ids (TRL accepts those too)."""
+    names = getattr(dataset, "column_names", None)
+    return names is not None and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(names)
+
+
+def one_processing_class(processing_class, tokenizer):
+    if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
+        raise ConfigError("pass the tokenizer once: processing_class and tokenizer are two names for the same argument.")
+    return processing_class if processing_class is not None else tokenizer
