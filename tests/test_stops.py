@@ -101,6 +101,7 @@ def test_full_disk_at_a_checkpoint_says_what_to_do_and_the_resume_finishes(tmp_p
                           f"the last complete checkpoint is {out / 'checkpoint-4'}; free space (or lower --save_total_limit), "
                           "then resume with: preftune orpo ")
     assert "preftune: training in 1 process on cpu (world size 1" in stdout
+    assert "preftune: log-probs: prefix-shared packed rows (sdpa)\n" in stdout  # the path, said once
     assert checkpoints.is_complete(str(out / "checkpoint-4")) and not checkpoints.is_complete(str(out / "checkpoint-8"))
     resume = shlex.split(err.split("resume with: ")[1].strip())
     assert resume[:2] == ["preftune", "orpo"] and resume[-2:] == ["--resume_from_checkpoint", "true"]

@@ -242,6 +242,7 @@ def train(command: str, argv: list[str]) -> int:
     samples, before = _demo_samples(trainer.model, tokenizer, eval_data.dataset) if run.demo else ([], [])
     _save_command(run, argv)
     _say(f"preftune: {_world(config)}")
+    _say(f"preftune: {trainer.logps_path.description}")  # which log-prob path this model takes, and why
     try:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         trainer.save_model(config.output_dir)
