@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from preftune import cli
 
-from preftune.apps import ui
+from preftune.apps import sides, ui
 from preftune.assets import tiny_dataset_files, tiny_model_path
 from preftune.errors import ConfigError, UserError
 from preftune.apps.chat import drop_oldest_turn
@@ -147,26 +147,26 @@ def test_a_port_in_use_is_a_config_error():
 
 def test_the_starting_model_of_a_full_model_folder(tmp_path):
     (tmp_path / "preftune_command.json").write_text(json.dumps({"command": "orpo", "model": tiny_model_path()}))
-    assert ui.recorded_base(str(tmp_path)) == tiny_model_path()
+    assert sides.recorded_base(str(tmp_path)) == tiny_model_path()
     checkpoint = tmp_path / "checkpoint-2"
     checkpoint.mkdir()
-    assert ui.recorded_base(str(checkpoint)) == tiny_model_path()  # a checkpoint reads its run's record
-    assert ui.recorded_base(tiny_model_path()) is None
+    assert sides.recorded_base(str(checkpoint)) == tiny_model_path()  # a checkpoint reads its run's record
+    assert sides.recorded_base(tiny_model_path()) is None
 
     run = tmp_path / "run"  # a full model folder whose run recorded where it started
     shutil.copytree(tiny_model_path(), run)
     (run / "preftune_command.json").write_text(json.dumps({"command": "orpo", "model": tiny_model_path()}))
-    recorded = ui.load_models(str(run))
+    recorded = sides.load_models(str(run))
     assert recorded.base.label == f"started from ({tiny_model_path()})" and recorded.notes == []
     (run / "preftune_command.json").write_text(json.dumps({"command": "orpo", "model": str(tmp_path / "gone")}))
-    missing = ui.load_models(str(run))  # a recorded start that cannot be loaded: a note, not a failure
+    missing = sides.load_models(str(run))  # a recorded start that cannot be loaded: a note, not a failure
     assert missing.base is None and "could not be loaded" in missing.notes[0]
     with pytest.raises(ConfigError, match="--base"):  # one asked for by name must load
-        ui.load_models(str(run), base=str(tmp_path / "gone"))
+        sides.load_models(str(run), base=str(tmp_path / "gone"))
 
-    alone = ui.load_models(tiny_model_path())  # a full model with no record: shown alone, with a note
+    alone = sides.load_models(tiny_model_path())  # a full model with no record: shown alone, with a note
     assert alone.base is None and "--base" in alone.notes[0]
-    pair = ui.load_models(tiny_model_path(), base=tiny_model_path())
+    pair = sides.load_models(tiny_model_path(), base=tiny_model_path())
     assert pair.base is not None and not pair.base.adapter_off and pair.base.model is not pair.trained.model
     assert pair.trained.label == f"trained ({tiny_model_path()})"
     assert pair.base.label == f"started from ({tiny_model_path()})"
@@ -192,7 +192,7 @@ def adapter_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapter_pair(adapter_dir):
-    loaded = ui.load_models(adapter_dir)
+    loaded = sides.load_models(adapter_dir)
     prompt = bundled_prompts(1)[0]
     trained = ui.answer(loaded.trained.model, loaded.trained.tokenizer, prompt, MAX_NEW)
     base_model, base_tok = tiny()  # computed on a fresh copy of the base, not through the adapter switch
