@@ -2,7 +2,7 @@
 
 ``preftune orpo|dpo ...`` trains (`preftune.cli.train`; flags in `preftune.cli.args`, resolved
 into a `Run` by `preftune.cli.run`), ``preftune data inspect|list ...`` reports on data
-(`preftune.data.inspect`), and
+(`preftune.cli.inspect`, over `preftune.data.inspect`), and
 ``preftune chat|merge|ui ...`` use a trained model (`preftune.apps`). User errors are
 one `preftune: error:` line and exit status 2; a stopped run says how to resume.
 """
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command == "data":
-            from preftune.data.inspect import data_main
+            from preftune.cli.inspect import data_main
 
             return data_main(rest)
         if command in TOOLS:
