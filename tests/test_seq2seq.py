@@ -515,7 +515,7 @@ def test_data_inspect_uses_the_encoder_decoder_rules(t5_folder, tmp_path):
     completions limited separately), read from the model's config.json; decoder-only rules count otherwise."""
     from datasets import Dataset
 
-    from preftune.data.inspect import format_report, inspect_dataset
+    from preftune.cli.inspect import format_report, inspect_dataset
     from preftune.models import load_tokenizer
 
     data = tmp_path / "pairs.jsonl"

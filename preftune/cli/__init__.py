@@ -1,7 +1,8 @@
 """`preftune` command line: the subcommand table.
 
-``preftune orpo|dpo ...`` trains (`preftune.cli.train`; flags in `preftune.cli.args`),
-``preftune data inspect|list ...`` reports on data (`preftune.data.inspect`), and
+``preftune orpo|dpo ...`` trains (`preftune.cli.train`; flags in `preftune.cli.args`, resolved
+into a `Run` by `preftune.cli.run`), ``preftune data inspect|list ...`` reports on data
+(`preftune.cli.inspect`, over `preftune.data.inspect`), and
 ``preftune chat|merge|ui ...`` use a trained model (`preftune.apps`). User errors are
 one `preftune: error:` line and exit status 2; a stopped run says how to resume.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import difflib
 import sys
 
-from preftune.cli.train import Run, Stopped, parse_run, train
+from preftune.cli.run import Run, parse_run
+from preftune.cli.train import Stopped, train
 from preftune.errors import UserError
 
 __all__ = ["main", "parse_run", "Run"]
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command == "data":
-            from preftune.data.inspect import data_main
+            from preftune.cli.inspect import data_main
 
             return data_main(rest)
         if command in TOOLS:

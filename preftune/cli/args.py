@@ -1,14 +1,20 @@
 """The flags of ``preftune orpo|dpo``: their definitions, the ms-swift and TRL aliases, ``--config`` YAML.
 
+One call, `parse_flags(command, argv)`, turns a command line into `Flags`: every
+flag's value with the aliases resolved, which flags were given, whether the run
+is the demo, and the ``from_pretrained`` keyword arguments the flags ask for.
+`preftune.cli.run.parse_run` builds the run (config, model, LoRA) from them.
+
 Every ORPOConfig / DPOConfig / TrainingArguments field is a flag (HfArgumentParser
 over `ScriptArguments` and the config class); dict-typed fields take JSON. A
-``--config run.yaml`` holds the same keys, turned back into flags (`_yaml_argv`)
-that those given on the command line override. The command lines of ms-swift
-(``swift orpo ...``) and of TRL's example scripts run with only the program name
-changed: their flag names are accepted as aliases (the ``aliases`` of
-`ScriptArguments` fields, `_resolve_aliases`, `MODEL_TYPES`). The demo's settings
-(`DEMO_SETTINGS`, `DEMO_BETA`) are defaults that any flag given overrides.
-`preftune.cli.train.parse_run` puts these together into a run.
+``--config run.yaml`` holds the same keys, turned back into flags that those given
+on the command line override. The command lines of ms-swift (``swift orpo ...``)
+and of TRL's example scripts run with only the program name changed: their flag
+names are accepted as aliases (the ``aliases`` of `ScriptArguments` fields, the
+alias rules below, `MODEL_TYPES`). The demo's settings (`DEMO_SETTINGS`,
+`DEMO_BETA`) are defaults that any flag given overrides; without ``--output_dir``
+a run writes to ``outputs/<command>-tiny-llama`` (demo) or ``outputs/<command>-run``,
+or ``-2``, ``-3``, ... when that folder holds a previous run (resuming takes the first).
 
 Decisions, where ms-swift or TRL differ:
 
@@ -31,8 +37,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional
 
 from preftune.errors import ConfigError
 
@@ -134,10 +140,69 @@ class ScriptArguments:
     merge_output: Optional[str] = field(default=None, metadata={"help": "Folder of the merged model (default: OUTPUT_DIR-merged)."})
 
 
-def _config_class(command: str):
+def config_class(command: str):
+    """The training config class of a command: ORPOConfig for orpo, DPOConfig for dpo."""
     from preftune.train.config import DPOConfig, ORPOConfig
 
     return {"orpo": ORPOConfig, "dpo": DPOConfig}[command]
+
+
+@dataclass(frozen=True)
+class Flags:
+    """One command line, parsed: what `parse_flags` returns."""
+
+    command: str
+    values: dict[str, Any]  # every flag's destination -> value (ScriptArguments and config fields), aliases resolved
+    given: frozenset[str]  # destinations set on the command line or in the --config file (not left at a default)
+    demo: bool  # neither --model, --model_type nor --dataset given: the demo's defaults apply
+    model_kwargs: dict[str, Any]  # from_pretrained kwargs the flags ask for (dtype, attn_implementation, ...)
+
+    @property
+    def script(self) -> ScriptArguments:
+        return ScriptArguments(**{f.name: self.values[f.name] for f in fields(ScriptArguments)})
+
+    def config_values(self) -> dict[str, Any]:
+        """The config class's constructor arguments, as the flags give them."""
+        return {f.name: self.values[f.name] for f in fields(config_class(self.command)) if f.init}
+
+
+def parse_flags(command: str, argv: list[str]) -> Flags:
+    """``preftune COMMAND ARGV`` -> `Flags` (``--config`` YAML read, defaults set, aliases resolved).
+
+    Raises ConfigError (one sentence) for an unknown flag, a bad value, a bad YAML
+    file, or aliases that disagree."""
+    from preftune.train.config import LEGACY_ALIASES
+
+    parser = _make_parser(command)
+    argv = _expand_config(list(argv), parser)
+    given = _given(argv, parser)
+    demo = not given & {"model", "model_type", "dataset"}
+    if demo:  # the demo's defaults, except for a field the user set through an older name of it
+        aliased = {target for name, target in LEGACY_ALIASES.items() if name in given}
+        parser.set_defaults(**{k: v for k, v in DEMO_SETTINGS.items() if k not in aliased}, beta=DEMO_BETA[command])
+    if "output_dir" not in given:
+        argv += ["--output_dir", _default_output_dir(command, demo, "resume_from_checkpoint" in given)]
+    values = vars(parser.parse_args(argv))
+    for action in parser._actions:  # argparse reads `--save_steps=--` as an empty list
+        if action.nargs is None and values.get(action.dest) == []:
+            raise ConfigError(f"{action.option_strings[0]} needs a value.")
+    model_kwargs = _resolve_aliases(values, given)
+    return Flags(command, values, frozenset(given), demo, model_kwargs)
+
+
+def model_name(script: ScriptArguments) -> str:
+    """The model to train: --model, else the hub id of --model_type, else the bundled tiny model."""
+    from preftune.assets import tiny_model_path
+
+    if script.model:
+        return script.model
+    if script.model_type:
+        hub_id = MODEL_TYPES.get(script.model_type) or MODEL_TYPES.get(script.model_type.lower())
+        if hub_id is None:
+            near = difflib.get_close_matches(script.model_type.lower(), list(MODEL_TYPES), n=3, cutoff=0.5) or list(MODEL_TYPES)[3:7]
+            raise ConfigError(f"--model_type {script.model_type!r} is not in preftune's table (e.g. {', '.join(near)}); pass the hub id or a local folder with --model instead.")
+        return hub_id
+    return tiny_model_path()
 
 
 # ----------------------------------------------------------------------- parsing
@@ -167,11 +232,21 @@ def _make_parser(command: str):
                 raise ConfigError(f"unknown flag {' '.join(unknown) or message.split(':', 1)[1].strip()}{hint}")
             raise ConfigError(f"{message}.")
 
-    parser = Parser((ScriptArguments, _config_class(command)), prog=f"preftune {command}", allow_abbrev=False)
+    parser = Parser((ScriptArguments, config_class(command)), prog=f"preftune {command}", allow_abbrev=False)
     for action in parser._actions:  # dict-typed config fields take JSON on the command line
         if getattr(action.type, "__origin__", action.type) is dict:
             action.type = _json_object
     return parser
+
+
+def _expand_config(argv: list[str], parser) -> list[str]:
+    """argv with ``--config FILE`` replaced by the file's flags, put first so that the command line wins."""
+    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        return argv
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    return _yaml_argv(known.config, parser) + rest
 
 
 def _yaml_argv(path: str, parser) -> list[str]:
@@ -222,6 +297,18 @@ def _given(argv: list[str], parser) -> set[str]:
             if action is not None:
                 dests.add(action.dest)
     return dests
+
+
+def _default_output_dir(command: str, demo: bool, resuming: bool) -> str:
+    """outputs/orpo-tiny-llama, or -2, -3, ... when that holds a previous run (resuming takes the first)."""
+    base = os.path.join("outputs", f"{command}-{'tiny-llama' if demo else 'run'}")
+    if resuming:
+        return base
+    path, n = base, 1
+    while os.path.isdir(path) and os.listdir(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
 
 
 # ----------------------------------------------------------------------- aliases
@@ -296,16 +383,3 @@ def _resolve_dtype(dtype: str, values: dict, given: set) -> dict:
         return {"dtype": "float16" if values.get("use_peft") else "float32"}
     return {"dtype": "float32"}
 
-
-def _model_name(script: ScriptArguments) -> str:
-    from preftune.assets import tiny_model_path
-
-    if script.model:
-        return script.model
-    if script.model_type:
-        hub_id = MODEL_TYPES.get(script.model_type) or MODEL_TYPES.get(script.model_type.lower())
-        if hub_id is None:
-            near = difflib.get_close_matches(script.model_type.lower(), list(MODEL_TYPES), n=3, cutoff=0.5) or list(MODEL_TYPES)[3:7]
-            raise ConfigError(f"--model_type {script.model_type!r} is not in preftune's table (e.g. {', '.join(near)}); pass the hub id or a local folder with --model instead.")
-        return hub_id
-    return tiny_model_path()

@@ -3,8 +3,8 @@
 Every ORPOConfig / DPOConfig / TrainingArguments field is a flag, and ``--config
 run.yaml`` holds the same keys (flags given on the command line win); ms-swift's and
 TRL's flag names are accepted as aliases. The flags, the aliases and the YAML
-handling are in `preftune.cli.args`; this module resolves them into a `Run` (model,
-LoRA and quantization settings) and trains. With no model
+handling are in `preftune.cli.args`; `preftune.cli.run` resolves them into a `Run`
+(config, model, LoRA and quantization settings); this module trains it. With no model
 and no data set, the run trains the bundled tiny model on the bundled preference
 set with demo settings (printed first); any flag given still wins.
 ``NPROC_PER_NODE=N`` re-runs the command under torchrun (`preftune.cli.launch`).
@@ -15,150 +15,11 @@ before any model is downloaded.
 """
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import dataclass, field, fields
 
-from preftune.cli.args import (
-    DEMO_BETA,
-    DEMO_SETTINGS,
-    MODEL_TYPES,
-    ScriptArguments,
-    _config_class,
-    _given,
-    _make_parser,
-    _model_name,
-    _resolve_aliases,
-    _yaml_argv,
-)
-from preftune.train.config import LEGACY_ALIASES
+from preftune.cli.run import Run, parse_run
 from preftune.errors import ConfigError
 from preftune.outputs.redact import redact_argv as _shown_argv  # the command line as shown and saved
-
-
-# --------------------------------------------------------------------- resolving
-
-
-@dataclass
-class Run:
-    """Everything the command line resolved, before any model or data is loaded."""
-
-    command: str
-    script: ScriptArguments
-    config: object
-    demo: bool
-    model: str
-    model_kwargs: dict
-    peft_config: object = None
-    notes: list = field(default_factory=list)
-
-
-def parse_run(command: str, argv: list[str]) -> Run:
-    """Flags (and --config YAML) -> a validated `Run`. Raises UserError for bad input."""
-    parser = _make_parser(command)
-    argv = list(argv)
-    if "--config" in argv or any(a.startswith("--config=") for a in argv):
-        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        pre.add_argument("--config")
-        known, rest = pre.parse_known_args(argv)
-        argv = _yaml_argv(known.config, parser) + rest
-    given = _given(argv, parser)
-    demo = not given & {"model", "model_type", "dataset"}
-    if demo:  # the demo's defaults, except for a field the user set through an older name of it
-        aliased = {target for name, target in LEGACY_ALIASES.items() if name in given}
-        parser.set_defaults(**{k: v for k, v in DEMO_SETTINGS.items() if k not in aliased}, beta=DEMO_BETA[command])
-    if "output_dir" not in given:
-        argv += ["--output_dir", _default_output_dir(command, demo, "resume_from_checkpoint" in given)]
-    values = vars(parser.parse_args(argv))
-    for action in parser._actions:  # argparse reads `--save_steps=--` as an empty list
-        if action.nargs is None and values.get(action.dest) == []:
-            raise ConfigError(f"{action.option_strings[0]} needs a value.")
-    notes: list[str] = []
-    model_kwargs = _resolve_aliases(values, given)
-    script = ScriptArguments(**{f.name: values[f.name] for f in fields(ScriptArguments)})
-    config_cls = _config_class(command)
-    try:
-        config = config_cls(**{f.name: values[f.name] for f in fields(config_cls) if f.init})
-    except ConfigError:
-        raise
-    except ValueError as err:  # transformers' own checks of flag values and combinations
-        raise ConfigError(str(err).strip().splitlines()[0].rstrip(".") + ".") from None
-    if model_kwargs:
-        merged = dict(config.model_init_kwargs or {})
-        for key, value in model_kwargs.items():
-            if key in merged and merged[key] != value:
-                raise ConfigError(f"--model_init_kwargs sets {key}={merged[key]!r} but the flags ask for {value!r}; keep one.")
-            merged[key] = value
-        config.model_init_kwargs = merged
-    model = _model_name(script)
-    if script.model and script.model_type and script.model_type not in MODEL_TYPES:
-        notes.append(f"--model_type {script.model_type!r} is not in preftune's table; unused, since --model gives the model.")
-    peft_config = _peft_config(script, notes, given)
-    if script.merge and peft_config is None:
-        raise ConfigError("--merge folds a LoRA adapter into its base, but this run trains all weights; add --use_peft or drop --merge.")
-    load_kwargs = dict(config.model_init_kwargs or {})
-    quantization = _quantization(script, values)
-    if quantization:  # the object goes to from_pretrained, its dict into the resolved config
-        load_kwargs.update(quantization)
-        config.model_init_kwargs = {**load_kwargs, "quantization_config": quantization["quantization_config"].to_dict()}
-    if script.check_model_is_latest:
-        notes.append("--check_model_is_latest is accepted for ms-swift command lines; preftune loads the model as found and never checks for a newer version.")
-    return Run(command, script, config, demo, model, load_kwargs, peft_config, notes)
-
-
-def _peft_config(script: ScriptArguments, notes: list, given: set):
-    lora_flags = sorted(given & {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "use_rslora", "use_dora"})
-    if not script.use_peft:
-        if lora_flags:
-            notes.append(f"{', '.join('--' + f for f in lora_flags)} given but LoRA is off, so unused (add --use_peft, --lora or --sft_type lora).")
-        return None
-    if script.lora_r < 1:
-        raise ConfigError(f"--lora_r {script.lora_r} must be at least 1.")
-    if not 0 <= script.lora_dropout < 1:
-        raise ConfigError(f"--lora_dropout {script.lora_dropout} must be in [0, 1).")
-    from peft import LoraConfig
-
-    names = [n.strip() for item in (script.lora_target_modules or ["ALL"]) for n in item.split(",") if n.strip()]
-    upper = [n.upper() for n in names]
-    if "ALL" in upper or "ALL-LINEAR" in upper:
-        targets = "all-linear"
-    elif upper in (["DEFAULT"], ["AUTO"]):
-        targets = None
-    else:
-        targets = names
-    return LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, lora_dropout=script.lora_dropout,
-                      target_modules=targets, modules_to_save=script.lora_modules_to_save,
-                      use_rslora=script.use_rslora, use_dora=script.use_dora, task_type="CAUSAL_LM")
-
-
-def _quantization(script: ScriptArguments, values: dict) -> dict:
-    """QLoRA flags -> from_pretrained kwargs; fails in words, before any download, where they cannot work."""
-    flag = "--load_in_4bit" if values.get("load_in_4bit") else "--load_in_8bit" if values.get("load_in_8bit") else None
-    if flag is None:
-        return {}
-    if not script.use_peft:
-        raise ConfigError(f"{flag} freezes the base weights in low precision, so only a LoRA adapter can train; add --use_peft (or --lora / --sft_type lora).")
-    import importlib.util
-
-    import torch
-
-    missing = []
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("the bitsandbytes package (pip install bitsandbytes)")
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU")
-    if missing:
-        raise ConfigError(f"{flag} needs {' and '.join(missing)}, which this machine lacks; run there, or drop {flag} to train without quantization.")
-    from accelerate import PartialState
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    bnb = BitsAndBytesConfig(
-        load_in_4bit=bool(values.get("load_in_4bit")), load_in_8bit=bool(values.get("load_in_8bit")),
-        bnb_4bit_quant_type=script.bnb_4bit_quant_type, bnb_4bit_use_double_quant=script.use_bnb_nested_quant,
-        bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute,
-    )
-    return {"quantization_config": bnb, "device_map": {"": PartialState().local_process_index}}
 
 
 # ------------------------------------------------------------------------- train

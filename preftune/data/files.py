@@ -13,6 +13,11 @@ array file that fails to parse is reported by line and column and cannot be
 repaired by skipping. A line that is not UTF-8 text is a broken line too (the
 datasets library reads it without a word and fails only when the row is used), and
 an empty file is reported as such.
+
+For `preftune.data.sources` and `preftune.data.specs`: `resolve_local` (a spec's name
+-> a path, or None for a hub name), `looks_local` / `is_local_name`, `local_splits`
+(a file or folder -> its splits and their files), `read_local` (one split, read and
+checked: `LocalRead`) and `first_line` (an exception in one line, for messages).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any
 
 from preftune.errors import DataError
@@ -28,21 +34,32 @@ _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": 
 BUNDLED = ("tiny-prefs", "preftune/tiny-prefs")
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
+    """Whether a name is meant as a path (a data file extension, ./ ~ or /, or more than one '/')."""
     return (os.path.splitext(name)[1].lower() in _FILE_BUILDERS or name.startswith((".", "/", "~"))
             or name.count("/") > 1 or os.sep != "/" and os.sep in name)
 
 
-def _is_local_name(name: str) -> bool:
+def is_local_name(name: str) -> bool:
+    """Whether a name is the bundled set or a path that exists."""
     return name in BUNDLED or os.path.exists(os.path.expanduser(name))
 
 
-def _local_files(path: str) -> tuple[str, dict[str, list[str]]]:
+@dataclass(frozen=True)
+class LocalFiles:
+    """A local file or folder: the datasets builder that reads it, and its files by split."""
+
+    builder: str  # json, csv or parquet
+    splits: dict[str, list[str]]
+
+
+def local_splits(path: str) -> LocalFiles:
+    """The splits of a local file (``train``) or folder (by file name up to the first ``-``)."""
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
         if ext not in _FILE_BUILDERS:
             raise DataError(f"dataset file {path!r} has extension {ext!r}; use .json, .jsonl, .csv or .parquet.")
-        return _FILE_BUILDERS[ext], {"train": [path]}
+        return LocalFiles(_FILE_BUILDERS[ext], {"train": [path]})
     files: dict[str, list[str]] = {}
     builders = set()
     for name in sorted(os.listdir(path)):
@@ -54,10 +71,12 @@ def _local_files(path: str) -> tuple[str, dict[str, list[str]]]:
         raise DataError(f"dataset folder {path!r} holds no .json, .jsonl, .csv or .parquet file.")
     if len(builders) > 1:
         raise DataError(f"dataset folder {path!r} mixes file types ({', '.join(sorted(builders))}); keep one type per folder.")
-    return builders.pop(), files
+    return LocalFiles(builders.pop(), files)
 
 
-def _resolve_local(name: str) -> str | None:
+def resolve_local(name: str) -> str | None:
+    """The path a spec's name stands for (the bundled set's folder included), or None for a hub name;
+    DataError for a name meant as a path that does not exist."""
     if name in BUNDLED:
         from preftune.assets import tiny_dataset_path
 
@@ -65,9 +84,42 @@ def _resolve_local(name: str) -> str | None:
     path = os.path.expanduser(name)
     if os.path.exists(path):
         return path
-    if _looks_local(name):
+    if looks_local(name):
         raise DataError(f"dataset file {name!r} does not exist; check the path (relative paths start from {os.getcwd()}).")
     return None
+
+
+@dataclass
+class LocalRead:
+    """One split of a local data set, read: its rows, its files, and the JSON lines dropped as broken."""
+
+    dataset: Any
+    split: str
+    files: list[str]
+    json_lines: bool = False  # row r is the r-th non-blank, unbroken line of `files`
+    skipped_lines: set = field(default_factory=set)  # (file, line number) dropped as broken JSON
+    n_bad_lines: int = 0
+
+
+def read_local(name: str, path: str, split: str, skip_bad_rows: bool) -> LocalRead:
+    """Read split `split` of the local data set `name` (at `path`); broken JSON lines are reported by
+    number, or dropped and counted with `skip_bad_rows`."""
+    import datasets
+
+    found = local_splits(path)
+    if split not in found.splits:
+        if os.path.isfile(path):
+            raise DataError(f"dataset {name!r} is a single file, so it has only the split 'train', not {split!r}; use a folder of split files (train.jsonl, test.jsonl) for more.")
+        raise DataError(f"dataset {name!r} has no {split!r} split; found: {', '.join(sorted(found.splits))}.")
+    paths = found.splits[split]
+    if found.builder == "json":
+        ds, json_lines, skipped, n_bad_lines = _load_json(paths, skip_bad_rows)
+        return LocalRead(ds, split, paths, json_lines, skipped, n_bad_lines)
+    try:
+        ds = datasets.load_dataset(found.builder, data_files={split: paths}, split=split)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"could not read {', '.join(paths)}: {first_line(err.__cause__ or err)}.") from None
+    return LocalRead(ds, split, paths)
 
 
 # -------------------------------------------------------------------- JSON lines
@@ -184,7 +236,7 @@ def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, i
                     json.load(f)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path} is not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); fix the file (--skip_bad_rows can drop broken lines of JSON-lines files only).") from None
-        raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
+        raise DataError(f"could not read {', '.join(files)}: {first_line(cause)}.")
     problems = {}
     for path in files:  # a line that is not UTF-8 is reported as such, whatever else is wrong with it
         by_line = dict(_scan_json_lines(path))
@@ -192,7 +244,7 @@ def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, i
         problems[path] = sorted(by_line.items())
     total = sum(len(p) for p in problems.values())
     if not total:
-        raise DataError(f"could not read {', '.join(files)}: {_first_line(cause)}.")
+        raise DataError(f"could not read {', '.join(files)}: {first_line(cause)}.")
     path, (number, what) = next((p, probs[0]) for p, probs in problems.items() if probs)
     if not skip_bad_rows:
         raise DataError(
@@ -215,7 +267,7 @@ def _load_json(files: list[str], skip_bad_rows: bool) -> tuple[Any, bool, set, i
     try:
         ds = datasets.load_dataset("json", data_files={"train": cleaned}, split="train")
     except Exception as err:  # noqa: BLE001 - the remaining lines are JSON objects, yet unreadable together
-        raise DataError(f"could not read {', '.join(files)}: {_first_line(err.__cause__ or err)}.") from None
+        raise DataError(f"could not read {', '.join(files)}: {first_line(err.__cause__ or err)}.") from None
     return ds, True, bad, total
 
 
@@ -231,6 +283,7 @@ def _holds_nothing(path: str) -> bool:
         return False
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), without a final period."""
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__).rstrip(".")

@@ -56,20 +56,21 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from preftune.data.pairs import (
-    _FIX_DATA,
+    FIX_OR_DROP,
     Message,
     PreferencePair,
+    RowProblem,
     Text,
-    _assistant,
-    _common_prefix_len,
-    _completion,
-    _extract,
-    _is_empty,
-    _messages,
-    _Problem,
-    _string,
-    _type_name,
+    assistant_reply,
+    common_prefix_len,
+    completion,
+    describe_value,
     extract_prompt,
+    image_tuple,
+    is_blank,
+    message_list,
+    required_string,
+    split_prompt,
 )
 from preftune.errors import ConfigError, DataError
 
@@ -94,15 +95,15 @@ __all__ = [
 
 def _explicit(row: Mapping) -> tuple:
     prompt = row["prompt"]
-    chosen, rejected = _completion(row["chosen"], "chosen"), _completion(row["rejected"], "rejected")
+    chosen, rejected = completion(row["chosen"], "chosen"), completion(row["rejected"], "rejected")
     if prompt is None:
-        raise _Problem("prompt", "is None", "fill it in or drop the row")
+        raise RowProblem("prompt", "is None", "fill it in or drop the row")
     if isinstance(prompt, Mapping):
         prompt = [prompt]
     if isinstance(prompt, (list, tuple)):
-        prompt = _messages(list(prompt), "prompt")
-        chosen = _assistant(chosen) if isinstance(chosen, str) else chosen
-        rejected = _assistant(rejected) if isinstance(rejected, str) else rejected
+        prompt = message_list(list(prompt), "prompt")
+        chosen = assistant_reply(chosen) if isinstance(chosen, str) else chosen
+        rejected = assistant_reply(rejected) if isinstance(rejected, str) else rejected
         n = len(prompt)
         if n and chosen[:n] == prompt:
             chosen = chosen[n:]
@@ -110,15 +111,15 @@ def _explicit(row: Mapping) -> tuple:
             rejected = rejected[n:]
         return prompt, chosen, rejected
     if not isinstance(prompt, str):
-        raise _Problem("prompt", f"is {_type_name(prompt)}", "expected a string or a list of {'role', 'content'} messages")
+        raise RowProblem("prompt", f"is {describe_value(prompt)}", "expected a string or a list of {'role', 'content'} messages")
     if not isinstance(chosen, str) and not isinstance(rejected, str):
-        return _extract(chosen, rejected)  # the completions hold the whole conversation
+        return split_prompt(chosen, rejected)  # the completions hold the whole conversation
     if not isinstance(chosen, str) or not isinstance(rejected, str):
-        raise _Problem("rejected", "is a different kind of value than chosen (one is a string, the other a message list)", "use two strings or two message lists")
+        raise RowProblem("rejected", "is a different kind of value than chosen (one is a string, the other a message list)", "use two strings or two message lists")
     if prompt and chosen.startswith(prompt) and rejected.startswith(prompt):
         return prompt, chosen[len(prompt):], rejected[len(prompt):]
-    if chosen != rejected and _renders_prompt(prompt.strip(), chosen[: _common_prefix_len(chosen, rejected)]):
-        return _extract(chosen, rejected)  # the completions already hold the prompt
+    if chosen != rejected and _renders_prompt(prompt.strip(), chosen[: common_prefix_len(chosen, rejected)]):
+        return split_prompt(chosen, rejected)  # the completions already hold the prompt
     return prompt, chosen, rejected
 
 
@@ -137,34 +138,34 @@ def _renders_prompt(needle: str, head: str) -> bool:
 
 
 def _alpaca(row: Mapping) -> tuple:
-    instruction = _string(row["instruction"], "instruction")
+    instruction = required_string(row["instruction"], "instruction")
     extra = row.get("input")
     if extra is not None and not isinstance(extra, str):
-        raise _Problem("input", f"is {_type_name(extra)}", "expected a string")
+        raise RowProblem("input", f"is {describe_value(extra)}", "expected a string")
     prompt = instruction + "\n\n" + extra if extra else instruction
-    return prompt, _completion(row["chosen"], "chosen"), _completion(row["rejected"], "rejected")
+    return prompt, completion(row["chosen"], "chosen"), completion(row["rejected"], "rejected")
 
 
 def _sharegpt(row: Mapping) -> tuple:
     conv = row["conversations"]
     if not isinstance(conv, (list, tuple)):
-        raise _Problem("conversations", f"is {_type_name(conv)}", "expected a list of {'from', 'value'} messages")
-    prompt = _messages(list(conv), "conversations")
-    chosen, rejected = _completion(row["chosen"], "chosen"), _completion(row["rejected"], "rejected")
-    chosen = _assistant(chosen) if isinstance(chosen, str) else chosen
-    rejected = _assistant(rejected) if isinstance(rejected, str) else rejected
+        raise RowProblem("conversations", f"is {describe_value(conv)}", "expected a list of {'from', 'value'} messages")
+    prompt = message_list(list(conv), "conversations")
+    chosen, rejected = completion(row["chosen"], "chosen"), completion(row["rejected"], "rejected")
+    chosen = assistant_reply(chosen) if isinstance(chosen, str) else chosen
+    rejected = assistant_reply(rejected) if isinstance(rejected, str) else rejected
     return prompt, chosen, rejected
 
 
 def _implicit(row: Mapping) -> tuple:
-    return _extract(_completion(row["chosen"], "chosen"), _completion(row["rejected"], "rejected"))
+    return split_prompt(completion(row["chosen"], "chosen"), completion(row["rejected"], "rejected"))
 
 
 def _emoji(row: Mapping) -> tuple:
     return (
-        [{"role": "user", "content": _string(row["question"], "question")}],
-        _assistant(_string(row["answer_zh"], "answer_zh")),
-        _assistant(_string(row["answer_en"], "answer_en")),
+        [{"role": "user", "content": required_string(row["question"], "question")}],
+        assistant_reply(required_string(row["answer_zh"], "answer_zh")),
+        assistant_reply(required_string(row["answer_en"], "answer_en")),
     )
 
 
@@ -173,23 +174,23 @@ def _query_response(row: Mapping) -> tuple:
     history = row.get("history")
     if history is not None:
         if not isinstance(history, (list, tuple)):
-            raise _Problem("history", f"is {_type_name(history)}", "expected a list of [query, response] pairs")
+            raise RowProblem("history", f"is {describe_value(history)}", "expected a list of [query, response] pairs")
         for turn in history:
             if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
-                raise _Problem("history", f"holds {_type_name(turn)}", "expected a list of [query, response] string pairs")
+                raise RowProblem("history", f"holds {describe_value(turn)}", "expected a list of [query, response] string pairs")
             prompt += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-    prompt.append({"role": "user", "content": _string(row["query"], "query")})
-    return prompt, _assistant(_string(row["response"], "response")), _assistant(_string(row["rejected_response"], "rejected_response"))
+    prompt.append({"role": "user", "content": required_string(row["query"], "query")})
+    return prompt, assistant_reply(required_string(row["response"], "response")), assistant_reply(required_string(row["rejected_response"], "rejected_response"))
 
 
 def _messages_shape(row: Mapping) -> tuple:
     msgs = row["messages"]
     if not isinstance(msgs, (list, tuple)):
-        raise _Problem("messages", f"is {_type_name(msgs)}", "expected a list of {'role', 'content'} messages")
-    msgs = _messages(list(msgs), "messages")
+        raise RowProblem("messages", f"is {describe_value(msgs)}", "expected a list of {'role', 'content'} messages")
+    msgs = message_list(list(msgs), "messages")
     if not msgs or msgs[-1]["role"] != "assistant":
-        raise _Problem("messages", "does not end with an assistant message (the chosen reply)", "end each conversation with the chosen assistant reply")
-    return msgs[:-1], msgs[-1:], _assistant(_string(row["rejected_response"], "rejected_response"))
+        raise RowProblem("messages", "does not end with an assistant message (the chosen reply)", "end each conversation with the chosen assistant reply")
+    return msgs[:-1], msgs[-1:], assistant_reply(required_string(row["rejected_response"], "rejected_response"))
 
 
 @dataclass(frozen=True)
@@ -300,26 +301,18 @@ def describe_shape(columns: Iterable[str], mapping: Mapping[str, str | None] | N
 
 def _add_system(system: Any, prompt: Text, chosen: Text, rejected: Text) -> tuple:
     if system is not None and not isinstance(system, str):
-        raise _Problem("system", f"is {_type_name(system)}", "expected a string")
+        raise RowProblem("system", f"is {describe_value(system)}", "expected a string")
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
-    chosen = _assistant(chosen) if isinstance(chosen, str) else chosen
-    rejected = _assistant(rejected) if isinstance(rejected, str) else rejected
+    chosen = assistant_reply(chosen) if isinstance(chosen, str) else chosen
+    rejected = assistant_reply(rejected) if isinstance(rejected, str) else rejected
     if system:
         if prompt and prompt[0]["role"] == "system":
             if prompt[0]["content"] != system:
-                raise _Problem("system", "differs from the system message that already opens the prompt", "keep only one of them")
+                raise RowProblem("system", "differs from the system message that already opens the prompt", "keep only one of them")
         else:
             prompt = [{"role": "system", "content": system}] + prompt
     return prompt, chosen, rejected
-
-
-def _images(value: Any) -> tuple | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    return (value,)
 
 
 def to_preference_pair(
@@ -342,7 +335,7 @@ def to_preference_pair(
     try:
         missing = [src for src, target in mapping.items() if target is not None and src not in row]
         if missing:
-            raise _Problem(
+            raise RowProblem(
                 None,
                 f"has no column {', '.join(repr(m) for m in missing)} named in --columns (it has {', '.join(map(str, row.keys()))})",
                 "fix the column mapping",
@@ -350,22 +343,22 @@ def to_preference_pair(
         data = {canon: row[src] for canon, src in names.items()}
         shape = match_shape(data)
         if shape is None:
-            raise _Problem(
+            raise RowProblem(
                 None,
                 f"has columns {', '.join(map(str, row.keys())) or '(none)'}, which match no accepted shape: {accepted_shapes()}",
                 "rename columns with --columns (e.g. columns={'question': 'prompt'})",
             )
         prompt, chosen, rejected = shape.convert(data)
         # messages whose contents are all blank are an empty prompt too (unless images carry it)
-        if not prompt or _is_empty(prompt) and (isinstance(prompt, str) or not data.get("images")):
-            raise _Problem("prompt", "is empty", "every pair needs a prompt; fill it in or drop the row")
+        if not prompt or is_blank(prompt) and (isinstance(prompt, str) or not data.get("images")):
+            raise RowProblem("prompt", "is empty", "every pair needs a prompt; fill it in or drop the row")
         for field, value in (("chosen", chosen), ("rejected", rejected)):
-            if _is_empty(value):
-                raise _Problem(field, "has an empty completion after the prompt is taken out", _FIX_DATA)
+            if is_blank(value):
+                raise RowProblem(field, "has an empty completion after the prompt is taken out", FIX_OR_DROP)
         if chosen == rejected:
-            raise _Problem("rejected", "is identical to chosen", "a preference pair needs two different completions; drop the row")
+            raise RowProblem("rejected", "is identical to chosen", "a preference pair needs two different completions; drop the row")
         if "system" in data:
             prompt, chosen, rejected = _add_system(data["system"], prompt, chosen, rejected)
-        return PreferencePair(prompt, chosen, rejected, _images(data.get("images")))
-    except _Problem as p:
+        return PreferencePair(prompt, chosen, rejected, image_tuple(data.get("images")))
+    except RowProblem as p:
         raise DataError(p.sentence(index, renamed)) from None

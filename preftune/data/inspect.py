@@ -1,29 +1,33 @@
-"""``preftune data inspect DATASET``: what a data set holds, read before spending GPU hours on it.
+"""The report behind ``preftune data inspect``: what a data set holds, read before spending GPU hours on it.
 
-The report, for the model's tokenizer and chat template (default: the bundled tiny
-model): rows read, columns found and the shape they map to, rows that cannot be
-used (and how many have chosen identical to rejected), token-length percentiles of
-prompt / chosen / rejected / whole pair, how many pairs ``max_length`` /
-``max_prompt_length`` / ``max_completion_length`` would truncate or drop, duplicate
+The report, for a tokenizer (and its chat template) and length limits: rows read,
+columns found and the shape they map to, rows that cannot be used (and how many have
+chosen identical to rejected), token-length percentiles of prompt / chosen /
+rejected / whole pair, how many pairs the limits would truncate or drop, duplicate
 pairs and repeated prompts, and the length bias (how often chosen is longer than
 rejected: a model can learn "longer wins" instead of the preference).
 
 It reuses the training pipeline rather than re-implementing it: `sources` loads
 the data, `prepare.prepare_dataset` (with no length limits) renders and tokenizes
 every pair exactly as training would, and `tokenize.truncate_pair` applies the
-limits. ``preftune data list`` prints the registry.
+limits. `inspect_sources` loads and reports; `inspect_data` reports on data already
+loaded. The command (flags, loading the model's tokenizer, the training config's
+default limits, the printed tables) is `preftune.cli.inspect`.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any, Mapping, Sequence
 
-from preftune.errors import ConfigError, DataError
+from preftune.data.formats import describe_shape, match_shape
+from preftune.data.prepare import ID_COLUMNS, prepare_dataset
+from preftune.data.rows import LoadedData, iter_rows
+from preftune.data.sources import load_sources
+from preftune.data.tokenize import LengthLimits, finished_pair, special_tokens, truncate_pair
+from preftune.errors import DataError
+
+__all__ = ["PERCENTILES", "inspect_data", "inspect_sources"]
 
 PERCENTILES = (50, 90, 99)
-NO_LIMIT = "none"  # a length limit given as "none" on the command line: no limit (None: the default)
 _COMPLETIONS = {"shareai emoji": ("answer_zh", "answer_en"), "query/response": ("response", "rejected_response")}
 
 
@@ -49,82 +53,37 @@ def _stats(values: Sequence[int]) -> dict:
     return out
 
 
-def _default_limits() -> dict:
-    from dataclasses import fields
-
-    from preftune.train.config import PreferenceConfig
-
-    names = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode")
-    return {f.name: f.default for f in fields(PreferenceConfig) if f.name in names}
-
-
-def _config_is_encoder_decoder(model: str) -> bool:
-    """Whether a model id/path's config.json says is_encoder_decoder (the config only, no weights)."""
-    from preftune.models import check_model_config
-
-    return bool(getattr(check_model_config(model), "is_encoder_decoder", False))
-
-
-def inspect_dataset(
-    dataset: str | Sequence[str],
+def inspect_sources(
+    specs: Sequence[str],
+    tokenizer,
+    limits: LengthLimits,
     *,
-    model: str | None = None,
-    tokenizer=None,
     split: str | None = None,
     config: str | None = None,
     columns: Mapping[str, str | None] | None = None,
-    max_length: int | None = None,
-    max_prompt_length: int | None = None,
-    max_completion_length: int | None = None,
-    truncation_mode: str | None = None,
     seed: int = 42,
-    use_defaults: bool = True,
-    is_encoder_decoder: bool | None = None,
+    is_encoder_decoder: bool = False,
 ) -> dict:
-    """The report as a JSON-serialisable dict (see the module docstring).
-
-    Length limits left as None take the training config's defaults (unless
-    ``use_defaults=False``); `NO_LIMIT` means no limit. `is_encoder_decoder` (default: read
-    from `model`'s config.json): tokenize and truncate as training a T5/BART-style model does —
-    the prompt is the encoder input, each completion a decoder target, limited separately.
-    """
-    from preftune.data.formats import describe_shape, match_shape
-    from preftune.data.prepare import ID_COLUMNS, prepare_dataset
-    from preftune.data.sources import load_sources, split_specs
-    from preftune.data.tokenize import LengthLimits, TokenizedPair, _specials, text_tokenizer, truncate_pair
-
-    defaults = _default_limits() if use_defaults else {}
-
-    def pick(name: str, value):
-        return None if value == NO_LIMIT else defaults.get(name) if value is None else value
-
-    limits = LengthLimits(pick("max_length", max_length), pick("max_prompt_length", max_prompt_length),
-                          pick("max_completion_length", max_completion_length),
-                          truncation_mode or defaults.get("truncation_mode") or "keep_end")
-    if tokenizer is None:
-        from preftune.assets import tiny_model_path
-        from preftune.models import load_tokenizer
-
-        model = model or tiny_model_path()
-        tokenizer = load_tokenizer(model)
-    if is_encoder_decoder is None:
-        is_encoder_decoder = model is not None and _config_is_encoder_decoder(model)
-
-    specs = split_specs(dataset)
-    data = load_sources(specs, split, config=config, columns=columns, seed=seed, skip_bad_rows=True,
+    """Load data set specs as training does (bad rows and broken lines are counted, not fatal; several
+    specs are mixed, which checks their rows) and report on them (`inspect_data`)."""
+    data = load_sources(list(specs), split, config=config, columns=columns, seed=seed, skip_bad_rows=True,
                         check_rows=len(specs) > 1)
+    return inspect_data(data, tokenizer, limits, is_encoder_decoder=is_encoder_decoder)
+
+
+def inspect_data(data: LoadedData, tokenizer, limits: LengthLimits, *, is_encoder_decoder: bool = False) -> dict:
+    """The report on loaded data, as a JSON-serialisable dict (see the module docstring).
+
+    `is_encoder_decoder`: tokenize and truncate as training a T5/BART-style model does (the prompt is the
+    encoder input, each completion a decoder target, limited separately)."""
     ds = data.dataset
     names = list(ds.column_names)
     shape = match_shape(names)
     identical = 0
     if shape is not None:
-        from preftune.data.sources import _iter_rows
-
-        identical = sum(_identical(row, shape.name) for row in _iter_rows(ds))
+        identical = sum(_identical(row, shape.name) for row in iter_rows(ds))
 
     report: dict[str, Any] = {
-        "dataset": specs,
-        "model": model or getattr(tokenizer, "name_or_path", None),
         "sources": [{"name": p.spec.label, "split": p.split, "rows": len(p.dataset)} for p in data.parts],
         "rows": len(ds),
         "columns": names,
@@ -149,12 +108,7 @@ def inspect_dataset(
     table = prepared.flatten_indices().data  # (select() leaves an indices mapping over the full table)
     cols = {c: table.column(c).to_pylist() for c in ID_COLUMNS}
     prompts, chosens, rejecteds = cols["prompt_ids"], cols["chosen_ids"], cols["rejected_ids"]
-    specials = _specials(tokenizer)
-    # The specials truncation keeps, as tokenize.finish_pair sets them for either kind of model.
-    if is_encoder_decoder:
-        bos, eos = (specials.bos if specials.adds_bos else None), (specials.eos if specials.adds_eos else None)
-    else:
-        bos, eos = text_tokenizer(tokenizer).bos_token_id, None
+    specials = special_tokens(tokenizer)
     lengths = {"prompt": [], "chosen": [], "rejected": [], "pair": []}
     truncated = dropped = longer = shorter = 0
     seen_pairs, seen_prompts = set(), set()
@@ -166,7 +120,7 @@ def inspect_dataset(
         # the longest row a pair adds: prompt + answer; for an encoder-decoder model, the longer of
         # the encoder input and the decoder target (they are limited separately)
         lengths["pair"].append(max(len(p), len(c), len(r)) if is_encoder_decoder else len(p) + max(len(c), len(r)))
-        tp = TokenizedPair(p, c, r, bos, eos)
+        tp = finished_pair(p, c, r, specials, is_encoder_decoder=is_encoder_decoder)
         cut = truncate_pair(tp, limits, is_encoder_decoder=is_encoder_decoder)
         if cut is None:
             dropped += 1
@@ -192,126 +146,3 @@ def inspect_dataset(
         "same_length": round((prep.n_kept - longer - shorter) / n, 4),
     }
     return report
-
-
-def _pct(count: int, total: int) -> str:
-    return f"{count} ({100 * count / total:.1f}%)" if total else str(count)
-
-
-def format_report(report: dict) -> str:
-    """The report as a readable text block."""
-    from preftune.cli.console import format_table
-
-    total = report["rows"]
-    lines = [f"data set: {', '.join(report['dataset'])}  (tokenizer: {report['model']})"]
-    if len(report["sources"]) > 1 or report["sources"][0]["split"]:
-        lines += [f"  {s['name']} [{s['split']}]: {s['rows']} rows" for s in report["sources"]]
-    lines += [f"rows: {total}", f"columns: {', '.join(report['columns'])}", f"shape: {report['shape']}"]
-    lines += [f"note: {n}" for n in report["notes"]]
-    checks = [
-        ["usable pairs", _pct(report.get("pairs", 0), total)],
-        ["bad rows (not usable)", _pct(report.get("bad_rows", 0), total)],
-        ["  of which chosen == rejected", report["chosen_equals_rejected"]],
-    ]
-    if report["broken_json_lines"]:
-        checks.append(["broken JSON lines (not read)", report["broken_json_lines"]])
-    if report["bad_rows_dropped_while_mixing"]:
-        checks.append(["bad rows dropped while mixing", report["bad_rows_dropped_while_mixing"]])
-    if "tokens" not in report:
-        lines += ["", format_table(["check", "count"], checks)]
-        lines += [f"first bad row: {e}" for e in report.get("first_bad_rows", [])[:1]]
-        return "\n".join(lines)
-    pairs = report["pairs"]
-    limits = report["limits"]
-    limit_text = ", ".join(f"{k}={v}" for k, v in limits.items())
-    bias = report["length_bias"]
-    checks += [
-        ["duplicate pairs", report["duplicate_pairs"]],
-        ["repeated prompts", report["repeated_prompts"]],
-        ["truncated by the limits", _pct(report["truncated"], pairs)],
-        ["dropped by truncation (empty completion)", _pct(report["dropped_by_truncation"], pairs)],
-        ["chosen longer than rejected", f"{100 * bias['chosen_longer']:.1f}%"],
-        ["rejected longer than chosen", f"{100 * bias['rejected_longer']:.1f}%"],
-    ]
-    heads = ["tokens", "mean", *(f"p{q}" for q in PERCENTILES), "max"]
-    rows = [[name, *(s[h] for h in heads[1:])] for name, s in report["tokens"].items()]
-    enc_dec = report.get("is_encoder_decoder")
-    rows[-1][0] = "pair (longest of encoder and decoder)" if enc_dec else "pair (prompt + longer completion)"
-    if enc_dec:
-        limit_text += " (encoder-decoder: prompt and completions limited separately)"
-    lines += ["", format_table(heads, rows), "", f"limits: {limit_text}", format_table(["check", "count"], checks)]
-    lines += [f"first bad row: {e}" for e in report.get("first_bad_rows", [])[:1]]
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ command line
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ConfigError(f"{message} (see {self.prog} --help).")
-
-
-def _limit(text: str):
-    if text.lower() in ("none", "null", "0"):
-        return NO_LIMIT
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (or none)")
-    return int(text)
-
-
-def _inspect_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="preftune data inspect", description="Report on a preference data set before training.", allow_abbrev=False)
-    p.add_argument("dataset", nargs="+", help="Data set(s), as for --dataset: hub id, local file or folder, registry name; NAME#N samples N rows.")
-    p.add_argument("--model", help="Tokenizer and chat template to measure with (default: the bundled tiny model).")
-    p.add_argument("--json", action="store_true", help="Print the report as JSON.")
-    p.add_argument("--split", "--dataset_split", dest="split", help="Split to read (default: train, or the registry's train split).")
-    p.add_argument("--dataset_config", "--config", dest="config", help="Hub config of the data set.")
-    p.add_argument("--columns", help="Rename columns, as for training: '{\"q\": \"prompt\"}' or q=prompt,good=chosen.")
-    p.add_argument("--max_length", type=_limit, help="Limit to check against (default: the training default; none: no limit).")
-    p.add_argument("--max_prompt_length", type=_limit, help="Limit to check against (default: the training default).")
-    p.add_argument("--max_completion_length", type=_limit, help="Limit to check against (default: none).")
-    p.add_argument("--truncation_mode", choices=("keep_end", "keep_start"), help="How long prompts are cut (default: keep_end).")
-    p.add_argument("--seed", type=int, default=42, help="Seed for NAME#N sampling.")
-    return p
-
-
-def _list(argv: list[str]) -> int:
-    from preftune.cli.console import format_table
-    from preftune.data.registry import REGISTRY
-
-    p = _Parser(prog="preftune data list", description="The registry of well-known preference data sets.", allow_abbrev=False)
-    p.add_argument("--json", action="store_true", help="Print the registry as JSON.")
-    args = p.parse_args(argv)
-    entries = list(REGISTRY.values())
-    if args.json:
-        print(json.dumps([{"name": e.name, "hub_id": e.hub_id, "train_split": e.train_split, "test_split": e.test_split,
-                           "columns": list(e.raw_columns), "description": e.description} for e in entries], indent=2))
-        return 0
-    rows = [[e.name, e.hub_id, e.train_split + (f" / {e.test_split}" if e.test_split else ""), e.description] for e in entries]
-    print(format_table(["name", "hub id", "splits", "what"], rows, indent=""))
-    return 0
-
-
-def data_main(argv: list[str]) -> int:
-    """``preftune data inspect ...`` / ``preftune data list``."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: preftune data inspect DATASET [--model M] [--json] [--max_length N] ...\n"
-              "       preftune data list [--json]")
-        return 0 if argv else 2
-    sub, rest = argv[0], argv[1:]
-    if sub == "list":
-        return _list(rest)
-    if sub != "inspect":
-        raise ConfigError(f"unknown data command {sub!r}; use 'preftune data inspect DATASET' or 'preftune data list'.")
-    args = _inspect_parser().parse_args(rest)
-    from preftune.data.sources import parse_columns
-
-    report = inspect_dataset(
-        args.dataset, model=args.model, split=args.split, config=args.config, columns=parse_columns(args.columns),
-        max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-        max_completion_length=args.max_completion_length, truncation_mode=args.truncation_mode, seed=args.seed,
-    )
-    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
-    sys.stdout.flush()
-    return 0

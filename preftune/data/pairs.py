@@ -7,8 +7,18 @@ ShareGPT ``{"from", "value"}`` ones; strings; completions) and splits an
 implicit-prompt pair into prompt and completions (`extract_prompt`). Which row
 shapes are accepted, and how each becomes a pair, is `preftune.data.formats`.
 
-Values that cannot be used raise `_Problem` (field, what is wrong, how to fix it);
-`to_preference_pair` and `extract_prompt` turn it into a one-sentence DataError.
+The value checks are the vocabulary the row shapes of `preftune.data.formats` are
+written in: `completion`, `message_list`, `required_string` check and normalise one
+field; `assistant_reply`, `is_blank`, `common_prefix_len`, `split_prompt` build and
+test pairs. A value that cannot be used raises `RowProblem` (field, what is wrong,
+how to fix it, e.g. `FIX_OR_DROP`); `to_preference_pair` and `extract_prompt` turn it
+into a one-sentence DataError that names the row.
+
+Every row is normalised once. Loading with row checks (`preftune.data.sources`)
+normalises each row to find the bad ones, and keeps the pairs of the data set it
+returns (`remember_pairs`); `preftune.data.prepare` tokenizes those pairs
+(`remembered_pairs`) instead of normalising the rows again. The pairs are kept for
+that one data set object only (weakly: they go with it), and handed over once.
 
 Decisions, where TRL says nothing or differs:
 
@@ -24,10 +34,17 @@ This module imports the standard library only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Union
 
 from preftune.errors import DataError
+
+__all__ = [
+    "FIX_OR_DROP", "Message", "PreferencePair", "RowProblem", "Text", "assistant_reply", "common_prefix_len",
+    "completion", "describe_value", "extract_prompt", "image_tuple", "is_blank", "message_list", "remember_pairs",
+    "remembered_pairs", "required_string", "split_prompt",
+]
 
 Message = dict  # {"role": str, "content": str | list}
 Text = Union[str, list]  # a plain string, or a list of chat messages
@@ -51,12 +68,26 @@ class PreferencePair:
     def is_conversational(self) -> bool:
         return isinstance(self.chosen, list)
 
+    def with_images(self, images: Any) -> "PreferencePair":
+        """This pair with a row's ``images`` value (None, one image, or a list of them)."""
+        return replace(self, images=image_tuple(images))
+
+
+def image_tuple(value: Any) -> tuple | None:
+    """A row's ``images`` value as a tuple of images (None: the row has none)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
 
 # --------------------------------------------------------------------------- errors
 
 
-class _Problem(Exception):
-    """A problem in one row; `to_preference_pair` turns it into a DataError."""
+class RowProblem(Exception):
+    """A problem in one field of a row (or the whole row: `field` None): what is wrong and how to fix
+    it. `to_preference_pair` turns it into a DataError with `sentence`."""
 
     def __init__(self, field: str | None, what: str, fix: str):
         super().__init__(what)
@@ -73,10 +104,11 @@ class _Problem(Exception):
         return f"{subject} {self.what}; {self.fix}."
 
 
-_FIX_DATA = "fix or drop this row"
+FIX_OR_DROP = "fix or drop this row"  # the fix, when the data itself is wrong
 
 
-def _type_name(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A value's type and its (shortened) repr, for messages: ``int 7``, ``list [1, 2]``."""
     text = repr(value)
     if len(text) > 40:
         text = text[:37] + "..."
@@ -105,24 +137,24 @@ def _message(m: Any, field: str, pos: int) -> dict:
     None (when rows of one column have different message keys) are dropped.
     """
     if not isinstance(m, Mapping):
-        raise _Problem(field, f"holds {_type_name(m)} at message {pos}, not a {{'role': ..., 'content': ...}} mapping", _FIX_DATA)
+        raise RowProblem(field, f"holds {describe_value(m)} at message {pos}, not a {{'role': ..., 'content': ...}} mapping", FIX_OR_DROP)
     role = m.get("role")
     if role is None and m.get("from") is not None:
         sharegpt_role = m["from"]
         role = _SHAREGPT_ROLES.get(sharegpt_role) if isinstance(sharegpt_role, str) else None
         if role is None:
-            raise _Problem(field, f"has message {pos} from {sharegpt_role!r}, which is not one of {', '.join(sorted(_SHAREGPT_ROLES))}", _FIX_DATA)
+            raise RowProblem(field, f"has message {pos} from {sharegpt_role!r}, which is not one of {', '.join(sorted(_SHAREGPT_ROLES))}", FIX_OR_DROP)
     content = m.get("content")
     if content is None:
         content = m.get("value")
     if role is not None and not isinstance(role, str):
-        raise _Problem(field, f"has message {pos} whose role is {_type_name(role)}", "a role is a string such as 'user' or 'assistant'")
+        raise RowProblem(field, f"has message {pos} whose role is {describe_value(role)}", "a role is a string such as 'user' or 'assistant'")
     if not role:
-        raise _Problem(field, f"has message {pos} without a role", "give every message a 'role' (or ShareGPT 'from')")
+        raise RowProblem(field, f"has message {pos} without a role", "give every message a 'role' (or ShareGPT 'from')")
     if content is None:
-        raise _Problem(field, f"has message {pos} without content", "give every message a 'content' (or ShareGPT 'value')")
+        raise RowProblem(field, f"has message {pos} without content", "give every message a 'content' (or ShareGPT 'value')")
     if not isinstance(content, (str, list)):
-        raise _Problem(field, f"has message {pos} whose content is {_type_name(content)}", "content must be a string or a list of content parts")
+        raise RowProblem(field, f"has message {pos} whose content is {describe_value(content)}", "content must be a string or a list of content parts")
     out = {"role": role, "content": content}
     for key, value in m.items():
         if key not in ("role", "content", "from", "value") and value is not None:
@@ -130,36 +162,40 @@ def _message(m: Any, field: str, pos: int) -> dict:
     return out
 
 
-def _messages(value: list, field: str) -> list:
+def message_list(value: list, field: str) -> list:
+    """Every message of a list checked and normalised (ShareGPT ones too); RowProblem for a bad one."""
     return [_message(m, field, i) for i, m in enumerate(value)]
 
 
-def _completion(value: Any, field: str) -> Text:
+def completion(value: Any, field: str) -> Text:
     """A completion: a string, a message list, or one message (wrapped in a list)."""
     if value is None:
-        raise _Problem(field, "is None", "fill it in or drop the row")
+        raise RowProblem(field, "is None", "fill it in or drop the row")
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
         return [_message(value, field, 0)]
     if isinstance(value, (list, tuple)):
-        return _messages(list(value), field)
-    raise _Problem(field, f"is {_type_name(value)}", "expected a string or a list of {'role', 'content'} messages")
+        return message_list(list(value), field)
+    raise RowProblem(field, f"is {describe_value(value)}", "expected a string or a list of {'role', 'content'} messages")
 
 
-def _string(value: Any, field: str) -> str:
+def required_string(value: Any, field: str) -> str:
+    """The value, which must be a string; RowProblem otherwise."""
     if value is None:
-        raise _Problem(field, "is None", "fill it in or drop the row")
+        raise RowProblem(field, "is None", "fill it in or drop the row")
     if not isinstance(value, str):
-        raise _Problem(field, f"is {_type_name(value)}", "expected a string")
+        raise RowProblem(field, f"is {describe_value(value)}", "expected a string")
     return value
 
 
-def _assistant(text: str) -> list:
+def assistant_reply(text: str) -> list:
+    """A string completion as one assistant message."""
     return [{"role": "assistant", "content": text}]
 
 
-def _is_empty(value: Text) -> bool:
+def is_blank(value: Text) -> bool:
+    """An empty or whitespace string, or messages whose contents are all that (or empty lists)."""
     if isinstance(value, str):
         return not value.strip()
     return all(isinstance(m["content"], str) and not m["content"].strip() or m["content"] == [] for m in value)
@@ -168,7 +204,8 @@ def _is_empty(value: Text) -> bool:
 # ----------------------------------------------------------------- prompt extraction
 
 
-def _common_prefix_len(a, b) -> int:
+def common_prefix_len(a, b) -> int:
+    """How many leading items (characters, messages) two sequences share."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -176,12 +213,13 @@ def _common_prefix_len(a, b) -> int:
     return i
 
 
-def _extract(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
+def split_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
+    """`extract_prompt` for normalised values, raising RowProblem (see the module docstring)."""
     if isinstance(chosen, str) != isinstance(rejected, str):
-        raise _Problem("rejected", "is a different kind of value than chosen (one is a string, the other a message list)", "use two strings or two message lists")
+        raise RowProblem("rejected", "is a different kind of value than chosen (one is a string, the other a message list)", "use two strings or two message lists")
     if chosen == rejected:
-        raise _Problem("rejected", "is identical to chosen", "a preference pair needs two different completions; drop the row")
-    k = _common_prefix_len(chosen, rejected)
+        raise RowProblem("rejected", "is identical to chosen", "a preference pair needs two different completions; drop the row")
+    k = common_prefix_len(chosen, rejected)
     if isinstance(chosen, str):
         # Do not split a word: back up to just after the last whitespace.
         after = [s[k] for s in (chosen, rejected) if k < len(s)]
@@ -189,13 +227,13 @@ def _extract(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
             while k > 0 and not chosen[k - 1].isspace():
                 k -= 1
         if k == 0:
-            raise _Problem("chosen", "shares no beginning with rejected, so no prompt can be extracted", "add a 'prompt' column")
+            raise RowProblem("chosen", "shares no beginning with rejected, so no prompt can be extracted", "add a 'prompt' column")
     else:
         # The prompt must end right before an assistant message in both completions.
         while k > 0 and not (k < len(chosen) and k < len(rejected) and chosen[k]["role"] == "assistant" and rejected[k]["role"] == "assistant"):
             k -= 1
         if k == 0:
-            raise _Problem("chosen", "shares no messages with rejected before an assistant reply, so no prompt can be extracted", "add a 'prompt' column")
+            raise RowProblem("chosen", "shares no messages with rejected before an assistant reply, so no prompt can be extracted", "add a 'prompt' column")
     return chosen[:k], chosen[k:], rejected[k:]
 
 
@@ -210,9 +248,30 @@ def extract_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
     """
     try:
         if not isinstance(chosen, str):
-            chosen = _completion(chosen, "chosen")
+            chosen = completion(chosen, "chosen")
         if not isinstance(rejected, str):
-            rejected = _completion(rejected, "rejected")
-        return _extract(chosen, rejected)
-    except _Problem as p:
+            rejected = completion(rejected, "rejected")
+        return split_prompt(chosen, rejected)
+    except RowProblem as p:
         raise DataError(p.sentence(None, {})) from None
+
+
+# ----------------------------------------------------- pairs normalised when loading
+
+_REMEMBERED: "weakref.WeakKeyDictionary[Any, list[PreferencePair]]" = weakref.WeakKeyDictionary()
+
+
+def remember_pairs(dataset: Any, pairs: list[PreferencePair]) -> None:
+    """Keep the pairs normalised from `dataset`'s rows (one per row, in order) for `remembered_pairs`."""
+    if len(pairs) != len(dataset):
+        raise ValueError(f"{len(pairs)} pairs for a data set of {len(dataset)} rows")
+    _REMEMBERED[dataset] = pairs
+
+
+def remembered_pairs(dataset: Any, *, forget: bool = False) -> list[PreferencePair] | None:
+    """The pairs `remember_pairs` kept for this very data set object, or None; `forget`: hand them
+    over (they are not kept any longer)."""
+    try:
+        return _REMEMBERED.pop(dataset, None) if forget else _REMEMBERED.get(dataset)
+    except TypeError:  # not weak-referenceable (a list of rows): nothing is remembered for it
+        return None

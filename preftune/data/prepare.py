@@ -11,7 +11,11 @@ the columns are the same, ready for `EncoderDecoderCollator`.
 Rows are never dropped silently: pairs that truncation would leave with an empty
 completion are dropped and counted; rows that cannot be used (wrong shape, None
 fields, ...) raise one DataError naming the first of them and how many there are,
-or are dropped and counted with ``skip_bad_rows=True``. Images are not read here
+or are dropped and counted with ``skip_bad_rows=True``. A data set loaded with its rows
+checked (`preftune.data.sources.load_sources`) comes with its rows' pairs, normalised
+then (`preftune.data.pairs.remembered_pairs`): they are tokenized as they are, not
+normalised a second time (except with a ``columns`` mapping, which they did not see,
+and in ``num_proc`` workers, which would each need a copy of all of them). Images are not read here
 (their columns are left out of the map, so they are never decoded), except for a
 vision-language model's processor (below).
 
@@ -43,7 +47,8 @@ import numpy as np
 
 from preftune.data.formats import check_columns, to_preference_pair
 from preftune.data.images import image_prompt_ids, is_vision_processor
-from preftune.data.tokenize import LengthLimits, _specials, finish_pair, render_pair, text_tokenizer, truncate_pair
+from preftune.data.pairs import PreferencePair, remembered_pairs
+from preftune.data.tokenize import LengthLimits, finish_pair, render_pair, special_tokens, text_tokenizer, truncate_pair
 from preftune.errors import DataError
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -86,12 +91,19 @@ class _RowProcessor:
     """The map function; a plain picklable object (no closures) for num_proc."""
 
     def __init__(self, tokenizer, limits: LengthLimits, columns: Mapping[str, str | None] | None,
-                 is_encoder_decoder: bool = False):
+                 is_encoder_decoder: bool = False, pairs: Sequence[PreferencePair] | None = None):
         self.tokenizer = tokenizer
         self.limits = limits
         self.columns = dict(columns) if columns else None
         self.is_encoder_decoder = bool(is_encoder_decoder)
         self.vision = is_vision_processor(tokenizer)  # a VLM's processor: prompts with images expand them
+        self.pairs = pairs  # the rows' pairs, normalised when they were loaded (indexed like the rows)
+
+    def pair(self, row: Mapping, index: int) -> PreferencePair:
+        if self.pairs is None:
+            return to_preference_pair(row, index, self.columns)
+        pair = self.pairs[index]  # loading reads no images: a VLM's rows add theirs
+        return pair.with_images(row.get(IMAGES_COLUMN)) if self.vision else pair
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         keys = list(batch)
@@ -105,14 +117,14 @@ class _RowProcessor:
         texts, good, images = [], [], []
         for j, (row, index) in enumerate(zip(rows, indices)):
             try:
-                pair = to_preference_pair(row, index, self.columns)
+                pair = self.pair(row, index)
                 texts.extend(render_pair(pair, self.tokenizer, index=index))
                 images.append(pair.images if self.vision else None)
                 good.append(j)
             except DataError as e:
                 errors[j] = str(e)
         if good:
-            specials = _specials(self.tokenizer)
+            specials = special_tokens(self.tokenizer)
             tok = text_tokenizer(self.tokenizer)
             enc_dec = self.is_encoder_decoder
             ids = tok(texts, add_special_tokens=enc_dec)["input_ids"]  # one batched call
@@ -231,8 +243,11 @@ def prepare_dataset(
         source = dataset.select_columns(keep) if len(keep) < len(dataset.column_names) else dataset
         if source.format["type"] is not None:
             source = source.with_format(None)  # rows as plain python objects, whatever the user's format
+        pairs = remembered_pairs(dataset, forget=True)  # normalised when loaded: not again
+        if columns or (num_proc and num_proc > 1):  # renamed columns; or workers, which normalise their own rows
+            pairs = None
         processed = source.map(
-            _RowProcessor(tokenizer, limits, map_columns, is_encoder_decoder),
+            _RowProcessor(tokenizer, limits, map_columns, is_encoder_decoder, pairs),
             with_indices=True,
             batched=True,
             remove_columns=source.column_names,

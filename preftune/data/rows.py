@@ -1,11 +1,13 @@
 """Loaded rows and where each came from; the row checks that report a bad row there.
 
 `LoadedData` (what `preftune.data.sources.load_sources` returns) holds the data set
-and, per source, a `_Part` that can say where row r came from: ``row 7 (line 8)``
+and, per source, a `SourcePart` that can say where row r came from: ``row 7 (line 8)``
 for a single JSONL file, ``row 7 of prefs.jsonl (line 8)`` when several sets are
-mixed. Every row is checked (`preftune.data.formats.to_preference_pair`) when the
-data is loaded; by default the first bad row stops the run, with a count;
-``skip_bad_rows`` drops bad rows and counts them for `LoadedData.skipped_summary`.
+mixed. Every row is checked (`SourcePart.check_rows`, which normalises it with
+`preftune.data.formats.to_preference_pair`) when the data is loaded; by default the
+first bad row stops the run, with a count; ``skip_bad_rows`` drops bad rows and
+counts them for `LoadedData.skipped_summary`. The pairs of the rows kept are handed
+on (`preftune.data.pairs.remember_pairs`), so that no row is normalised twice.
 
 Decisions:
 
@@ -19,14 +21,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from preftune.errors import DataError
+from preftune.data.formats import to_preference_pair
+from preftune.data.pairs import PreferencePair, remember_pairs, remembered_pairs
 from preftune.data.specs import SourceSpec
+from preftune.errors import DataError
 
 _N_SHOWN = 3  # bad rows quoted in a skip summary
 
 
 @dataclass
-class _Part:
+class CheckedRows:
+    """What `SourcePart.check_rows` found: the rows that make a usable pair, and those pairs."""
+
+    kept: list[int]  # positions into the rows checked
+    pairs: list[PreferencePair]  # one per kept row, in the same order
+
+
+@dataclass
+class SourcePart:
     """One loaded source: its rows, and how to say where row r came from."""
 
     spec: SourceSpec
@@ -60,13 +72,35 @@ class _Part:
             text += f" (line {number})" if alone or len(self.files) == 1 else f" (line {number} of {os.path.basename(path)})"
         return text
 
+    def check_rows(self, rows: Sequence[int] | None, *, alone: bool, skip_bad_rows: bool) -> CheckedRows:
+        """Normalise every row (`rows`: which rows of this part, in order; None: all). Raises on a bad row,
+        unless `skip_bad_rows`: then bad rows are left out and counted. `alone`: the only part."""
+        order = list(rows) if rows is not None else None
+        source = self.dataset.select(order) if order is not None and order != list(range(len(self.dataset))) else self.dataset
+        kept, pairs, bad = [], [], []
+        for pos, row in enumerate(iter_rows(source)):
+            r = order[pos] if order is not None else pos
+            try:
+                pairs.append(to_preference_pair(row, r))
+            except DataError as err:
+                bad.append((r, str(err)))
+                continue
+            kept.append(pos)
+        if bad:
+            first = re.sub(r"^row (\d+)\b", lambda m: self.where(int(m.group(1)), alone), bad[0][1], count=1)
+            if not skip_bad_rows:
+                raise DataError(f"{first.rstrip('.')} ({len(bad)} of {len(source)} rows are bad; fix them, or pass --skip_bad_rows to drop them).")
+            self.n_bad_rows += len(bad)
+            self.bad_examples.append(first)
+        return CheckedRows(kept, pairs)
+
 
 @dataclass
 class LoadedData:
     """A loaded (possibly mixed, sampled and split) data set and where its rows came from."""
 
     dataset: Any
-    parts: list[_Part]
+    parts: list[SourcePart]
     origins: list[tuple[int, int]] | None = None  # final row -> (part, row in part); None: identity
     notes: list[str] = field(default_factory=list)
 
@@ -104,16 +138,23 @@ class LoadedData:
         return text
 
     def select(self, indices: Sequence[int]) -> "LoadedData":
+        """These rows only (their pairs too, when the rows were checked)."""
         indices = list(indices)
         origins = [self.origins[i] for i in indices] if self.origins is not None else [(0, i) for i in indices]
-        return LoadedData(self.dataset.select(indices), self.parts, origins, list(self.notes))
+        selected = LoadedData(self.dataset.select(indices), self.parts, origins, list(self.notes))
+        pairs = remembered_pairs(self.dataset)
+        if pairs is not None:
+            remember_pairs(selected.dataset, [pairs[i] for i in indices])
+        return selected
 
 
 # -------------------------------------------------------------------- row checks
 
 
-def _iter_rows(ds, batch_size: int = 1000):
-    cols = [c for c in ds.column_names if c != "images"]  # never decode images just to check rows
+def iter_rows(ds, batch_size: int = 1000):
+    """The rows of a datasets.Dataset as plain dicts, without its ``images`` column (never decoded just to
+    check rows), read in batches."""
+    cols = [c for c in ds.column_names if c != "images"]
     view = ds.select_columns(cols) if len(cols) < len(ds.column_names) else ds
     if view.format["type"] is not None:
         view = view.with_format(None)
@@ -122,30 +163,3 @@ def _iter_rows(ds, batch_size: int = 1000):
         n = len(batch[keys[0]]) if keys else 0
         for i in range(n):
             yield {k: batch[k][i] for k in keys}
-
-
-def _check_rows(part: _Part, rows: Sequence[int] | None, alone: bool, skip_bad_rows: bool, keep_pairs: bool):
-    """Check every row of a part (`rows`: which part rows, in order). Returns
-    (kept positions into `rows`, pairs or None). Raises on a bad row unless skipping."""
-    from preftune.data.formats import to_preference_pair
-
-    order = list(rows) if rows is not None else None
-    source = part.dataset.select(order) if order is not None and order != list(range(len(part.dataset))) else part.dataset
-    kept, pairs, bad = [], [], []
-    for pos, row in enumerate(_iter_rows(source)):
-        r = order[pos] if order is not None else pos
-        try:
-            pair = to_preference_pair(row, r)
-        except DataError as err:
-            bad.append((r, str(err)))
-            continue
-        kept.append(pos)
-        if keep_pairs:
-            pairs.append(pair)
-    if bad:
-        first = re.sub(r"^row (\d+)\b", lambda m: part.where(int(m.group(1)), alone), bad[0][1], count=1)
-        if not skip_bad_rows:
-            raise DataError(f"{first.rstrip('.')} ({len(bad)} of {len(source)} rows are bad; fix them, or pass --skip_bad_rows to drop them).")
-        part.n_bad_rows += len(bad)
-        part.bad_examples.append(first)
-    return kept, (pairs if keep_pairs else None)

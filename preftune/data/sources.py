@@ -16,12 +16,15 @@ plus a random remainder, as ms-swift does). Several specs (``--dataset a b`` or
 
 Every row is checked when the data is loaded, and a bad row (or a broken JSON
 line) is reported with where it came from, or dropped and counted with
-``skip_bad_rows``.
+``skip_bad_rows``. Checking a row normalises it into a `PreferencePair`; the pairs
+of the returned data set are handed on to `preftune.data.prepare`
+(`preftune.data.pairs.remember_pairs`), which tokenizes them without normalising
+the rows again.
 
 This module loads, samples, mixes and splits; the pieces it uses live beside it:
 `preftune.data.specs` (spec and ``--columns`` syntax), `preftune.data.files` (local
 files and the JSON-lines checks), `preftune.data.rows` (`LoadedData`, row origins
-and the row checks). Their public names are importable from here too.
+and the row checks). The names callers need from them are importable from here too.
 
 Decisions:
 
@@ -40,11 +43,17 @@ import math
 import os
 from typing import Iterable, Mapping, Sequence
 
-from preftune.errors import ConfigError, DataError
 from preftune.data import registry
-from preftune.data.files import BUNDLED, _first_line, _load_json, _local_files, _resolve_local  # noqa: F401 - BUNDLED re-exported
-from preftune.data.rows import LoadedData, _check_rows, _iter_rows, _Part  # noqa: F401 - _iter_rows re-exported (data.inspect)
-from preftune.data.specs import SourceSpec, parse_columns, parse_spec, spec_text, split_specs  # noqa: F401 - re-exported
+from preftune.data.files import BUNDLED, first_line, local_splits, read_local, resolve_local
+from preftune.data.pairs import PreferencePair, remember_pairs
+from preftune.data.rows import LoadedData, SourcePart
+from preftune.data.specs import SourceSpec, parse_columns, parse_spec, spec_text, split_specs
+from preftune.errors import ConfigError, DataError
+
+__all__ = [  # with the names of specs, files and rows that callers reach through this module
+    "BUNDLED", "LoadedData", "SourcePart", "SourceSpec", "default_eval_split", "hub_split_names", "load_preference_data",
+    "load_sources", "parse_columns", "parse_spec", "spec_text", "split_off_eval", "split_specs", "train_and_eval",
+]
 
 
 # ----------------------------------------------------------------------- loading
@@ -56,7 +65,7 @@ def _hub_error(name: str, split: str, err: Exception) -> DataError:
     else:
         near = [n for n in registry.suggest(name) if n.lower() != name.lower()]
         hint = f"; did you mean {' or '.join(near)}?" if near else "; check the name, or pass a local file or a registry name (preftune data list)."
-    return DataError(f"could not load dataset {name!r} (split {split!r}): {_first_line(err)}{hint}")
+    return DataError(f"could not load dataset {name!r} (split {split!r}): {first_line(err)}{hint}")
 
 
 def hub_split_names(name: str, config: str | None = None) -> list[str] | None:
@@ -82,29 +91,14 @@ def _apply_columns(ds, mapping: Mapping[str, str | None], label: str):
     return ds.rename_columns(rename) if rename else ds
 
 
-def _load_part(spec: SourceSpec, split: str | None, *, config: str | None, columns, skip_bad_rows: bool) -> _Part:
+def _load_part(spec: SourceSpec, split: str | None, *, config: str | None, columns, skip_bad_rows: bool) -> SourcePart:
     import datasets
 
-    local = _resolve_local(spec.name)
+    local = resolve_local(spec.name)
     if local is not None:
-        builder, files = _local_files(local)
-        wanted = spec.split or split or "train"
-        if wanted not in files:
-            if os.path.isfile(local):
-                raise DataError(f"dataset {spec.name!r} is a single file, so it has only the split 'train', not {wanted!r}; use a folder of split files (train.jsonl, test.jsonl) for more.")
-            raise DataError(f"dataset {spec.name!r} has no {wanted!r} split; found: {', '.join(sorted(files))}.")
-        paths = files[wanted]
-        if builder == "json":
-            ds, json_lines, skipped, n_bad_lines = _load_json(paths, skip_bad_rows)
-        else:
-            try:
-                ds = datasets.load_dataset(builder, data_files={wanted: paths}, split=wanted)
-            except Exception as err:  # noqa: BLE001
-                raise DataError(f"could not read {', '.join(paths)}: {_first_line(err.__cause__ or err)}.") from None
-            json_lines, skipped, n_bad_lines = False, set(), 0
-        if columns:
-            ds = _apply_columns(ds, columns, spec.name)
-        return _Part(spec, ds, wanted, paths, json_lines, skipped, n_bad_lines)
+        read = read_local(spec.name, local, spec.split or split or "train", skip_bad_rows)
+        ds = _apply_columns(read.dataset, columns, spec.name) if columns else read.dataset
+        return SourcePart(spec, ds, read.split, read.files, read.json_lines, read.skipped_lines, read.n_bad_lines)
 
     entry = registry.lookup(spec.name)
     if entry is not None:
@@ -115,7 +109,7 @@ def _load_part(spec: SourceSpec, split: str | None, *, config: str | None, colum
         except Exception as err:  # noqa: BLE001 - offline, unknown split, ...: one sentence
             raise _hub_error(entry.hub_id, wanted, err) from None
         ds = raw.map(entry.preprocess, remove_columns=raw.column_names, desc=f"preprocessing {entry.name}")
-        return _Part(spec, ds, wanted)
+        return SourcePart(spec, ds, wanted)
 
     wanted = spec.split or split or "train"
     try:
@@ -124,10 +118,10 @@ def _load_part(spec: SourceSpec, split: str | None, *, config: str | None, colum
         raise _hub_error(spec.name, wanted, err) from None
     if columns:
         ds = _apply_columns(ds, columns, spec.label)
-    return _Part(spec, ds, wanted)
+    return SourcePart(spec, ds, wanted)
 
 
-def _sample(part: _Part, count: int, seed: int) -> tuple[list[int], str | None]:
+def _sample(part: SourcePart, count: int, seed: int) -> tuple[list[int], str | None]:
     import numpy as np
 
     n = len(part.dataset)
@@ -140,11 +134,11 @@ def _sample(part: _Part, count: int, seed: int) -> tuple[list[int], str | None]:
     return idx, f"{part.spec.label} has {n} rows, fewer than the {count} asked for, so rows repeat ({count // n} whole copies + {count % n} sampled)."
 
 
-def _as_conversational(pair) -> dict:
+def _as_conversational(pair: PreferencePair) -> PreferencePair:
     prompt = pair.prompt if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
     chosen = pair.chosen if isinstance(pair.chosen, list) else [{"role": "assistant", "content": pair.chosen}]
     rejected = pair.rejected if isinstance(pair.rejected, list) else [{"role": "assistant", "content": pair.rejected}]
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    return PreferencePair(prompt, chosen, rejected)
 
 
 # ------------------------------------------------------------------------- entry
@@ -168,7 +162,7 @@ def load_sources(
         raise DataError("no data set was given; pass --dataset with a hub id, a local file or folder, or a registry name.")
     parsed = [parse_spec(t) for t in texts]
     mapped = columns if columns else None
-    if mapped and all(registry.lookup(s.name) and _resolve_local(s.name) is None for s in parsed):
+    if mapped and all(registry.lookup(s.name) and resolve_local(s.name) is None for s in parsed):
         raise ConfigError("--columns renames columns of data sets outside the registry, and every data set given is a registry entry (mapped by its own preprocessor); drop --columns.")
     parts = [_load_part(s, split, config=config, columns=mapped, skip_bad_rows=skip_bad_rows) for s in parsed]
     notes: list[str] = []
@@ -184,31 +178,32 @@ def load_sources(
 
     alone = len(parts) == 1
     same = all(p.dataset.features == parts[0].dataset.features for p in parts[1:])
-    pieces = []  # (part, rows kept in order (None: all of them), pairs or None)
+    pieces = []  # (part, rows kept in order (None: all of them), their pairs or None)
     for part, sel in zip(parts, selections):
         rows, pairs = sel, None
         if check_rows:
-            kept, pairs = _check_rows(part, sel, alone, skip_bad_rows, keep_pairs=not same)
-            if len(kept) < (len(sel) if sel is not None else len(part.dataset)):
-                rows = [sel[k] for k in kept] if sel is not None else kept
+            checked = part.check_rows(sel, alone=alone, skip_bad_rows=skip_bad_rows)
+            pairs = checked.pairs
+            if len(checked.kept) < (len(sel) if sel is not None else len(part.dataset)):
+                rows = [sel[k] for k in checked.kept] if sel is not None else checked.kept
         pieces.append((part, rows, pairs))
 
+    all_pairs = [p for _, _, pairs in pieces for p in pairs] if check_rows else None
     if same:
         chunks = [part.dataset if rows is None else part.dataset.select(rows) for part, rows, _ in pieces]
         dataset = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
     else:
         if not check_rows:
             raise ConfigError("data sets with different columns can only be mixed with their rows checked (check_rows=True).")
-        all_pairs = [p for _, _, pairs in pieces for p in pairs]
         if any(p.images for p in all_pairs):
             raise ConfigError("mixing data sets with images is not supported; pass one data set with images at a time.")
         kinds = {p.is_conversational for p in all_pairs}
         if len(kinds) > 1:
             notes.append("some data sets hold plain-string pairs and others conversations, so the plain pairs become one user and one assistant message each and the whole mix uses the chat template.")
-            rows_out = [_as_conversational(p) for p in all_pairs]
-        else:
-            rows_out = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in all_pairs]
-        dataset = datasets.Dataset.from_list(rows_out)
+            all_pairs = [_as_conversational(p) for p in all_pairs]
+        dataset = datasets.Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in all_pairs])
+    if all_pairs is not None:
+        remember_pairs(dataset, all_pairs)
     if alone and pieces[0][1] is None:
         return LoadedData(dataset, parts, None, notes)
     origins = [(i, r) for i, (part, rows, _) in enumerate(pieces)
@@ -230,9 +225,9 @@ def default_eval_split(spec_text: str, config: str | None = None) -> str | None:
     """The evaluation split a spec has without being asked: the registry's test
     split, or ``test`` in a local folder or hub set; None when there is none."""
     spec = parse_spec(spec_text)
-    local = _resolve_local(spec.name)
+    local = resolve_local(spec.name)
     if local is not None:
-        return "test" if os.path.isdir(local) and "test" in _local_files(local)[1] else None
+        return "test" if os.path.isdir(local) and "test" in local_splits(local).splits else None
     entry = registry.lookup(spec.name)
     if entry is not None:
         return entry.test_split

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from preftune.errors import ConfigError, DataError
-from preftune.data.files import _is_local_name, _looks_local
+from preftune.data.files import is_local_name, looks_local
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,16 @@ def parse_spec(text: str) -> SourceSpec:
     if not text:
         raise DataError("an empty data set name was given; pass a hub id, a local file or folder, or a registry name.")
     name, count = _split_count(text)
-    if _is_local_name(name):
+    if is_local_name(name):
         return SourceSpec(text, name, count=count)
     split = config = None
     if "@" in name:
         name, _, split = name.rpartition("@")
         if not split or not name:
             raise DataError(f"dataset {text!r}: write NAME@SPLIT, e.g. {name or 'NAME'}@test.")
-        if _is_local_name(name):
+        if is_local_name(name):
             return SourceSpec(text, name, split=split, count=count)
-    if ":" in name and not _looks_local(name):
+    if ":" in name and not looks_local(name):
         name, _, config = name.partition(":")
         if not config or not name:
             raise DataError(f"dataset {text!r}: write NAME:CONFIG, e.g. {name or 'NAME'}:default.")

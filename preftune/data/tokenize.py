@@ -115,7 +115,9 @@ class TokenizedPair:
 
 
 @dataclass
-class _Specials:
+class SpecialTokens:
+    """What a tokenizer does with BOS and EOS (`special_tokens`), as the pair rules need it."""
+
     bos: int | None
     eos: int
     adds_bos: bool
@@ -124,7 +126,7 @@ class _Specials:
     adds_eos: bool = False  # the tokenizer appends EOS by itself (T5, BART)
 
 
-_SPECIALS: "weakref.WeakKeyDictionary[Any, _Specials]" = weakref.WeakKeyDictionary()
+_SPECIALS: "weakref.WeakKeyDictionary[Any, SpecialTokens]" = weakref.WeakKeyDictionary()
 
 
 def text_tokenizer(tokenizer):
@@ -133,9 +135,10 @@ def text_tokenizer(tokenizer):
     return inner if inner is not None and callable(inner) else tokenizer
 
 
-def _specials(tokenizer) -> _Specials:
+def special_tokens(tokenizer) -> SpecialTokens:
     """BOS/EOS facts about a tokenizer, cached per tokenizer (re-read if its
-    special tokens or vocabulary size change, e.g. after setup_chat_format)."""
+    special tokens or vocabulary size change, e.g. after setup_chat_format).
+    ConfigError when it has no EOS token."""
     tok = text_tokenizer(tokenizer)
     key = (tok.bos_token_id, tok.eos_token_id, len(tok))
     try:
@@ -148,7 +151,7 @@ def _specials(tokenizer) -> _Specials:
     if eos is None:
         raise ConfigError("The tokenizer has no eos_token, so completions cannot be ended; set tokenizer.eos_token (e.g. to the model's end-of-turn token).")
     ids = tok("a")["input_ids"]
-    specials = _Specials(bos, eos, bos is not None and len(ids) > 0 and ids[0] == bos, key,
+    specials = SpecialTokens(bos, eos, bos is not None and len(ids) > 0 and ids[0] == bos, key,
                          adds_eos=len(ids) > 0 and ids[-1] == eos)
     try:
         _SPECIALS[tok] = specials
@@ -157,7 +160,7 @@ def _specials(tokenizer) -> _Specials:
     return specials
 
 
-def _is_whitespace(tok, specials: _Specials, token_id: int) -> bool:
+def _is_whitespace(tok, specials: SpecialTokens, token_id: int) -> bool:
     cached = specials.whitespace.get(token_id)
     if cached is None:
         text = tok.decode([token_id])
@@ -165,7 +168,7 @@ def _is_whitespace(tok, specials: _Specials, token_id: int) -> bool:
     return cached
 
 
-def _end_with_eos(ids: list[int], tok, specials: _Specials) -> list[int]:
+def _end_with_eos(ids: list[int], tok, specials: SpecialTokens) -> list[int]:
     eos = specials.eos
     last = len(ids) - 1
     while last >= 0 and ids[last] != eos:
@@ -175,7 +178,7 @@ def _end_with_eos(ids: list[int], tok, specials: _Specials) -> list[int]:
     return ids + [eos]
 
 
-def _finish(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok, specials: _Specials) -> TokenizedPair:
+def _finish(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok, specials: SpecialTokens) -> TokenizedPair:
     if specials.adds_bos and (not prompt_ids or prompt_ids[0] != specials.bos):
         prompt_ids = [specials.bos] + prompt_ids
     return TokenizedPair(
@@ -187,7 +190,7 @@ def _finish(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int
 
 
 def _finish_encoder_decoder(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok,
-                            specials: _Specials) -> TokenizedPair:
+                            specials: SpecialTokens) -> TokenizedPair:
     """Encoder-decoder pair from ids tokenized WITH special tokens (see the module docstring)."""
     prompt_ids = list(prompt_ids)
     if specials.bos is not None and prompt_ids[:2] == [specials.bos, specials.bos]:
@@ -210,11 +213,21 @@ def _finish_encoder_decoder(prompt_ids: list[int], chosen_ids: list[int], reject
     )
 
 
-def finish_pair(prompt_ids, chosen_ids, rejected_ids, tok, specials: _Specials, *,
+def finish_pair(prompt_ids, chosen_ids, rejected_ids, tok, specials: SpecialTokens, *,
                 is_encoder_decoder: bool = False) -> TokenizedPair:
     """`_finish` for decoder-only ids (tokenized without specials), `_finish_encoder_decoder` otherwise."""
     finish = _finish_encoder_decoder if is_encoder_decoder else _finish
     return finish(prompt_ids, chosen_ids, rejected_ids, tok, specials)
+
+
+def finished_pair(prompt_ids, chosen_ids, rejected_ids, specials: SpecialTokens, *,
+                  is_encoder_decoder: bool = False) -> TokenizedPair:
+    """A `TokenizedPair` of ids `finish_pair` already finished (a prepared data set's row), with the
+    BOS/EOS it records, so that `truncate_pair` cuts it as it did when the data was prepared."""
+    if is_encoder_decoder:
+        return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, specials.bos if specials.adds_bos else None,
+                             specials.eos if specials.adds_eos else None)
+    return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, specials.bos)
 
 
 # ----------------------------------------------------------------------- rendering
@@ -267,7 +280,7 @@ def tokenize_pair(pair: PreferencePair, tokenizer, *, index: int | None = None,
 
     With `is_encoder_decoder`, the prompt (encoder input) and the completions
     (decoder targets) carry the tokenizer's own special tokens; see the module docstring."""
-    specials = _specials(tokenizer)
+    specials = special_tokens(tokenizer)
     texts = render_pair(pair, tokenizer, index=index)
     tok = text_tokenizer(tokenizer)
     ids = tok(list(texts), add_special_tokens=is_encoder_decoder)["input_ids"]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from preftune.data.formats import to_preference_pair
-from preftune.data.inspect import NO_LIMIT, data_main, format_report, inspect_dataset
+from preftune.cli.inspect import NO_LIMIT, data_main, format_report, inspect_dataset
 from preftune.data.tokenize import LengthLimits, tokenize_pair, truncate_pair
 from preftune.errors import ConfigError
 
