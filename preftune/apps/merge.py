@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 
-from preftune.outputs.files import write_failure
+from preftune.files import write_failure
 from preftune.errors import ConfigError, UserError
 
 MERGE_RECORD = "preftune_merge.json"

@@ -85,11 +85,12 @@ def train(command: str, argv: list[str]) -> int:
         tokenizer = load_tokenizer(run.model, trust_remote_code=remote_code)
     ensure_pad_token(text_tokenizer(tokenizer))
     prepared = {}
-    for split, data in (("train", train_data.dataset), ("eval", eval_ds)):
-        if data is None:
+    for split, loaded in (("train", train_data), ("eval", eval_data if eval_ds is not None else None)):
+        if loaded is None:
             continue
-        try:
-            prepared[split] = prepare_split(data, tokenizer, config, split, is_encoder_decoder=is_encoder_decoder)
+        try:  # the rows were checked when loaded: their pairs are tokenized as they are
+            prepared[split] = prepare_split(loaded.dataset, tokenizer, config, split,
+                                            is_encoder_decoder=is_encoder_decoder, pairs=loaded.pairs)
         except DataError as err:
             raise DataError((train_data if split == "train" else eval_data).relabel(str(err))) from None
         _say(f"preftune: {split} data: {prepared[split].report.summary()}")

@@ -15,10 +15,9 @@ how to fix it, e.g. `FIX_OR_DROP`); `to_preference_pair` and `extract_prompt` tu
 into a one-sentence DataError that names the row.
 
 Every row is normalised once. Loading with row checks (`preftune.data.sources`)
-normalises each row to find the bad ones, and keeps the pairs of the data set it
-returns (`remember_pairs`); `preftune.data.prepare` tokenizes those pairs
-(`remembered_pairs`) instead of normalising the rows again. The pairs are kept for
-that one data set object only (weakly: they go with it), and handed over once.
+normalises each row to find the bad ones, and returns the pairs with the data set
+(`LoadedData.pairs`); `preftune.data.prepare` tokenizes those pairs (its ``pairs``
+argument) instead of normalising the rows again.
 
 Decisions, where TRL says nothing or differs:
 
@@ -34,7 +33,6 @@ This module imports the standard library only.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Union
 
@@ -42,8 +40,7 @@ from preftune.errors import DataError
 
 __all__ = [
     "FIX_OR_DROP", "Message", "PreferencePair", "RowProblem", "Text", "assistant_reply", "common_prefix_len",
-    "completion", "describe_value", "extract_prompt", "image_tuple", "is_blank", "message_list", "remember_pairs",
-    "remembered_pairs", "required_string", "split_prompt",
+    "completion", "describe_value", "extract_prompt", "image_tuple", "is_blank", "message_list", "required_string", "split_prompt",
 ]
 
 Message = dict  # {"role": str, "content": str | list}
@@ -254,24 +251,3 @@ def extract_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
         return split_prompt(chosen, rejected)
     except RowProblem as p:
         raise DataError(p.sentence(None, {})) from None
-
-
-# ----------------------------------------------------- pairs normalised when loading
-
-_REMEMBERED: "weakref.WeakKeyDictionary[Any, list[PreferencePair]]" = weakref.WeakKeyDictionary()
-
-
-def remember_pairs(dataset: Any, pairs: list[PreferencePair]) -> None:
-    """Keep the pairs normalised from `dataset`'s rows (one per row, in order) for `remembered_pairs`."""
-    if len(pairs) != len(dataset):
-        raise ValueError(f"{len(pairs)} pairs for a data set of {len(dataset)} rows")
-    _REMEMBERED[dataset] = pairs
-
-
-def remembered_pairs(dataset: Any, *, forget: bool = False) -> list[PreferencePair] | None:
-    """The pairs `remember_pairs` kept for this very data set object, or None; `forget`: hand them
-    over (they are not kept any longer)."""
-    try:
-        return _REMEMBERED.pop(dataset, None) if forget else _REMEMBERED.get(dataset)
-    except TypeError:  # not weak-referenceable (a list of rows): nothing is remembered for it
-        return None

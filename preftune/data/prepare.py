@@ -13,7 +13,7 @@ completion are dropped and counted; rows that cannot be used (wrong shape, None
 fields, ...) raise one DataError naming the first of them and how many there are,
 or are dropped and counted with ``skip_bad_rows=True``. A data set loaded with its rows
 checked (`preftune.data.sources.load_sources`) comes with its rows' pairs, normalised
-then (`preftune.data.pairs.remembered_pairs`): they are tokenized as they are, not
+then (`LoadedData.pairs`, passed as ``pairs``): they are tokenized as they are, not
 normalised a second time (except with a ``columns`` mapping, which they did not see,
 and in ``num_proc`` workers, which would each need a copy of all of them). Images are not read here
 (their columns are left out of the map, so they are never decoded), except for a
@@ -47,7 +47,7 @@ import numpy as np
 
 from preftune.data.formats import check_columns, to_preference_pair
 from preftune.data.images import image_prompt_ids, is_vision_processor
-from preftune.data.pairs import PreferencePair, remembered_pairs
+from preftune.data.pairs import PreferencePair
 from preftune.data.tokenize import LengthLimits, finish_pair, render_pair, special_tokens, text_tokenizer, truncate_pair
 from preftune.errors import DataError
 
@@ -216,6 +216,7 @@ def prepare_dataset(
     num_proc: int | None = None,
     desc: str = "Tokenizing preference pairs",
     is_encoder_decoder: bool = False,
+    pairs: Sequence[PreferencePair] | None = None,
 ):
     """Turn a `datasets.Dataset` (or a list of dict rows) into token ids.
 
@@ -225,8 +226,13 @@ def prepare_dataset(
     DataError naming the first bad row and the number of bad rows (unless
     `skip_bad_rows`), and DataError when no row is left to train on.
     `is_encoder_decoder`: tokenize and truncate for an encoder-decoder model (T5, BART).
+    `pairs`: the rows already checked and normalised, one per row (`LoadedData.pairs`): tokenized
+    as they are instead of normalising the rows again.
     """
     import datasets
+
+    if pairs is not None and len(pairs) != len(dataset):
+        raise ValueError(f"{len(pairs)} pairs for a data set of {len(dataset)} rows")
 
     if columns:
         check_columns(columns)  # a bad --columns is a config error, before any row is read
@@ -243,7 +249,6 @@ def prepare_dataset(
         source = dataset.select_columns(keep) if len(keep) < len(dataset.column_names) else dataset
         if source.format["type"] is not None:
             source = source.with_format(None)  # rows as plain python objects, whatever the user's format
-        pairs = remembered_pairs(dataset, forget=True)  # normalised when loaded: not again
         if columns or (num_proc and num_proc > 1):  # renamed columns; or workers, which normalise their own rows
             pairs = None
         processed = source.map(

@@ -6,8 +6,8 @@ for a single JSONL file, ``row 7 of prefs.jsonl (line 8)`` when several sets are
 mixed. Every row is checked (`SourcePart.check_rows`, which normalises it with
 `preftune.data.formats.to_preference_pair`) when the data is loaded; by default the
 first bad row stops the run, with a count; ``skip_bad_rows`` drops bad rows and
-counts them for `LoadedData.skipped_summary`. The pairs of the rows kept are handed
-on (`preftune.data.pairs.remember_pairs`), so that no row is normalised twice.
+counts them for `LoadedData.skipped_summary`. The pairs of the rows kept travel
+with the data (`LoadedData.pairs`), so that no row is normalised twice.
 
 Decisions:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from preftune.data.formats import to_preference_pair
-from preftune.data.pairs import PreferencePair, remember_pairs, remembered_pairs
+from preftune.data.pairs import PreferencePair
 from preftune.data.specs import SourceSpec
 from preftune.errors import DataError
 
@@ -103,6 +103,7 @@ class LoadedData:
     parts: list[SourcePart]
     origins: list[tuple[int, int]] | None = None  # final row -> (part, row in part); None: identity
     notes: list[str] = field(default_factory=list)
+    pairs: list[PreferencePair] | None = None  # the rows as checked, one per row: prepare tokenizes these (never twice)
 
     @property
     def n_bad_skipped(self) -> int:
@@ -141,11 +142,8 @@ class LoadedData:
         """These rows only (their pairs too, when the rows were checked)."""
         indices = list(indices)
         origins = [self.origins[i] for i in indices] if self.origins is not None else [(0, i) for i in indices]
-        selected = LoadedData(self.dataset.select(indices), self.parts, origins, list(self.notes))
-        pairs = remembered_pairs(self.dataset)
-        if pairs is not None:
-            remember_pairs(selected.dataset, [pairs[i] for i in indices])
-        return selected
+        pairs = [self.pairs[i] for i in indices] if self.pairs is not None else None
+        return LoadedData(self.dataset.select(indices), self.parts, origins, list(self.notes), pairs)
 
 
 # -------------------------------------------------------------------- row checks

@@ -17,9 +17,8 @@ plus a random remainder, as ms-swift does). Several specs (``--dataset a b`` or
 Every row is checked when the data is loaded, and a bad row (or a broken JSON
 line) is reported with where it came from, or dropped and counted with
 ``skip_bad_rows``. Checking a row normalises it into a `PreferencePair`; the pairs
-of the returned data set are handed on to `preftune.data.prepare`
-(`preftune.data.pairs.remember_pairs`), which tokenizes them without normalising
-the rows again.
+of the returned data set travel with it (`LoadedData.pairs`) to `preftune.data.prepare`,
+which tokenizes them without normalising the rows again.
 
 This module loads, samples, mixes and splits; the pieces it uses live beside it:
 `preftune.data.specs` (spec and ``--columns`` syntax), `preftune.data.files` (local
@@ -45,7 +44,7 @@ from typing import Iterable, Mapping, Sequence
 
 from preftune.data import registry
 from preftune.data.files import BUNDLED, first_line, local_splits, read_local, resolve_local
-from preftune.data.pairs import PreferencePair, remember_pairs
+from preftune.data.pairs import PreferencePair
 from preftune.data.rows import LoadedData, SourcePart
 from preftune.data.specs import SourceSpec, parse_columns, parse_spec, spec_text, split_specs
 from preftune.errors import ConfigError, DataError
@@ -202,13 +201,11 @@ def load_sources(
             notes.append("some data sets hold plain-string pairs and others conversations, so the plain pairs become one user and one assistant message each and the whole mix uses the chat template.")
             all_pairs = [_as_conversational(p) for p in all_pairs]
         dataset = datasets.Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in all_pairs])
-    if all_pairs is not None:
-        remember_pairs(dataset, all_pairs)
     if alone and pieces[0][1] is None:
-        return LoadedData(dataset, parts, None, notes)
+        return LoadedData(dataset, parts, None, notes, all_pairs)
     origins = [(i, r) for i, (part, rows, _) in enumerate(pieces)
                for r in (rows if rows is not None else range(len(part.dataset)))]
-    return LoadedData(dataset, parts, origins, notes)
+    return LoadedData(dataset, parts, origins, notes, all_pairs)
 
 
 def load_preference_data(spec: str, split: str = "train", seed: int = 42, **kwargs):

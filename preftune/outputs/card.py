@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from preftune.outputs.curves import CURVES_FILE
-from preftune.outputs.files import atomic_write
+from preftune.files import atomic_write
 from preftune.outputs.history import METRICS_FILE, finite_number, metric_columns
 from preftune.outputs.loading import kind_named, usage
 from preftune.outputs.redact import is_hub_id, local_name, shareable_config

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from preftune.outputs.files import atomic_write
+from preftune.files import atomic_write
 from preftune.outputs.history import finite_number, split_history
 
 CURVES_FILE = "training_curves.png"

@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 
-from preftune.outputs.files import atomic_write
+from preftune.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -11,7 +11,7 @@ At the end of training, `write_run_report` writes, next to the saved model:
   data, the settings that matter, final metrics, the curves, the paper to cite).
 
 Everything here is a plain function of the log history and the config dict, so it
-can be tested without training. Files are written atomically (`preftune.outputs.files`).
+can be tested without training. Files are written atomically (`preftune.files`).
 The names below are those modules', gathered here for callers of the whole report.
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ import re
 import shutil
 
 from preftune.errors import ConfigError, UserError
-from preftune.outputs.files import atomic_write, write_failure
+from preftune.files import atomic_write, write_failure
 
 MARKER = "preftune_complete.json"
 EXTRA_STATE = "preftune_state.json"

@@ -36,20 +36,21 @@ def base_model_name(model) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str, is_encoder_decoder: bool = False) -> PreparedData:
+def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str, is_encoder_decoder: bool = False,
+                  pairs=None) -> PreparedData:
     """Rows -> token ids with `args`' length limits and bad-row policy, and the report of it.
 
     The command line calls this before loading the model's weights, so that every
     data problem is found first, and hands the result to the trainer; the trainer
     calls it for raw datasets it is given. `is_encoder_decoder`: tokenize for an
-    encoder and a decoder (T5, BART).
+    encoder and a decoder (T5, BART). `pairs`: the rows as already checked (`LoadedData.pairs`).
     """
     with args.main_process_first(desc=f"preparing {split} data"):
         prepared, report = prepare_dataset(
             dataset, tokenizer if is_vision_processor(tokenizer) else text_tokenizer(tokenizer), args.length_limits(),
             skip_bad_rows=args.skip_bad_rows,
             num_proc=args.dataset_num_proc, desc=f"tokenizing {split} pairs",
-            is_encoder_decoder=is_encoder_decoder,
+            is_encoder_decoder=is_encoder_decoder, pairs=pairs,
         )
     level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
     logger.log(level, "%s data: %s", split, report.summary())

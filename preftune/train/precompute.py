@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from preftune.data.collate import REF_COLUMNS, batch_from_inputs
-from preftune.outputs.files import atomic_write
+from preftune.files import atomic_write
 
 logger = logging.getLogger(__name__)
 

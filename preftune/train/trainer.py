@@ -375,7 +375,7 @@ class PreferenceTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         from preftune.outputs.card import CONFIG_FILE
-        from preftune.outputs.files import atomic_write
+        from preftune.files import atomic_write
         from preftune.outputs.redact import shareable_config
 
         config = shareable_config({"trainer": type(self).__name__, **self.args.to_dict(),

@@ -192,3 +192,28 @@ def test_llama3_pairs_get_one_bos_through_prepare(llama3):
     out, _ = prepare_dataset(rows, llama3, LengthLimits(max_length=10, max_prompt_length=5))
     # prompt [BOT SH user EH how are you EOT SH assistant EH] (11 ids) is cut to BOT + its last 4 ids
     assert out[:] == {"prompt_ids": [[BOT, EOT, SH, V["assistant"], EH]], "chosen_ids": [[V["fine"], EOT]], "rejected_ids": [[V["bad"], EOT]]}
+
+
+def test_rows_checked_when_loaded_are_not_normalised_again(monkeypatch):
+    """The pairs loading made (`LoadedData.pairs`) are tokenized as they are: no row goes through
+    `to_preference_pair` a second time, and the ids equal those of normalising the rows afresh."""
+    from transformers import AutoTokenizer
+
+    import preftune.data.prepare as prepare
+    from preftune.assets import tiny_model_path
+    from preftune.data.sources import load_sources
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path())
+    loaded = load_sources(["tiny-prefs#12"], split="train", seed=3)
+    assert loaded.pairs is not None and len(loaded.pairs) == len(loaded.dataset) == 12
+    calls = []
+    real = prepare.to_preference_pair
+    monkeypatch.setattr(prepare, "to_preference_pair", lambda *a, **k: calls.append(1) or real(*a, **k))
+    limits = LengthLimits(256, 128)
+    afresh, _ = prepare_dataset(datasets.Dataset.from_list(loaded.dataset.to_list()), tok, limits)
+    assert len(calls) == 12
+    once, _ = prepare_dataset(loaded.dataset, tok, limits, pairs=loaded.pairs)
+    assert len(calls) == 12  # none more
+    assert once[:] == afresh[:]
+    with pytest.raises(ValueError, match="3 pairs for a data set of 12 rows"):
+        prepare_dataset(loaded.dataset, tok, limits, pairs=loaded.pairs[:3])
