@@ -16,10 +16,12 @@ install:
 demo: install
 	$(RUN) -m preftune orpo
 
-# Install with the test tools (and Debian's chromium for the browser test), then lint and run the whole test suite.
+# Install with the test tools (and Debian's chromium for the browser test), then lint, import every module
+# (and check the layout), and run the whole test suite.
 test:
 	$(INSTALL) --test
 	$(RUN) -m ruff check preftune tests benchmarks scripts
+	$(RUN) -m pytest -q tests/test_imports.py
 	$(RUN) -m pytest tests
 
 lint:

@@ -392,3 +392,12 @@ def test_model_loading_flags_reach_from_pretrained():
     assert cli.parse_run("orpo", ["--model", "m"]).model_kwargs.get("trust_remote_code") is None  # off unless asked
     with pytest.raises(ConfigError, match="--device_map 'everywhere'"):
         cli.parse_run("orpo", ["--model", "m", "--device_map", "everywhere"])
+
+
+def test_no_evaluation_data_builds_a_new_config_instead_of_changing_the_validated_one():
+    run = cli.parse_run("orpo", ["--model", tiny_model_path(), "--dataset", "x.jsonl", "--eval_strategy", "steps",
+                                 "--eval_steps", "5", "--warmup_ratio", "0.1", "--beta", "0.3"])
+    config = run.config_without_evaluation()
+    assert config is not run.config and run.config.eval_strategy == "steps"  # the validated config is untouched
+    assert config.eval_strategy == "no"
+    assert (config.beta, config.warmup_steps, config.model_init_kwargs) == (0.3, 0.1, run.config.model_init_kwargs)

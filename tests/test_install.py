@@ -63,6 +63,6 @@ def test_make_runs_everything_through_the_chosen_python():
         pytest.skip("make is not installed")
     lines = proc.stdout.splitlines()
     assert 'PYTHON="/usr/bin/python3" VENV="' + os.path.join(ROOT, ".venv") + '" bash scripts/install.sh' in lines
-    runs = [line for line in lines if " -m preftune orpo" in line or " -m pytest tests" in line or " -m ruff" in line]
-    assert len(runs) == 3 and all(line.startswith('"$(PYTHON="/usr/bin/python3"') and "install.sh --which)" in line
+    runs = [line for line in lines if " -m preftune orpo" in line or " -m pytest " in line or " -m ruff" in line]
+    assert len(runs) == 4 and all(line.startswith('"$(PYTHON="/usr/bin/python3"') and "install.sh --which)" in line
                                   for line in runs)

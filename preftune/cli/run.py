@@ -35,6 +35,12 @@ class Run:
     model_kwargs: dict
     peft_config: object = None
     notes: list = field(default_factory=list)
+    config_kwargs: dict = field(default_factory=dict, repr=False)  # what `config` was built from
+
+    def config_without_evaluation(self):
+        """The config built afresh with eval_strategy="no" (no evaluation data was found): a new
+        validated object, never the validated one changed."""
+        return type(self.config)(**{**self.config_kwargs, "eval_strategy": "no"})
 
 
 def parse_run(command: str, argv: list[str]) -> Run:
@@ -51,8 +57,9 @@ def parse_run(command: str, argv: list[str]) -> Run:
     if quantization:  # the object goes to from_pretrained, its dict into the config
         init_kwargs = {**load_kwargs, "quantization_config": quantization["quantization_config"].to_dict()}
     config_cls = config_class(command)
+    config_kwargs = {**flags.config_values(), "model_init_kwargs": init_kwargs}
     try:
-        config = config_cls(**{**flags.config_values(), "model_init_kwargs": init_kwargs})
+        config = config_cls(**config_kwargs)
     except ConfigError:
         raise
     except ValueError as err:  # transformers' own checks of flag values and combinations
@@ -70,7 +77,7 @@ def parse_run(command: str, argv: list[str]) -> Run:
         raise ConfigError(quantization_problem)
     if script.check_model_is_latest:
         notes.append("--check_model_is_latest is accepted for ms-swift command lines; preftune loads the model as found and never checks for a newer version.")
-    return Run(command, script, config, flags.demo, model, load_kwargs, peft_config, notes)
+    return Run(command, script, config, flags.demo, model, load_kwargs, peft_config, notes, config_kwargs)
 
 
 def _with_loading_flags(flags: Flags) -> tuple[dict | None, str | None]:

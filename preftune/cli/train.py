@@ -76,7 +76,7 @@ def train(command: str, argv: list[str]) -> int:
             _say(f"preftune: {name} data: {summary}")
     eval_ds = eval_data.dataset if eval_data is not None else None
     if eval_ds is None and config.eval_strategy != "no":
-        config.eval_strategy = "no"  # nothing to evaluate on; say so rather than fail at the first eval
+        config = run.config_without_evaluation()  # nothing to evaluate on; say so rather than fail at the first eval
         _say("preftune: no evaluation data found, so evaluation is off (pass --eval_split, --eval_dataset or --split_dataset_ratio).")
     # Tokenizer and every row checked before the model's weights load (minutes for a large model).
     if getattr(model_config, "vision_config", None) is not None:  # a VLM: its processor tokenizes (and expands images)
@@ -149,18 +149,6 @@ def check_output_dir(config, rank: int = 0) -> None:
     from preftune.train.checkpoints import check_resume
 
     check_resume(config.resume_from_checkpoint, path)  # nothing to resume from: say so before anything loads
-
-
-def _default_output_dir(command: str, demo: bool, resuming: bool) -> str:
-    """outputs/orpo-tiny-llama, or -2, -3, ... when that holds a previous run (resuming takes the first)."""
-    base = os.path.join("outputs", f"{command}-{'tiny-llama' if demo else 'run'}")
-    if resuming:
-        return base
-    path, n = base, 1
-    while os.path.isdir(path) and os.listdir(path):
-        n += 1
-        path = f"{base}-{n}"
-    return path
 
 
 def _world(config) -> str:
