@@ -58,12 +58,13 @@ def _run(head, h, y, g, softcap, wpo, fused, size=6):
     h.grad = None
     head.zero_grad(set_to_none=True)
     if fused is None:  # the textbook computation over the full logits
-        logps, mean, log_sq = _token_stats(head(h), y, softcap, wpo)
+        logps, mean, log_sq, entropy, top1 = _token_stats(head(h), y, softcap, wpo, metrics=True)
     else:
-        logps, mean, log_sq = chunked_token_stats(head, h, y, softcap, wpo, size, fused=fused)
+        logps, mean, log_sq, entropy, top1 = chunked_token_stats(head, h, y, softcap, wpo, size, fused=fused,
+                                                                 metrics=True)
     (logps * g).sum().backward()
     grads = [h.grad] + [p.grad for p in head.parameters()]
-    return [logps.detach(), mean, log_sq] + [x.clone() if x is not None else None for x in grads]
+    return [logps.detach(), mean, log_sq, entropy, top1] + [x.clone() if x is not None else None for x in grads]
 
 
 @pytest.mark.parametrize("softcap", [None, 2.0])
@@ -78,7 +79,10 @@ def test_equals_checkpointed_and_textbook(softcap, frozen, wpo, bias):
             assert (a is None) == (b is None)
             if a is not None:
                 assert torch.allclose(a, b, atol=2e-5, rtol=1e-5), (a - b).abs().max()
-    assert fused[3].abs().sum() > 0 and (frozen or fused[4].abs().sum() > 0)
+    assert fused[5].abs().sum() > 0 and (frozen or fused[6].abs().sum() > 0)
+    assert fused[3].min() > 0  # entropies
+    with torch.no_grad():
+        assert torch.equal(fused[4].bool(), head(h).argmax(-1) == y)  # tanh softcapping keeps the argmax
 
 
 def test_frozen_head_backward_recomputes_no_logits(monkeypatch):
@@ -90,7 +94,7 @@ def test_frozen_head_backward_recomputes_no_logits(monkeypatch):
     for frozen, backward_calls in ((False, 4), (True, 0)):
         head, h, y, g = make(frozen=frozen)
         calls.clear()
-        logps, _, _ = chunked_token_stats(head, h, y, None, False, 6, fused=True)  # 23 tokens: 4 chunks
+        logps, *_ = chunked_token_stats(head, h, y, None, False, 6, fused=True)  # 23 tokens: 4 chunks
         assert len(calls) == 4
         (logps * g).sum().backward()
         assert len(calls) == 4 + backward_calls

@@ -39,7 +39,7 @@ def test_hand_counted_tokens_and_rows():
 
 
 FIELDS = ("completion_logps", "sequence_logps", "completion_tokens", "sequence_tokens", "completion_logits_sum",
-          "completion_wpo_avg")
+          "completion_wpo_avg", "completion_entropy_sum", "completion_top1")
 
 
 def assert_chunked_equals_plain(model, chunk_size=None, wpo=False, atol=1e-5, fused=True):
@@ -48,7 +48,7 @@ def assert_chunked_equals_plain(model, chunk_size=None, wpo=False, atol=1e-5, fu
 
     def run(fn, **kw):
         model.zero_grad()
-        out = fn(model, ids, attn, comp, LogpsRequest(sequence_rows=rows, wpo=wpo), **kw)
+        out = fn(model, ids, attn, comp, LogpsRequest(sequence_rows=rows, wpo=wpo, token_metrics=True), **kw)
         (out.completion_logps.sum() * 0.7 + out.sequence_logps.sum() * 0.3).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return out, grads
@@ -112,9 +112,10 @@ def test_softcapped_model_with_shared_prefix():
         pytest.skip("prefix sharing does not support this model")
     b = make_batch(MIXED)
     rows = torch.arange(8) < 4
-    got = shared_prefix_logps(model, b, LogpsRequest(sequence_rows=rows, wpo=True), options=LogpsOptions(chunk_size=5))
+    got = shared_prefix_logps(model, b, LogpsRequest(sequence_rows=rows, wpo=True, token_metrics=True),
+                              options=LogpsOptions(chunk_size=5))
     want = plain_sequence_logps(model, b.input_ids, b.attention_mask, b.completion_mask,
-                                LogpsRequest(sequence_rows=rows, wpo=True))
+                                LogpsRequest(sequence_rows=rows, wpo=True, token_metrics=True))
     for field in FIELDS:
         assert torch.allclose(getattr(got, field), getattr(want, field), atol=1e-4), field
 
@@ -135,6 +136,8 @@ def test_chunked_token_stats_equal_textbook(head_kind, softcap, wpo, size):
             linear.bias.normal_()
     h = torch.randn(11, 16)
     y = torch.randint(0, 50, (11,))
+    with torch.no_grad():
+        y[::3] = head(h).argmax(-1)[::3]  # some targets are the argmax: top-1 hits to count
     upstream = torch.randn(11)
 
     def run(fn):
@@ -144,11 +147,14 @@ def test_chunked_token_stats_equal_textbook(head_kind, softcap, wpo, size):
         (stats[0] * upstream).sum().backward()
         return stats, [x.grad, *(p.grad for p in head.parameters())]
 
-    got, g_got = run(lambda x: chunked_token_stats(head, x, y, softcap, wpo, size))
-    want, g_want = run(lambda x: _token_stats(head(x), y, softcap, wpo))
+    got, g_got = run(lambda x: chunked_token_stats(head, x, y, softcap, wpo, size, metrics=True))
+    want, g_want = run(lambda x: _token_stats(head(x), y, softcap, wpo, metrics=True))
+    assert len(got) == len(want) == 5
     for a, b in zip(got, want):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
-    assert not got[1].requires_grad and not got[2].requires_grad
+    assert not any(t.requires_grad for t in got[1:])
+    assert got[3].min() > 0  # entropy
+    assert torch.equal(got[4].bool(), head(h).argmax(-1) == y)
     for a, b in zip(g_got, g_want):
         assert torch.allclose(a, b, atol=1e-5)
 

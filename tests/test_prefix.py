@@ -11,7 +11,7 @@ from preftune.logps.prefix import (CHOSEN, PAD, REJECTED, SHARED, pack_shared_pr
 from .tiny import tiny_causal_lm
 
 FIELDS = ("completion_logps", "completion_tokens", "sequence_logps", "sequence_tokens", "completion_logits_sum",
-          "completion_wpo_avg", "weighted_completion_logps")
+          "completion_wpo_avg", "weighted_completion_logps", "completion_entropy_sum", "completion_top1")
 
 
 def make_batch(specs, vocab=96, seed=0):
@@ -45,7 +45,7 @@ def run(fn, model, batch, rows, weights):
 
 
 def request(rows, weights):
-    return LogpsRequest(sequence_rows=rows, completion_weights=weights, wpo=True)
+    return LogpsRequest(sequence_rows=rows, completion_weights=weights, wpo=True, token_metrics=True)
 
 
 def shared(model, batch, rows, weights, **kw):

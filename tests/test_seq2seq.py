@@ -201,7 +201,8 @@ def test_logits_metric_weights_and_wpo_match_the_full_logits(arch, opts):
     batch = _batch()
     weights = torch.rand(batch.completion_mask.shape)
     with torch.no_grad():
-        out = encoder_decoder_logps(model, batch, LogpsRequest(completion_weights=weights, wpo=True), options=OPTIONS[opts])
+        out = encoder_decoder_logps(model, batch, LogpsRequest(completion_weights=weights, wpo=True, token_metrics=True),
+                                    options=OPTIONS[opts])
         labels = batch.completion_input_ids.masked_fill(batch.completion_mask == 0, -100)
         logits = model(input_ids=batch.prompt_input_ids.repeat(2, 1),
                        attention_mask=batch.prompt_attention_mask.repeat(2, 1), labels=labels).logits.float()
@@ -212,6 +213,10 @@ def test_logits_metric_weights_and_wpo_match_the_full_logits(arch, opts):
     assert torch.allclose(out.weighted_completion_logps, (token * weights * mask).sum(1), atol=1e-5)
     log_sq = torch.logsumexp(2 * logp, -1)
     assert torch.allclose(out.completion_wpo_avg, ((token - log_sq) * mask).sum(1) / mask.sum(1), atol=1e-5)
+    entropy = -(logp.exp() * logp).sum(-1)
+    assert torch.allclose(out.completion_entropy_sum, (entropy * mask).sum(1), atol=1e-5)
+    top1 = (logits.argmax(-1) == batch.completion_input_ids).float()
+    assert torch.equal(out.completion_top1, (top1 * mask).sum(1))
 
 
 @pytest.mark.parametrize("arch", MODEL_ARCHS)

@@ -51,6 +51,7 @@ class LogpsRequest:
     sequence_rows: Tensor | None = None  # (N,) bool: rows whose whole sequence is also summed (ORPO's NLL)
     completion_weights: Tensor | None = None  # (N, T) float: a weight per completion token (LD-DPO)
     wpo: bool = False  # also compute WPO's per-token log Σ_v p_v² (`completion_wpo_avg`)
+    token_metrics: bool = False  # also each completion token's entropy and top-1 hit (the logged metrics)
 
 
 NO_REQUEST = LogpsRequest()
@@ -68,6 +69,8 @@ class SequenceLogps:
     aux_loss: Tensor | None = None  # MoE router auxiliary loss, when the model returns one
     completion_wpo_avg: Tensor | None = None  # WPO: mean over completion tokens of log p − log Σ_v p_v² (detached)
     weighted_completion_logps: Tensor | None = None  # Σ w_t log p over completion tokens, when weights were given
+    completion_entropy_sum: Tensor | None = None  # Σ of the policy's entropy over completion tokens (detached)
+    completion_top1: Tensor | None = None  # number of completion tokens whose argmax logit is the target
 
     @property
     def preference_logps(self) -> Tensor:
@@ -106,12 +109,13 @@ def reduce_to_rows(stats, rows: Tensor, is_completion: Tensor, is_sequence: Tens
                    weights: Tensor | None) -> SequenceLogps:
     """Scatter per-token values (M,) back to per-row sums (N,).
 
-    stats: (log p(target), vocabulary-mean logit, log Σ_v p_v²), each (M,) — the last is zeros when
-    WPO was not asked for, so `completion_wpo_avg` is then the mean completion log-prob; rows: (M,)
+    stats: (log p(target), vocabulary-mean logit, log Σ_v p_v², entropy, top-1 hit), each (M,) — the
+    third is zeros when WPO was not asked for, so `completion_wpo_avg` is then the mean completion
+    log-prob; the last two are zeros when token metrics were not asked for; rows: (M,)
     row of each token; is_completion, is_sequence: (M,) bool, which sums the token enters;
     weights: (M,) LD-DPO weights of the tokens, or None.
     """
-    token_logps, token_logits_mean, log_sq_sum = stats
+    token_logps, token_logits_mean, log_sq_sum, entropy, top1 = stats
     zeros = token_logps.new_zeros(n)
     comp = is_completion.to(token_logps.dtype)
     seq = is_sequence.to(token_logps.dtype)
@@ -126,4 +130,6 @@ def reduce_to_rows(stats, rows: Tensor, is_completion: Tensor, is_sequence: Tens
         aux_loss=aux_loss,
         completion_wpo_avg=wpo_sum / count.clamp(min=1),
         weighted_completion_logps=None if weights is None else zeros.index_add(0, rows, token_logps * comp * weights),
+        completion_entropy_sum=zeros.detach().index_add(0, rows, entropy.detach().to(comp.dtype) * comp),
+        completion_top1=zeros.detach().index_add(0, rows, top1.detach().to(comp.dtype) * comp),
     )

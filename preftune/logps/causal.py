@@ -51,8 +51,11 @@ def supports_chunked(model) -> bool:
     return head is not None and "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Per token: log p(target), the vocabulary-mean logit, and log Σ_v p_v² (WPO only, else 0); each (M,).
+def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bool,
+                 metrics: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per token, each (M,): log p(target), the vocabulary-mean logit, log Σ_v p_v² (WPO only, else 0),
+    the entropy -Σ_v p_v log p_v and whether the target is the argmax (1.0 / 0.0; these two only
+    with `metrics`, else 0). All but log p are detached.
 
     The textbook form over given logits (the plain path); `chunked_token_stats` computes the same values
     with a fused cross-entropy and is tested against it."""
@@ -63,7 +66,15 @@ def _token_stats(logits: Tensor, targets: Tensor, softcap: float | None, wpo: bo
     logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
     with torch.no_grad():
         log_sq_sum = torch.logsumexp(2 * logits, dim=-1) - 2 * lse if wpo else torch.zeros_like(lse)
-    return logps, logits.mean(-1).detach(), log_sq_sum
+        entropy, top1 = _entropy_top1(logits, lse, targets) if metrics else (torch.zeros_like(lse),) * 2
+    return logps, logits.mean(-1).detach(), log_sq_sum, entropy, top1
+
+
+def _entropy_top1(logits: Tensor, lse: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, V) logits (fp32) and their logsumexp -> entropy lse - Σ_v p_v z_v, and argmax == target as
+    a float (argmax takes the first maximum, as TRL's is_top1). No gradient; logits are not changed."""
+    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return entropy, (logits.argmax(-1) == targets).to(lse.dtype)
 
 
 def chunk_tokens(vocab: int, hidden: int, device: torch.device | str) -> int:
@@ -105,8 +116,11 @@ def _vocab_mean_logit(head, h: Tensor, softcap, logits_bias: Tensor | None = Non
 
 
 def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, size: int, fused: bool = True,
-                        logits_bias: Tensor | None = None):
+                        logits_bias: Tensor | None = None, metrics: bool = False):
     """`_token_stats` over (M, H) hidden states, one chunk of (size, vocab) logits at a time.
+
+    metrics: also each token's entropy and top-1 hit (the entropy / mean_token_accuracy metrics),
+    from the chunk's logits while they exist: no second pass over the logits.
 
     logits_bias: (V,), added to the head's output by the model outside the head (BART's
     `final_logits_bias`); None for most models.
@@ -120,9 +134,9 @@ def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, si
     mean_logit = _vocab_mean_logit(head, h, softcap, logits_bias)  # None: taken from each chunk's logits
     if fused and fusable(head, h):
         bias = head.bias if logits_bias is None else logits_bias if head.bias is None else head.bias + logits_bias
-        logps, mean, log_sq_sum = LinearHeadLogps.apply(h, head.weight, bias, targets, softcap, size, wpo,
-                                                        mean_logit is None)
-        return logps, (mean if mean_logit is None else mean_logit), log_sq_sum
+        logps, mean, log_sq_sum, entropy, top1 = LinearHeadLogps.apply(h, head.weight, bias, targets, softcap, size,
+                                                                       wpo, mean_logit is None, metrics)
+        return logps, (mean if mean_logit is None else mean_logit), log_sq_sum, entropy, top1
 
     def chunk(h_c: Tensor, y_c: Tensor):
         logits = head(h_c).float() if logits_bias is None else (head(h_c) + logits_bias).float()
@@ -131,11 +145,13 @@ def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, si
         logps = -F.cross_entropy(logits, y_c, reduction="none")  # = logits[y] − logsumexp(logits)
         with torch.no_grad():
             mean = logits.mean(-1) if mean_logit is None else None
-            log_sq_sum = None
-            if wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse, with lse = logit(y) − log p(y)
-                lse = logits.gather(-1, y_c[:, None]).squeeze(-1) - logps
+            log_sq_sum = entropy = top1 = None
+            lse = logits.gather(-1, y_c[:, None]).squeeze(-1) - logps  # lse = logit(y) − log p(y)
+            if wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse
                 log_sq_sum = torch.logsumexp(2 * logits, -1) - 2 * lse
-        return logps, mean, log_sq_sum
+            if metrics:
+                entropy, top1 = _entropy_top1(logits, lse, y_c)
+        return logps, mean, log_sq_sum, entropy, top1
 
     parts = []
     for start in range(0, h.shape[0], size):
@@ -143,23 +159,26 @@ def chunked_token_stats(head, h: Tensor, targets: Tensor, softcap, wpo: bool, si
         parts.append(checkpoint(chunk, *args, use_reentrant=False, early_stop=True)
                      if torch.is_grad_enabled() else chunk(*args))
     if not parts:
-        return (h.new_zeros(0, dtype=torch.float32),) * 3
+        return (h.new_zeros(0, dtype=torch.float32),) * 5
     logps = torch.cat([p[0] for p in parts])
     if mean_logit is None:
         mean_logit = torch.cat([p[1] for p in parts])
-    log_sq_sum = torch.cat([p[2] for p in parts]) if wpo else logps.new_zeros(logps.shape)
-    return logps, mean_logit, log_sq_sum
+
+    def joined(i: int, asked: bool) -> Tensor:
+        return torch.cat([p[i] for p in parts]) if asked else logps.new_zeros(logps.shape)
+
+    return logps, mean_logit, joined(2, wpo), joined(3, metrics), joined(4, metrics)
 
 
 
-def head_token_stats(base, h: Tensor, targets: Tensor, options: LogpsOptions, wpo: bool):
+def head_token_stats(base, h: Tensor, targets: Tensor, options: LogpsOptions, wpo: bool, metrics: bool = False):
     """`chunked_token_stats` through a decoder-only model's own LM head: its softcapping, its vocabulary,
     the chunk size of `options` (or `chunk_tokens`' default). Shared by the causal and prefix-shared paths."""
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0] if hasattr(head, "weight") else base.config.vocab_size
     size = options.chunk_size or chunk_tokens(vocab, h.shape[-1], h.device)
-    return chunked_token_stats(head, h, targets, softcap, wpo, size, fused=options.fused_head)
+    return chunked_token_stats(head, h, targets, softcap, wpo, size, fused=options.fused_head, metrics=metrics)
 
 
 def sequence_logps(
@@ -212,7 +231,8 @@ def chunked_sequence_logps(
     completion, sequence = scored_positions(attention_mask, completion_mask, request.sequence_rows)
     scored = completion | sequence  # (N, T-1)
     rows = scored.nonzero()[:, 0]  # (M,)
-    stats = head_token_stats(unwrap(model), hidden[scored], input_ids[:, 1:][scored], options, request.wpo)
+    stats = head_token_stats(unwrap(model), hidden[scored], input_ids[:, 1:][scored], options, request.wpo,
+                             request.token_metrics)
     weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
     return reduce_to_rows(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
                           getattr(out, "aux_loss", None), weights)
@@ -233,7 +253,7 @@ def plain_sequence_logps(
     completion, sequence = scored_positions(attention_mask, completion_mask, request.sequence_rows)
     scored = completion | sequence
     rows = scored.nonzero()[:, 0]
-    stats = _token_stats(logits[scored], input_ids[:, 1:][scored], None, request.wpo)
+    stats = _token_stats(logits[scored], input_ids[:, 1:][scored], None, request.wpo, request.token_metrics)
     weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
     return reduce_to_rows(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
                           getattr(out, "aux_loss", None), weights)

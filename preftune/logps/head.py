@@ -76,17 +76,21 @@ def _compute_dtype(h: Tensor, weight: Tensor) -> torch.dtype:
 class LinearHeadLogps(torch.autograd.Function):
     """(M, H) hidden states, a linear head and (M,) targets → (M,) log p(target), one chunk at a time.
 
-    Also returns, detached, each token's vocabulary-mean logit (when `want_mean`) and WPO's
-    log Σ_v p_v² (when `wpo`), or zeros; only the log-probs have a gradient.
+    Also returns, detached, each token's vocabulary-mean logit (when `want_mean`), WPO's
+    log Σ_v p_v² (when `wpo`), and its entropy and top-1 hit (argmax == target, 1.0/0.0; when
+    `metrics`), or zeros; only the log-probs have a gradient. The extras are read off each chunk's
+    logits in the forward, before the frozen-head gradient overwrites them.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, softcap, size, wpo, want_mean):
+    def forward(ctx, h, weight, bias, targets, softcap, size, wpo, want_mean, metrics=False):
         m = h.shape[0]
         logps = h.new_empty(m, dtype=torch.float64 if h.dtype == torch.float64 else torch.float32)
         lse_all = torch.empty_like(logps)
         mean = torch.zeros_like(logps)
         log_sq_sum = torch.zeros_like(logps)
+        entropy = torch.zeros_like(logps)
+        top1 = torch.zeros_like(logps)
         frozen = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not ctx.needs_input_grad[2]
         grad_h = torch.empty_like(h) if frozen else None  # ∂ log p / ∂h per token, for a frozen head
         compute_dtype = _compute_dtype(h, weight)
@@ -106,6 +110,9 @@ class LinearHeadLogps(torch.autograd.Function):
                     mean[s : s + size] = z.mean(-1)
                 if wpo:
                     log_sq_sum[s : s + size] = torch.logsumexp(2 * z, -1) - 2 * lse
+                if metrics:  # entropy = lse − Σ_v p_v z_v; argmax takes the first maximum, as TRL's is_top1
+                    entropy[s : s + size] = lse - (torch.softmax(z, -1) * z).sum(-1)
+                    top1[s : s + size] = (z.argmax(-1) == y_c).to(top1.dtype)
                 if frozen:
                     grad_h[s : s + size] = _grad_logits(z, lse, y_c, None, t).to(compute_dtype) @ w_c
         ctx.softcap, ctx.size, ctx.frozen, ctx.compute_dtype = softcap, size, frozen, compute_dtype
@@ -113,14 +120,14 @@ class LinearHeadLogps(torch.autograd.Function):
             ctx.save_for_backward(grad_h)
         else:
             ctx.save_for_backward(h, weight, bias, targets, lse_all)
-        ctx.mark_non_differentiable(mean, log_sq_sum)
-        return logps, mean, log_sq_sum
+        ctx.mark_non_differentiable(mean, log_sq_sum, entropy, top1)
+        return logps, mean, log_sq_sum, entropy, top1
 
     @staticmethod
-    def backward(ctx, g, _mean, _log_sq_sum):
+    def backward(ctx, g, _mean, _log_sq_sum, _entropy, _top1):
         if ctx.frozen:
             (grad_h,) = ctx.saved_tensors
-            return (grad_h * g[:, None].to(grad_h.dtype),) + (None,) * 7
+            return (grad_h * g[:, None].to(grad_h.dtype),) + (None,) * 8
         h, weight, bias, targets, lse_all = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         dtype = ctx.compute_dtype
@@ -146,4 +153,4 @@ class LinearHeadLogps(torch.autograd.Function):
                         grad_w += (d.t() @ h_c).to(grad_w.dtype)
         if need_b:
             grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None

@@ -332,7 +332,7 @@ def shared_prefix_logps(
     span = int(targets.max()) + 1 if targets.numel() else 1
     unique, inverse = torch.unique(source * span + targets, return_inverse=True)  # (U,), (M,)
     h = hidden.reshape(-1, hidden.shape[-1])[unique // span]  # (U, H)
-    stats = head_token_stats(base, h, unique % span, options, request.wpo)
+    stats = head_token_stats(base, h, unique % span, options, request.wpo, request.token_metrics)
     stats = tuple(s[inverse] for s in stats)  # (M,) each: back to one entry per (row, token)
     weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
     return reduce_to_rows(stats, rows, completion[scored], sequence[scored], ids.shape[0], aux_loss, weights)

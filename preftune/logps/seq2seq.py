@@ -183,16 +183,20 @@ def encoder_decoder_logps(
         bias_name = CHUNKED_FAMILIES[base.config.model_type]
         bias = getattr(base, bias_name).reshape(-1) if bias_name else None
         size = options.chunk_size or chunk_tokens(head.weight.shape[0], h.shape[-1], h.device)
-        stats = chunked_token_stats(head, h, y, None, request.wpo, size, fused=options.fused_head, logits_bias=bias)
+        stats = chunked_token_stats(head, h, y, None, request.wpo, size, fused=options.fused_head, logits_bias=bias,
+                                    metrics=request.token_metrics)
     else:
         logits = out.logits[mask].float()  # (M, V): the scored positions only
         token_logps = -F.cross_entropy(logits, y, reduction="none")  # = logit(y) − logsumexp
         with torch.no_grad():
-            log_sq_sum = torch.zeros_like(token_logps)
+            log_sq_sum = entropy = top1 = torch.zeros_like(token_logps)
+            lse = logits.gather(-1, y[:, None]).squeeze(-1) - token_logps
             if request.wpo:  # log Σ_v p_v² = logsumexp(2·logits) − 2·lse
-                lse = logits.gather(-1, y[:, None]).squeeze(-1) - token_logps
                 log_sq_sum = torch.logsumexp(2 * logits, -1) - 2 * lse
-            stats = (token_logps, logits.mean(-1), log_sq_sum)
+            if request.token_metrics:
+                entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+                top1 = (logits.argmax(-1) == y).to(lse.dtype)
+            stats = (token_logps, logits.mean(-1), log_sq_sum, entropy, top1)
 
     # Every scored decoder token is a completion token; the rows asked for sum the same tokens again
     # as their whole sequence (the prompt is the encoder's input, not predicted).

@@ -8,41 +8,37 @@ Nothing here imports transformers: the math is testable alone.
   dpo.py           the DPO family's containers, `f_divergence_logits`, `combine`
   dpo_variants.py  one function per DPO `loss_type`, the `DPO_LOSSES` table
 
-Departures from the papers / from TRL, and why:
-- ORPO's NLL term is averaged per pair (each pair's token-mean NLL, then the mean
-  over pairs) instead of over all tokens of the batch as in the official code. With
-  one pair per batch the two agree; ours makes gradient accumulation exact (4×1
-  equals 1×4) and gives every pair equal weight whatever its length.
-- log(1 - p) in ORPO's odds is computed as log(-expm1(x)) with x clamped just below
-  0, so a completion whose probability rounds to 1 gives a large finite odds, not NaN.
-- `sft` is each pair's token-mean NLL of the chosen answer; TRL divides the batch's
-  summed NLL by its total token count. Same reason as ORPO's NLL above.
-- `ipo` and `sigmoid_norm` divide their own log-ratios by the completion lengths; TRL
-  instead divides all log-probs of the step when "ipo" is among several loss types,
-  which changes the other losses too. Ours keeps each loss what its name says.
-- f-divergences (f-DPO) apply to sigmoid, hinge, robust and exo_pair only
-  (F_DIVERGENCE_LOSSES). TRL 0.x also feeds its f-divergence margin to ipo; IPO's
-  derivation is for the identity mapping Ψ, not for a divergence, so we refuse it.
-- The exponentials of forward_kl / alpha_divergence are capped 10 nats below the
-  dtype's largest value (and by log α), and half precision is computed in float32;
-  TRL's cap_exp stops at log(max) itself, where exp(.)/α with α < 1, or β·h, can
-  still overflow to inf.
-- discopop's exp(-l)·σ(l/τ) is computed as exp(-l + log σ(l/τ)): the same number,
-  without the inf·0 = NaN that TRL's form gives for very negative l.
-- exo_pair raises for ε = 0 and robust for ε ≥ 1/2 instead of changing ε silently
-  (TRL sets ε = 1e-3 for exo_pair inside the loss); the config resolves the default.
-- bco_pair's running reward mean δ is state, so it lives with the caller and comes in
-  through DPOParams.bco_delta; the function stays pure.
-- aot / aot_pair return one loss per sorted position (as TRL), so `losses[i]` is not
-  pair i's; their value depends on the whole batch.
+Departures from the papers / from TRL 1.16, and why (the numbers otherwise equal TRL 1.16's
+DPOTrainer and experimental ORPOTrainer; tests/test_trl_parity.py runs both):
+- ORPO's NLL (TRL: the cross-entropy over every non-padding token of the batch's chosen rows,
+  one token mean for the batch) is passed in by the caller; `orpo_loss` takes it as a scalar
+  (broadcast over the pairs) or per pair.
+- log(1 - p) in ORPO's odds is computed as log(-expm1(x)) with x clamped just below 0, so a
+  completion whose probability rounds to 1 gives a large finite odds, not NaN (TRL's log1mexp
+  has the same two branches; only the clamp is ours).
+- `sigmoid` has no label smoothing, as TRL 1.16 (older TRL's cDPO); ε is used by robust,
+  exo_pair, aot and aot_unpaired only.
+- The exponentials of forward_kl / alpha_divergence are capped 10 nats below the dtype's
+  largest value (and by log|α - 1| when |α - 1| < 1), half precision is computed in float32;
+  TRL clamps alpha_divergence's exponent at 80 (fp32, bf16) or 11 (fp16) and does not cap
+  forward_kl. Same values wherever neither cap binds (|log-ratio| below ~78 nats).
+- discopop's exp(-l)·σ(l/τ) is computed as exp(-l + log σ(l/τ)): the same number, without
+  the inf·0 = NaN that TRL's form gives for very negative l.
+- exo_pair raises for ε = 0 and robust for ε ≥ 1/2 (TRL: an error and a warning); the config
+  resolves exo_pair's default ε = 1e-3.
+- `aot_pair` is accepted as older TRL's name of `aot_unpaired` (the same function).
+- aot / aot_unpaired return one loss per sorted position (as TRL), so `losses[i]` is not
+  pair i's; their value depends on the whole batch. `sft` returns the batch's token-mean NLL
+  repeated per pair (as TRL), so its mean over pairs is that value.
 """
-from preftune.losses.dpo import F_DIVERGENCES, DPOInputs, DPOLossFn, DPOLossOutput, DPOParams, combine, f_divergence_logits
+from preftune.losses.dpo import (F_DIVERGENCES, DPOInputs, DPOLossFn, DPOLossOutput, DPOParams, combine,
+                                 f_divergence_logits, f_divergence_scores)
 from preftune.losses.dpo_variants import (
     DPO_LOSSES,
     F_DIVERGENCE_LOSSES,
     LABEL_SMOOTHING_LOSSES,
     aot_loss,
-    aot_pair_loss,
+    aot_unpaired_loss,
     apo_down_loss,
     apo_zero_loss,
     bco_pair_loss,
@@ -70,7 +66,7 @@ __all__ = [
     "DPOParams",
     "ORPOLossOutput",
     "aot_loss",
-    "aot_pair_loss",
+    "aot_unpaired_loss",
     "apo_down_loss",
     "apo_zero_loss",
     "bco_pair_loss",
@@ -78,6 +74,7 @@ __all__ = [
     "discopop_loss",
     "exo_pair_loss",
     "f_divergence_logits",
+    "f_divergence_scores",
     "hinge_loss",
     "ipo_loss",
     "log1mexp",

@@ -26,7 +26,10 @@ _EXP_HEADROOM = 10.0
 class DPOInputs:
     """Summed completion log-probs and completion lengths for B pairs, each (B,).
 
-    `ref_*` are zeros when training reference-free.
+    `ref_*` are zeros when training reference-free. With LD-DPO the four sums are the
+    LD-weighted ones (policy and reference alike, as TRL 1.16); `sft_chosen_logps` is then the
+    plain (unweighted) sum of the chosen tokens' log-probs, which `sft` uses. None: the same as
+    `policy_chosen_logps`.
     """
 
     policy_chosen_logps: Tensor
@@ -35,6 +38,7 @@ class DPOInputs:
     ref_rejected_logps: Tensor
     chosen_lengths: Tensor  # number of completion tokens, float
     rejected_lengths: Tensor
+    sft_chosen_logps: Tensor | None = None
 
     @property
     def chosen_logratios(self) -> Tensor:
@@ -62,11 +66,10 @@ class DPOParams:
     """
 
     beta: float = 0.1
-    label_smoothing: float = 0.0  # ε: cDPO, robust, exo_pair, aot, aot_pair
+    label_smoothing: float = 0.0  # ε: robust, exo_pair, aot, aot_unpaired (as TRL 1.16)
     discopop_tau: float = 0.05  # τ of discopop
-    f_divergence_type: str = "reverse_kl"  # one of F_DIVERGENCES; see f_divergence_logits
-    f_alpha_divergence_coef: float = 1.0  # α of alpha_divergence
-    bco_delta: float = 0.0  # δ of bco_pair: running mean of the rewards, kept by the caller
+    f_divergence_type: str = "reverse_kl"  # one of F_DIVERGENCES; see f_divergence_scores
+    f_alpha_divergence_coef: float = 0.5  # α of alpha_divergence (TRL 1.16's default)
 
     def __post_init__(self) -> None:
         if self.f_divergence_type not in F_DIVERGENCES:
@@ -79,7 +82,7 @@ class DPOParams:
 
 @dataclass(frozen=True)
 class DPOLossOutput:
-    losses: Tensor  # (B,) per pair (per sorted position for aot / aot_pair)
+    losses: Tensor  # (B,) per pair (per sorted position for aot / aot_unpaired; sft: the batch value repeated)
     chosen_rewards: Tensor  # (B,) beta * (log πθ(yc|x) - log πref(yc|x)), detached
     rejected_rewards: Tensor  # (B,)
 
@@ -93,11 +96,12 @@ def rewards(x: DPOInputs, beta: float) -> tuple[Tensor, Tensor]:
 
 
 def output(losses: Tensor, x: DPOInputs, beta: float) -> DPOLossOutput:
+    """Every loss type logs the same rewards β·rc, β·rr (summed log-ratios), as TRL 1.16."""
     return DPOLossOutput(losses, *rewards(x, beta))
 
 
 def smoothed_sigmoid(z: Tensor, eps: float) -> Tensor:
-    """cDPO's -(1-ε)·log σ(z) - ε·log σ(-z), elementwise."""
+    """-(1-ε)·log σ(z) - ε·log σ(-z), elementwise (aot, aot_unpaired)."""
     return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
 
@@ -105,34 +109,50 @@ def _capped_exp(v: Tensor, cap: float) -> Tensor:
     return torch.exp(v.clamp(max=cap))
 
 
-def f_divergence_logits(x: DPOInputs, p: DPOParams) -> Tensor:
-    """f-DPO, Wang et al. 2023 (arXiv 2309.16240), Thm. 1 / Table 1: f'(u_w) - f'(u_l), (B,).
+# |α - 1| below this is α = 1: alpha_divergence's limit, reverse_kl (TRL 1.16's threshold).
+_ALPHA_ONE = 1e-6
 
-    u = πθ(y|x) / πref(y|x), so log u_w = rc and log u_l = rr are the log-ratios of the
-    chosen (w) and rejected (l) completions. The DPO margin h is replaced by:
-      reverse_kl        f'(u) = log u + 1        h = rc - rr (standard DPO)
-      forward_kl        f'(u) = -1/u             u_l^-1 - u_w^-1 = exp(-rr) - exp(-rc)
-      js_divergence     f'(u) = log(2u/(1+u))    h - (softplus(rc) - softplus(rr))
-      alpha_divergence  f'(u) = (1 - u^-α)/α     (exp(-α·rr) - exp(-α·rc)) / α
-    (forward_kl is alpha_divergence at α = 1.)
 
-    Overflow cap: each exponent is clamped at C = log(max finite value) - 10 + min(0, log α)
-    before exp, so every exponential term after the division by α is at most e^-10 of the
-    largest float (C ≈ 78.7 in float32, ≈ 699.8 in float64 for α ≥ 1). Half-precision inputs
-    are computed in float32 (float16 would cap at e^1). Where the cap binds the gradient is 0,
-    as TRL's cap_exp. js_divergence needs no cap: softplus is stable.
+def f_divergence_scores(x: DPOInputs, p: DPOParams) -> tuple[Tensor, Tensor]:
+    """f-DPO, Wang et al. 2023 (arXiv 2309.16240), Thm. 1 / Table 1: f'(u) of the chosen and of the
+    rejected completion, each (B,); the margin is their difference (`f_divergence_logits`).
+
+    u = πθ(y|x) / πref(y|x), so log u_w = rc and log u_l = rr are the log-ratios. As TRL 1.16:
+      reverse_kl        f'(u) = log u                     score = r          (standard DPO)
+      forward_kl        f'(u) = 1 - 1/u                   score = 1 - exp(-r)
+      js_divergence     f'(u) = log(2u/(1+u))             score = log 2 + log σ(r)
+      alpha_divergence  f'(u) = (u^(α-1) - 1)/(α-1)       score = (exp((α-1)·r) - 1)/(α-1)
+    alpha_divergence at α = 1 (|α - 1| < 1e-6) is its limit, reverse_kl. Constant terms of f'
+    cancel in the margin; `ipo` and `sigmoid_norm` divide each score by its completion length.
+
+    Overflow cap: each exponent is clamped at C = log(max finite value of the dtype) - 10
+    + min(0, log|α - 1|) before exp, so exp(.)/|α - 1| stays at least e^10 below the largest
+    float and β·(margin) cannot become inf (C ≈ 78.7 in float32, ≈ 699.8 in float64 when
+    |α - 1| ≥ 1). TRL clamps at 80 (float32/bfloat16) and 11 (float16) and has no cap on
+    forward_kl; the values differ only where the cap binds (|r| > 78 nats). Half-precision
+    inputs are computed in float32. Where the cap binds the gradient is 0.
     """
     kind = p.f_divergence_type
-    if kind == "reverse_kl":
-        return x.logits
     rc, rr = x.chosen_logratios, x.rejected_logratios
+    alpha = float(p.f_alpha_divergence_coef)
+    if kind == "reverse_kl" or (kind == "alpha_divergence" and abs(alpha - 1.0) < _ALPHA_ONE):
+        return rc, rr
     if kind == "js_divergence":
-        return x.logits - (F.softplus(rc) - F.softplus(rr))
-    alpha = 1.0 if kind == "forward_kl" else float(p.f_alpha_divergence_coef)
+        return math.log(2.0) + F.logsigmoid(rc), math.log(2.0) + F.logsigmoid(rr)
     dtype = torch.promote_types(rc.dtype, torch.float32)
     rc, rr = rc.to(dtype), rr.to(dtype)
-    cap = math.log(torch.finfo(dtype).max) - _EXP_HEADROOM + min(0.0, math.log(alpha))
-    return (_capped_exp(-alpha * rr, cap) - _capped_exp(-alpha * rc, cap)) / alpha
+    headroom = math.log(torch.finfo(dtype).max) - _EXP_HEADROOM
+    if kind == "forward_kl":
+        return 1 - _capped_exp(-rc, headroom), 1 - _capped_exp(-rr, headroom)
+    k = alpha - 1.0
+    cap = headroom + min(0.0, math.log(abs(k)))
+    return (_capped_exp(k * rc, cap) - 1) / k, (_capped_exp(k * rr, cap) - 1) / k
+
+
+def f_divergence_logits(x: DPOInputs, p: DPOParams) -> Tensor:
+    """The f-DPO margin f'(u_w) - f'(u_l), (B,): h = rc - rr for reverse_kl (`f_divergence_scores`)."""
+    chosen, rejected = f_divergence_scores(x, p)
+    return chosen - rejected
 
 
 def combine(losses: list[DPOLossOutput], weights: list[float]) -> DPOLossOutput:

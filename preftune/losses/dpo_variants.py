@@ -4,7 +4,7 @@ Notation in the docstrings (all (B,), summed over completion tokens):
   rc = log πθ(yc|x) - log πref(yc|x),  rr = log πθ(yr|x) - log πref(yr|x)   (log-ratios)
   h  = rc - rr = (log πθ(yc) - log πθ(yr)) - (log πref(yc) - log πref(yr))
   β = p.beta, ε = p.label_smoothing, σ = logistic sigmoid, |yc|, |yr| = completion lengths.
-Unless a docstring says otherwise the rewards are β·rc and β·rr, detached, as in TRL.
+The rewards of every loss are β·rc and β·rr, detached, as TRL 1.16 logs them.
 Departures from the papers and from TRL are listed in `preftune.losses`.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from preftune.losses.dpo import (
     DPOLossOutput,
     DPOParams,
     f_divergence_logits,
+    f_divergence_scores,
     output,
     smoothed_sigmoid,
 )
@@ -36,12 +37,13 @@ def _lengths(x: DPOInputs) -> tuple[Tensor, Tensor]:
 
 
 def sigmoid_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
-    """DPO, Rafailov et al. 2023 (arXiv 2305.18290), eq. 7; cDPO label smoothing ε (Mitchell 2023).
+    """DPO, Rafailov et al. 2023 (arXiv 2305.18290), eq. 7.
 
-    L = -(1-ε)·log σ(β·h) - ε·log σ(-β·h)
+    L = -log σ(β·h)
     h is replaced by the f-divergence margin when f_divergence_type is set (f_divergence_logits).
+    No label smoothing: TRL 1.16 dropped cDPO's ε from `sigmoid` (use `robust`).
     """
-    return output(smoothed_sigmoid(p.beta * f_divergence_logits(x, p), p.label_smoothing), x, p.beta)
+    return output(-F.logsigmoid(p.beta * f_divergence_logits(x, p)), x, p.beta)
 
 
 def hinge_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
@@ -91,15 +93,15 @@ def exo_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
 def ipo_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
     """IPO, Azar et al. 2023 (arXiv 2310.12036), eq. 17, with β in the role of the paper's τ.
 
-    h_avg = rc/|yc| - rr/|yr|      (log-probs averaged per token, as TRL)
+    h_avg = sc/|yc| - sr/|yr|      (scores averaged per completion token, as TRL)
     L     = (h_avg - 1/(2β))²
-    Rewards are β·rc/|yc| and β·rr/|yr| (TRL logs the averaged ones for IPO), so
-    rewards/margins reads β·h_avg, whose target is 1/2.
+    sc, sr are the f-divergence scores (`f_divergence_scores`; rc and rr for reverse_kl).
+    Rewards are β·rc and β·rr of the summed log-probs, as for every loss (TRL 1.16).
     """
     lc, lr = _lengths(x)
-    rc_avg, rr_avg = x.chosen_logratios / lc, x.rejected_logratios / lr
-    losses = (rc_avg - rr_avg - 1 / (2 * p.beta)) ** 2
-    return DPOLossOutput(losses, (p.beta * rc_avg).detach(), (p.beta * rr_avg).detach())
+    sc, sr = f_divergence_scores(x, p)
+    losses = (sc / lc - sr / lr - 1 / (2 * p.beta)) ** 2
+    return output(losses, x, p.beta)
 
 
 def sigmoid_norm_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
@@ -107,12 +109,12 @@ def sigmoid_norm_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
     eq. 7, with per-token log-ratios as in SimPO, Meng et al. 2024, arXiv 2405.14734, eq. 4, but
     keeping the reference); TRL's `sigmoid_norm`.
 
-    h_norm = rc/|yc| - rr/|yr|
+    h_norm = sc/|yc| - sr/|yr|     (sc, sr: f-divergence scores; rc, rr for reverse_kl)
     L      = -log σ(β·h_norm)       (no label smoothing, as TRL)
     """
     lc, lr = _lengths(x)
-    h_norm = x.chosen_logratios / lc - x.rejected_logratios / lr
-    return output(-F.logsigmoid(p.beta * h_norm), x, p.beta)
+    sc, sr = f_divergence_scores(x, p)
+    return output(-F.logsigmoid(p.beta * (sc / lc - sr / lr)), x, p.beta)
 
 
 def discopop_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
@@ -122,8 +124,9 @@ def discopop_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
     L = -log σ(l)·(1 - m) + exp(-l)·m
     exp(-l)·m is computed as exp(-l + log σ(l/τ)): equal, but finite when l is very negative
     (where exp(-l) alone overflows and m underflows to 0, giving inf·0 = NaN).
+    h is replaced by the f-divergence margin when f_divergence_type is set (as TRL 1.16).
     """
-    logits = p.beta * x.logits
+    logits = p.beta * f_divergence_logits(x, p)
     modulation = torch.sigmoid(logits / p.discopop_tau)
     losses = -F.logsigmoid(logits) * (1 - modulation) + torch.exp(-logits + F.logsigmoid(logits / p.discopop_tau))
     return output(losses, x, p.beta)
@@ -145,11 +148,12 @@ def aot_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
     return output(smoothed_sigmoid(p.beta * (policy_sorted - ref_sorted), p.label_smoothing), x, p.beta)
 
 
-def aot_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
+def aot_unpaired_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
     """AOT (unpaired), Melnyk et al. 2024 (arXiv 2406.05882), the unpaired distributional-alignment
     loss; equation number not checked against the paper.
 
-    For unpaired data (chosen and rejected answers need not share a prompt), as TRL's `aot_pair`:
+    For unpaired data (chosen and rejected answers need not share a prompt), as TRL 1.16's
+    `aot_unpaired` (older TRL called it `aot_pair`; that name stays accepted and means this):
     Δ = sort_B(rc) - sort_B(rr)
     L = -(1-ε)·log σ(β·Δ) - ε·log σ(-β·Δ)
     loss[i] belongs to the i-th sorted position, not to pair i. Rewards stay per pair.
@@ -176,16 +180,14 @@ def nca_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
 
 
 def bco_pair_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
-    """BCO, Jung et al. 2024 (arXiv 2404.04656), the binary-classifier loss with reward shift δ,
-    applied to both answers of a pair; equation number not checked against the paper.
+    """BCO, Jung et al. 2024 (arXiv 2404.04656), the binary-classifier loss applied to both answers of
+    a pair, as TRL 1.16's `bco_pair`; equation number not checked against the paper.
 
-    L = -log σ(β·rc - δ) - log σ(-(β·rr - δ))
-    δ = p.bco_delta, the running mean of the rewards kept by the caller. TRL updates it with the
-    mean of this batch's β·rc and β·rr (both halves together, detached) before computing L.
+    L = -log σ(β·rc) - log σ(-β·rr)
+    No reward shift δ: TRL 1.16 has none (older TRL subtracted a running mean of the rewards).
     """
-    delta = p.bco_delta
     zc, zr = p.beta * x.chosen_logratios, p.beta * x.rejected_logratios
-    return output(-F.logsigmoid(zc - delta) - F.logsigmoid(-(zr - delta)), x, p.beta)
+    return output(-F.logsigmoid(zc) - F.logsigmoid(-zr), x, p.beta)
 
 
 def sppo_hard_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
@@ -220,14 +222,16 @@ def apo_down_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
 
 
 def sft_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
-    """Supervised NLL of the chosen completion, as TRL's `sft`: not a preference loss of its own but
-    the generation term to combine with one (e.g. MPO, Wang et al. 2024, arXiv 2411.10442).
+    """Supervised NLL of the chosen completions, as TRL 1.16's `sft`: not a preference loss of its own
+    but the generation term to combine with one (e.g. MPO, Wang et al. 2024, arXiv 2411.10442).
 
-    L = -log πθ(yc|x) / |yc|     (per-token mean NLL of each pair's chosen answer)
-    Rewards stay β·rc and β·rr so the logged metrics keep their meaning.
+    L = -Σ_b log πθ(yc_b|x_b) / Σ_b |yc_b|     (token mean over the batch's chosen completions)
+    One value for the batch, repeated for each pair (so the mean over pairs is L). The log-probs
+    are the plain ones even under LD-DPO (`sft_chosen_logps`). Rewards stay β·rc and β·rr.
     """
-    lc, _ = _lengths(x)
-    return output(-x.policy_chosen_logps / lc, x, p.beta)
+    logps = x.policy_chosen_logps if x.sft_chosen_logps is None else x.sft_chosen_logps
+    batch = -logps.sum() / x.chosen_lengths.sum().clamp(min=1)
+    return output(batch.expand(logps.shape[0]), x, p.beta)
 
 
 # loss_type -> function. Every entry has a hand-derived test in tests/test_losses.py.
@@ -241,7 +245,8 @@ DPO_LOSSES: dict[str, DPOLossFn] = {
     "bco_pair": bco_pair_loss,
     "sppo_hard": sppo_hard_loss,
     "aot": aot_loss,
-    "aot_pair": aot_pair_loss,
+    "aot_unpaired": aot_unpaired_loss,
+    "aot_pair": aot_unpaired_loss,  # older TRL's name of aot_unpaired
     "apo_zero": apo_zero_loss,
     "apo_down": apo_down_loss,
     "discopop": discopop_loss,
@@ -249,9 +254,11 @@ DPO_LOSSES: dict[str, DPOLossFn] = {
     "sft": sft_loss,
 }
 
-# The losses that replace h by the f-divergence margin (f_divergence_logits); the others ignore
-# f_divergence_type, and the config refuses a non-default f_divergence_type with them.
-F_DIVERGENCE_LOSSES: frozenset[str] = frozenset({"sigmoid", "hinge", "robust", "exo_pair"})
+# The losses built on the chosen-minus-rejected score difference, which take the f-divergence scores
+# (f_divergence_scores; TRL 1.16's set, sft trivially: it has no margin); the config refuses a
+# non-default f_divergence_type with any other.
+F_DIVERGENCE_LOSSES: frozenset[str] = frozenset(
+    {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"})
 
-# The losses whose formula has the label-noise ε (label_smoothing); the others ignore it.
-LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"sigmoid", "robust", "exo_pair", "aot", "aot_pair"})
+# The losses whose formula has the label-noise ε (label_smoothing); the others ignore it (TRL 1.16).
+LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"robust", "exo_pair", "aot", "aot_unpaired", "aot_pair"})

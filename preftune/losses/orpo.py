@@ -23,8 +23,8 @@ def log1mexp(x: Tensor) -> Tensor:
 class ORPOLossOutput:
     """Per-pair ORPO terms, each (B,)."""
 
-    losses: Tensor  # nll + beta * ratio_loss, the quantity to minimise
-    nll: Tensor  # NLL of the chosen sequence (per-token mean)
+    losses: Tensor  # nll + beta * ratio_loss, the quantity to minimise (its mean over pairs is the loss)
+    nll: Tensor  # NLL of the chosen sequences, as given (a batch token mean: a scalar)
     log_odds: Tensor  # log odds(chosen) - log odds(rejected)
     log_sigmoid_log_odds: Tensor  # log σ(log_odds), the term maximised
     chosen_rewards: Tensor  # beta * mean log p(chosen), detached
@@ -43,6 +43,8 @@ def orpo_loss(
     log_odds   = (a_c - log(1 - e^a_c)) - (a_r - log(1 - e^a_r))
     L_OR       = -log σ(log_odds)
     L          = L_SFT + λ·L_OR      (λ is `beta`, as in TRL)
+    chosen_nll is L_SFT: a scalar (TRL: the token mean over the batch's chosen rows, broadcast
+    over the pairs) or one value per pair. λ = 0 leaves plain SFT on the chosen answers.
     Rewards (for logging only) are beta * mean log p, as in TRL's ORPO.
     """
     log_odds = (policy_chosen_avg_logps - log1mexp(policy_chosen_avg_logps)) - (

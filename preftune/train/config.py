@@ -44,6 +44,8 @@ def _value(x):
 class PreferenceConfig(TrainingArguments):
     """Settings shared by every preference trainer."""
 
+    _beta_may_be_zero = False  # a class attribute, not a field: ORPO allows β = 0, DPO needs β > 0
+
     # Defaults that differ from TrainingArguments.
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial learning rate (AdamW)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N update steps (or a ratio of total steps if < 1)."})
@@ -194,8 +196,8 @@ class PreferenceConfig(TrainingArguments):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
         self.length_limits()  # validates the length flags
-        if self.beta <= 0:
-            raise ConfigError(f"beta={self.beta} must be positive.")
+        if self.beta < 0 or (self.beta == 0 and not self._beta_may_be_zero):
+            raise ConfigError(f"beta={self.beta} must be positive" + (" or 0." if self._beta_may_be_zero else "."))
         check_trackers(self.report_to)
         if self.max_nonfinite_steps < 0:
             raise ConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be 0 (never stop) or more.")
@@ -204,6 +206,8 @@ class PreferenceConfig(TrainingArguments):
 @dataclass
 class ORPOConfig(PreferenceConfig):
     """ORPO (Hong et al. 2024): SFT loss plus beta times the odds-ratio loss; no reference model."""
+
+    _beta_may_be_zero = True  # β = 0: plain SFT on the chosen answers (TRL allows it)
 
     beta: float = field(
         default=0.1, metadata={"help": "λ in the ORPO paper: weight of the odds-ratio term added to the NLL."}
@@ -236,8 +240,8 @@ class DPOConfig(PreferenceConfig):
     )
     label_smoothing: Optional[float] = field(
         default=None,
-        metadata={"help": "ε: probability that a preference label is flipped (cDPO, robust, exo_pair, aot). "
-                  "Default 0, and 1e-3 for exo_pair."},
+        metadata={"help": "ε: probability that a preference label is flipped (robust, exo_pair, aot, aot_unpaired; "
+                  "as TRL 1.16, not sigmoid). Default 0, and 1e-3 for exo_pair."},
     )
     rpo_alpha: Optional[float] = field(
         default=None, metadata={"help": "RPO: add rpo_alpha × NLL of the chosen completion (paper: 1.0)."}
@@ -252,7 +256,8 @@ class DPOConfig(PreferenceConfig):
         default="reverse_kl",
         metadata={"help": "f-DPO divergence: reverse_kl (standard DPO), forward_kl, js_divergence, alpha_divergence."},
     )
-    f_alpha_divergence_coef: float = field(default=1.0, metadata={"help": "α of alpha_divergence."})
+    f_alpha_divergence_coef: float = field(
+        default=0.5, metadata={"help": "α of alpha_divergence, f'(u) = (u^(α-1) - 1)/(α-1); α = 1 is reverse_kl."})
     reference_free: bool = field(
         default=False, metadata={"help": "Ignore the reference model (an implicit uniform reference)."}
     )
@@ -336,6 +341,9 @@ class DPOConfig(PreferenceConfig):
                 )
         if self.f_alpha_divergence_coef <= 0:
             raise ConfigError(f"f_alpha_divergence_coef={self.f_alpha_divergence_coef} must be positive.")
+        if self.use_weighting and set(self.loss_type) & {"aot", "aot_unpaired", "aot_pair"}:
+            raise ConfigError("use_weighting (WPO) does not apply to aot / aot_unpaired: they sort the pairs, so a "
+                              "pair's weight would meet another pair's loss; drop one of them.")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             raise ConfigError(f"rpo_alpha={self.rpo_alpha} must be ≥ 0.")
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:

@@ -64,7 +64,9 @@ class DPOTrainer(PreferenceTrainer):
         provider, args = self.reference, self.args
         common = dict(
             batch_size=args.precompute_ref_batch_size or args.per_device_eval_batch_size, device=args.device,
-            cache_dir=args.ref_logps_cache_dir, weights_key=reference_fingerprint(provider, self.model),
+            cache_dir=args.ref_logps_cache_dir, request_for=self.objective.reference_request,
+            # LD-DPO weights the reference's log-probs too, so ld_alpha is part of what they depend on
+            weights_key=reference_fingerprint(provider, self.model) + ("" if args.ld_alpha is None else f"|ld={args.ld_alpha!r}"),
         )
 
         def attach(dataset, split):
@@ -79,13 +81,6 @@ class DPOTrainer(PreferenceTrainer):
 
     # ----------------------------------------------------------- checkpoints
 
-    def _extra_state(self) -> dict:
-        state = super()._extra_state()
-        bco = self.objective.bco
-        if bco is not None:
-            state["bco_running_mean"] = {"mean": bco.mean, "count": bco.count}
-        return state
-
     def _save_extra_files(self, folder: str) -> None:
         if self.args.sync_ref_model and isinstance(self.reference, ModelReference):
             from safetensors.torch import save_model
@@ -94,9 +89,6 @@ class DPOTrainer(PreferenceTrainer):
 
     def _restore_extra_state(self, folder: str, state: dict) -> None:
         super()._restore_extra_state(folder, state)
-        bco = self.objective.bco
-        if bco is not None and "bco_running_mean" in state:
-            bco.mean, bco.count = state["bco_running_mean"]["mean"], state["bco_running_mean"]["count"]
         if self.args.sync_ref_model and isinstance(self.reference, ModelReference):
             ref_path = os.path.join(folder, REF_WEIGHTS)
             if not os.path.isfile(ref_path):

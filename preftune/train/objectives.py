@@ -6,20 +6,23 @@ rows), calls the pure loss function and names the metrics exactly as TRL logs th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from preftune.logps import LogpsRequest, SequenceLogps
-from preftune.losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss
+from preftune.losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss, sft_loss
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
 class ObjectiveOutput:
-    loss: Tensor  # scalar, mean over pairs
-    metrics: dict[str, Tensor]  # name -> (B,) per-pair values, detached
+    loss: Tensor  # scalar
+    metrics: dict[str, Tensor]  # name -> (B,) per-pair values, detached; logged as the mean over pairs
+    # name -> (numerator, denominator), scalars, detached; logged as Σ numerators / Σ denominators
+    # (token-weighted means, as TRL's entropy, mean_token_accuracy, logits/*)
+    token_metrics: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 def _halves(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -36,11 +39,21 @@ def _reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _logits_metrics(policy: SequenceLogps) -> dict[str, Tensor]:
-    """Mean logit over the vocabulary and the completion tokens of each row."""
-    mean_logits = policy.completion_logits_sum / policy.completion_tokens.clamp(min=1)
-    chosen, rejected = _halves(mean_logits)
-    return {"logits/chosen": chosen, "logits/rejected": rejected}
+def _token_metrics(policy: SequenceLogps) -> dict[str, tuple[Tensor, Tensor]]:
+    """TRL 1.16's token-weighted metrics: numerators and denominators over the batch's completion tokens.
+
+    logits/chosen|rejected: Σ vocabulary-mean logit / number of completion tokens, per half;
+    entropy: Σ policy entropy over all completion tokens / their number;
+    mean_token_accuracy: chosen completion tokens whose argmax logit is the label / their number.
+    """
+    tokens_c, tokens_r = (t.sum() for t in _halves(policy.completion_tokens))
+    logits_c, logits_r = (t.sum() for t in _halves(policy.completion_logits_sum))
+    out = {"logits/chosen": (logits_c, tokens_c), "logits/rejected": (logits_r, tokens_r)}
+    if policy.completion_entropy_sum is not None:
+        out["entropy"] = (policy.completion_entropy_sum.sum(), tokens_c + tokens_r)
+    if policy.completion_top1 is not None:
+        out["mean_token_accuracy"] = (_halves(policy.completion_top1)[0].sum(), tokens_c)
+    return {k: (n.detach(), d.detach()) for k, (n, d) in out.items()}
 
 
 class _AsksForLogps:
@@ -50,8 +63,13 @@ class _AsksForLogps:
     def logps_request(self, completion_mask: Tensor) -> LogpsRequest:
         """completion_mask: (N, T) of the batch (N = 2B rows, chosen first)."""
         return LogpsRequest(sequence_rows=self.sequence_rows(completion_mask.shape[0], completion_mask.device),
-                            completion_weights=self.token_weights(completion_mask),  # LD-DPO: the policy only, as TRL
-                            wpo=self.use_weighting)
+                            completion_weights=self.token_weights(completion_mask),
+                            wpo=self.use_weighting, token_metrics=True)
+
+    def reference_request(self, completion_mask: Tensor) -> LogpsRequest:
+        """What the reference's log-prob path is asked: the same LD-DPO weights (TRL 1.16 weights the
+        reference's log-probs too), nothing else."""
+        return LogpsRequest(completion_weights=self.token_weights(completion_mask))
 
 
 @dataclass(frozen=True)
@@ -72,43 +90,30 @@ class ORPOObjective(_AsksForLogps):
 
     def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None = None) -> ObjectiveOutput:
         chosen_avg, rejected_avg = _halves(policy.completion_avg_logps)
+        # The NLL is the token mean over the batch's chosen rows (TRL's cross-entropy over every
+        # non-padding token of them; completion tokens only with nll_completion_only).
         if self.nll_completion_only:
-            nll = -chosen_avg
+            logps, tokens = _halves(policy.completion_logps)[0], _halves(policy.completion_tokens)[0]
         else:
-            seq_logps, _ = _halves(policy.sequence_logps)
-            seq_tokens, _ = _halves(policy.sequence_tokens)
-            nll = -seq_logps / seq_tokens.clamp(min=1)
+            logps, tokens = _halves(policy.sequence_logps)[0], _halves(policy.sequence_tokens)[0]
+        nll_sum, nll_tokens = -logps.sum(), tokens.sum()
+        nll = nll_sum / nll_tokens.clamp(min=1)
         out = orpo_loss(chosen_avg, rejected_avg, nll, self.beta)
         metrics = {
             **_reward_metrics(out.chosen_rewards, out.rejected_rewards),
             "log_odds_chosen": out.log_odds,
             "log_odds_ratio": out.log_sigmoid_log_odds,
-            "nll_loss": out.nll,
             "logps/chosen": chosen_avg,
             "logps/rejected": rejected_avg,
-            **_logits_metrics(policy),
         }
-        return ObjectiveOutput(out.losses.mean(), {k: v.detach() for k, v in metrics.items()})
-
-
-class RunningMean:
-    """Running mean of all rewards seen so far (BCO's δ); state kept across steps."""
-
-    def __init__(self):
-        self.mean, self.count = 0.0, 0
-
-    def update(self, values: Tensor) -> float:
-        n = values.numel()
-        if n:
-            self.mean += (values.float().mean().item() - self.mean) * n / (self.count + n)
-            self.count += n
-        return self.mean
+        token_metrics = {**_token_metrics(policy), "nll_loss": (nll_sum.detach(), nll_tokens.detach())}
+        return ObjectiveOutput(out.losses.mean(), {k: v.detach() for k, v in metrics.items()}, token_metrics)
 
 
 def ld_token_weights(completion_mask: Tensor, alpha: float) -> Tensor:
     """LD-DPO (Liu et al. 2024, arXiv 2409.06411): weight 1 on the first l_p completion tokens,
     alpha on the rest, with l_p the shorter completion's length in the pair. (N, T) -> (N, T).
-    Applied to the policy's log-probs only, as TRL does."""
+    Applied to the policy's and the reference's log-probs, as TRL 1.16 does."""
     position = completion_mask.cumsum(dim=1)  # 1-based index inside the completion
     lengths = completion_mask.sum(dim=1)
     chosen, rejected = _halves(lengths)
@@ -119,7 +124,7 @@ def ld_token_weights(completion_mask: Tensor, alpha: float) -> Tensor:
 
 @dataclass(frozen=True)
 class DPOObjective(_AsksForLogps):
-    """The DPO family: weighted loss_type terms, then the WPO / RPO modifiers."""
+    """The DPO family: weighted loss_type terms (rpo_alpha adds `sft`), then WPO's weights."""
 
     loss_fns: tuple[DPOLossFn, ...]
     loss_weights: tuple[float, ...]
@@ -128,7 +133,6 @@ class DPOObjective(_AsksForLogps):
     rpo_alpha: float | None = None
     use_weighting: bool = False
     ld_alpha: float | None = None
-    bco: RunningMean | None = None  # set when bco_pair is among the losses
 
     @property
     def needs_reference(self) -> bool:
@@ -147,29 +151,26 @@ class DPOObjective(_AsksForLogps):
         else:
             rc, rr = _halves(ref.preference_logps.detach())
         lc, lr = _halves(policy.completion_tokens)
-        x = DPOInputs(pc, pr, rc, rr, lc, lr)
-        params = self.params
-        if self.bco is not None:  # δ: running mean of the rewards, this batch included (as TRL)
-            rewards = self.params.beta * torch.cat([x.chosen_logratios, x.rejected_logratios]).detach()
-            params = replace(params, bco_delta=self.bco.update(rewards))
-        out = combine([fn(x, params) for fn in self.loss_fns], list(self.loss_weights))
+        x = DPOInputs(pc, pr, rc, rr, lc, lr, sft_chosen_logps=_halves(policy.completion_logps)[0])
+        fns, weights = list(self.loss_fns), list(self.loss_weights)
+        if self.rpo_alpha is not None:  # RPO (Pang et al. 2024, arXiv 2404.19733), older TRL: + α·sft
+            fns, weights = fns + [sft_loss], weights + [self.rpo_alpha]
+        out = combine([fn(x, self.params) for fn in fns], weights)
         losses = out.losses
         metrics = {
             **_reward_metrics(out.chosen_rewards, out.rejected_rewards),
             "logps/chosen": pc,
             "logps/rejected": pr,
-            **_logits_metrics(policy),
         }
+        token_metrics = _token_metrics(policy)
         if self.use_weighting:  # WPO (Zhou et al. 2024, arXiv 2406.11827, eq. 2), weights not differentiated
             wc, wr = _halves(policy.completion_wpo_avg)
-            weights = torch.clamp(torch.exp(wc + wr), max=1.0)
+            weights = torch.exp(wc + wr)  # no clamp, as TRL 1.16
             losses = losses * weights
             metrics["wpo_weights"] = weights
-        if self.rpo_alpha is not None:  # RPO (Pang et al. 2024, arXiv 2404.19733): + α·NLL(chosen)
-            nll = -_halves(policy.completion_logps)[0] / lc.clamp(min=1)
-            losses = losses + self.rpo_alpha * nll
-            metrics["nll_loss"] = nll
-        return ObjectiveOutput(losses.mean(), {k: v.detach() for k, v in metrics.items()})
+        if self.rpo_alpha is not None:
+            token_metrics["nll_loss"] = (-x.sft_chosen_logps.sum().detach(), lc.sum().detach())
+        return ObjectiveOutput(losses.mean(), {k: v.detach() for k, v in metrics.items()}, token_metrics)
 
 
 def objective_from_config(args):
@@ -188,6 +189,6 @@ def objective_from_config(args):
         return DPOObjective(
             loss_fns=tuple(DPO_LOSSES[t] for t in types), loss_weights=weights, params=params,
             reference_free=args.reference_free, rpo_alpha=args.rpo_alpha, use_weighting=args.use_weighting,
-            ld_alpha=args.ld_alpha, bco=RunningMean() if "bco_pair" in types else None,
+            ld_alpha=args.ld_alpha,
         )
     raise TypeError(f"no objective for {type(args).__name__}")

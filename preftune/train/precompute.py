@@ -9,8 +9,9 @@ and drops the reference model, so training holds none. The values are cached in
   any real change of weights alters it);
 - the tokenized data (the prepared dataset's fingerprint, itself built from the
   rows, the tokenizer and the length limits).
-No training setting changes the reference's numbers (LD-DPO weights only the
-policy's log-probs), so a second run with the same two (a beta sweep, a resumed job) loads them and says so.
+The only training setting that changes the reference's numbers is LD-DPO's `ld_alpha` (its
+weights apply to the reference's log-probs too, as TRL 1.16); the caller adds it to the weights
+key. A second run with the same key (a beta sweep, a resumed job) loads them and says so.
 """
 from __future__ import annotations
 
@@ -64,8 +65,11 @@ def cache_key(weights: str, data_fingerprint: str) -> str:
 
 
 @torch.no_grad()
-def compute_reference_logps(provider, model, dataset, collator, batch_size: int, device) -> dict:
-    """(n_pairs,) chosen and rejected reference log-probs, in dataset order."""
+def compute_reference_logps(provider, model, dataset, collator, batch_size: int, device, request_for=None) -> dict:
+    """(n_pairs,) chosen and rejected reference log-probs, in dataset order.
+
+    request_for: completion_mask -> `LogpsRequest` (the objective's `reference_request`: LD-DPO
+    weights), or None."""
     chosen, rejected = [], []
     was_training = model.training
     model.eval()  # no dropout: the reference is deterministic
@@ -73,7 +77,7 @@ def compute_reference_logps(provider, model, dataset, collator, batch_size: int,
         features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         inputs = {k: v.to(device) for k, v in collator(features).items()}
         batch = batch_from_inputs(inputs)  # PreferenceBatch, or Seq2SeqBatch for encoder-decoder models
-        out = provider.logps(model, batch)
+        out = provider.logps(model, batch, None if request_for is None else request_for(batch.completion_mask))
         b = batch.batch_size
         chosen.append(out.preference_logps[:b].float().cpu())
         rejected.append(out.preference_logps[b:].float().cpu())
@@ -82,7 +86,7 @@ def compute_reference_logps(provider, model, dataset, collator, batch_size: int,
 
 
 def attach_reference_logps(dataset, provider, model, collator, *, batch_size, device, cache_dir, weights_key,
-                           split: str):
+                           split: str, request_for=None):
     """The dataset with reference log-prob columns, from the cache or computed now."""
     if dataset is None or REF_COLUMNS[0] in dataset.column_names:
         return dataset
@@ -93,7 +97,7 @@ def attach_reference_logps(dataset, provider, model, collator, *, batch_size, de
         logger.warning("%s: reusing precomputed reference log-probs from %s", split, path)
         print(f"preftune: {split}: reusing precomputed reference log-probs ({path})", flush=True)
     else:
-        values = compute_reference_logps(provider, model, dataset, collator, batch_size, device)
+        values = compute_reference_logps(provider, model, dataset, collator, batch_size, device, request_for)
         atomic_write(path, writer=lambda tmp: save_file(values, tmp))  # never leave a half-written cache entry
         logger.info("%s: reference log-probs computed and cached at %s", split, path)
     if len(values["chosen"]) != len(dataset):

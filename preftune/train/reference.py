@@ -24,7 +24,7 @@ import torch
 
 from preftune.data.collate import PreferenceBatch
 from preftune.errors import ConfigError
-from preftune.logps import LogpsOptions, LogpsPath, SequenceLogps, choose_logps_path, unwrap
+from preftune.logps import LogpsOptions, LogpsPath, LogpsRequest, SequenceLogps, choose_logps_path, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,13 @@ class _Chunking:
     # Chosen at the first call, for the model this provider runs (which may not be the policy), then kept.
     path: LogpsPath | None = field(default=None, repr=False)
 
-    def run(self, model, batch: PreferenceBatch) -> SequenceLogps:
+    def run(self, model, batch: PreferenceBatch, request: LogpsRequest | None = None) -> SequenceLogps:
+        """request: the objective's `reference_request` (LD-DPO weights), or None."""
         if self.path is None:
             self.path = choose_logps_path(model, self.options)
             logger.info("reference %s", self.path.description)
         with torch.no_grad():
-            return self.path(model, batch)
+            return self.path(model, batch) if request is None else self.path(model, batch, request)
 
 
 @dataclass
@@ -48,8 +49,8 @@ class ModelReference(_Chunking):
     model: torch.nn.Module = field(default=None)
     kind = "a frozen reference model"
 
-    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
-        return self.run(self.model, batch)
+    def logps(self, policy_model, batch: PreferenceBatch, request: LogpsRequest | None = None) -> SequenceLogps:
+        return self.run(self.model, batch, request)
 
     @contextlib.contextmanager
     def as_model(self, policy_model):
@@ -61,9 +62,9 @@ class ModelReference(_Chunking):
 class AdapterDisabledReference(_Chunking):
     kind = "the policy with its adapter disabled"
 
-    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, policy_model, batch: PreferenceBatch, request: LogpsRequest | None = None) -> SequenceLogps:
         with self.as_model(policy_model) as model:
-            return self.run(model, batch)
+            return self.run(model, batch, request)
 
     @contextlib.contextmanager
     def as_model(self, policy_model):
@@ -77,9 +78,9 @@ class AdapterSwitchReference(_Chunking):
     ref_adapter_name: str = "reference"
     kind = "a second adapter on the same model"
 
-    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, policy_model, batch: PreferenceBatch, request: LogpsRequest | None = None) -> SequenceLogps:
         with self.as_model(policy_model) as model:
-            return self.run(model, batch)
+            return self.run(model, batch, request)
 
     @contextlib.contextmanager
     def as_model(self, policy_model):
@@ -95,7 +96,8 @@ class AdapterSwitchReference(_Chunking):
 class PrecomputedReference:
     kind = "precomputed reference log-probs"
 
-    def logps(self, policy_model, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, policy_model, batch: PreferenceBatch, request: LogpsRequest | None = None) -> SequenceLogps:
+        """The precomputed values (LD-DPO weighted when they were computed with weights)."""
         if batch.ref_logps is None:
             raise RuntimeError("precompute_ref_log_probs is on but the batch carries no reference log-probs")
         zeros = torch.zeros_like(batch.ref_logps)

@@ -142,6 +142,7 @@ class PreferenceTrainer(Trainer):
         self.logps_path = choose_logps_path(self.model, self.logps_options)  # once: a fixed property of the model
         logger.info(self.logps_path.description)
         self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+        self._total_train_tokens = None  # TRL's num_tokens: attention-mask tokens of every train batch so far
         self.base_model_name = base_model_name(self.model)
         self.dataset_names = dataset_names  # named in the model card
         self.nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
@@ -214,7 +215,9 @@ class PreferenceTrainer(Trainer):
         batch = batch_from_inputs(inputs)  # PreferenceBatch, or Seq2SeqBatch for encoder-decoder models
         request = self.objective.logps_request(batch.completion_mask)  # ORPO's NLL rows, LD-DPO weights, WPO
         policy = self.logps_path(model, batch, request)
-        ref = self.reference.logps(model, batch) if self.reference is not None else None
+        ref = None
+        if self.reference is not None:  # LD-DPO weights the reference's log-probs too (TRL 1.16)
+            ref = self.reference.logps(model, batch, self.objective.reference_request(batch.completion_mask))
         out = self.objective(policy, ref)
         loss = out.loss
         metrics = dict(out.metrics)
@@ -223,7 +226,9 @@ class PreferenceTrainer(Trainer):
             metrics["aux_loss"] = policy.aux_loss.detach().reshape(1)
         if model.training:
             self.nonfinite_guard.note_loss(loss)
-        self._store_metrics(metrics, "train" if model.training else "eval")
+        # TRL's num_tokens: the attention-mask tokens of the (2B, T) rows, whatever layout the model ran
+        tokens = batch.attention_mask.sum() if model.training and hasattr(batch, "attention_mask") else None
+        self._store_metrics(metrics, "train" if model.training else "eval", out.token_metrics, tokens)
         return (loss, metrics) if return_outputs else loss
 
     def _router_aux_loss_coef(self, model) -> float:
@@ -242,22 +247,43 @@ class PreferenceTrainer(Trainer):
 
     # --------------------------------------------------------------- metrics
 
-    def _store_metrics(self, metrics: dict, split: str) -> None:
-        """Keep sums and counts, so a logged value is the exact mean over all pairs since the last log.
+    def _store_metrics(self, metrics: dict, split: str, token_metrics: dict | None = None,
+                       train_tokens=None) -> None:
+        """Keep sums and counts, so a logged value is the exact mean since the last log.
 
-        Every metric of the step is a (B,) per-pair vector (a per-batch value such as the MoE
-        aux_loss is repeated over the pairs); they are stacked into one (B, K) tensor and
-        gathered in ONE collective, then read back to the host in one sync.
+        metrics: name -> (B,) per-pair values (a per-batch value such as the MoE aux_loss is
+        repeated over the pairs), logged as the mean over all pairs. token_metrics: name ->
+        (numerator, denominator) scalars, logged as Σ numerators / Σ denominators (token-weighted,
+        as TRL's entropy, mean_token_accuracy, logits/*). train_tokens: this batch's attention-mask
+        tokens, added to the cumulative `num_tokens`.
+        Everything of the step is gathered in ONE collective and read back in one sync.
         """
+        token_metrics = token_metrics or {}
         names = list(metrics)
-        n_pairs = max(v.numel() for v in metrics.values())
-        stacked = torch.stack([v.detach().float().reshape(-1).expand(n_pairs) for v in metrics.values()], dim=1)
+        n_pairs = max([v.numel() for v in metrics.values()] + [1])
+        columns = [v.detach().float().reshape(-1).expand(n_pairs) for v in metrics.values()]
+        # Scalars ride in row 0 of extra columns (zeros elsewhere), so the one gather carries them too.
+        scalars = [t for pair in token_metrics.values() for t in pair]
+        if train_tokens is not None:
+            scalars.append(train_tokens)
+        for value in scalars:
+            column = torch.zeros(n_pairs, device=value.device, dtype=torch.float64)
+            column[0] = value.detach().double()
+            columns.append(column)
+        stacked = torch.stack([c.double() for c in columns], dim=1)  # fp64: token counts stay exact
         gathered = self.accelerator.gather_for_metrics(stacked)  # (B_all, K): every process's pairs
         sums = gathered.sum(0).tolist()
         for name, total in zip(names, sums):
             stored = self._stored_metrics[split][name]
             stored[0] += total
             stored[1] += gathered.shape[0]
+        rest = iter(sums[len(names):])
+        for name in token_metrics:
+            stored = self._stored_metrics[split][name]
+            stored[0] += next(rest)
+            stored[1] += next(rest)
+        if train_tokens is not None:
+            self._total_train_tokens = (self._total_train_tokens or 0) + int(round(next(rest)))
 
     def log(self, logs: dict, start_time=None) -> None:
         from preftune.outputs.history import eval_prefix
@@ -265,7 +291,9 @@ class PreferenceTrainer(Trainer):
         prefix = eval_prefix(logs)
         split, prefix = ("train", "") if prefix is None else ("eval", prefix)
         for name, (total, count) in self._stored_metrics[split].items():
-            logs[prefix + name] = total / max(count, 1)
+            logs[prefix + name] = total / count if count else 0.0
+        if self._stored_metrics[split] and self._total_train_tokens is not None:
+            logs[prefix + "num_tokens"] = self._total_train_tokens  # as TRL: the train total, in eval logs too
         self._stored_metrics[split].clear()
         if split == "train" and "loss" in logs and self.nonfinite_guard.skipped:
             logs["skipped_steps"] = self.nonfinite_guard.skipped
