@@ -11,7 +11,7 @@ from preftune.assets import tiny_model_path
 from preftune.data.sources import load_preference_data
 from preftune.logps import SequenceLogps
 from preftune.losses import DPO_LOSSES
-from preftune.train.objectives import RunningMean, ld_token_weights, objective_from_config
+from preftune.train.objectives import ld_token_weights, objective_from_config
 from preftune.train.reference import AdapterSwitchReference, ModelReference, PrecomputedReference
 
 LOG2 = math.log(2)
@@ -65,22 +65,31 @@ def fake_logps(chosen, rejected, tokens=(4.0, 4.0), wpo=None):
 
 def test_rpo_adds_alpha_times_chosen_nll(tmp_path):
     """policy c=-8, r=-12; ref c=-10, r=-10; β=0.1: h = 2+2 = 4, sigmoid = log(1+e^-0.4) = 0.5130153.
-    NLL(chosen) per token = 8/4 = 2; rpo_alpha = 0.5 -> 0.5130153 + 1.0 = 1.5130153."""
+    NLL(chosen) per token = 8/4 = 2; rpo_alpha = 0.5 -> 0.5130153 + 1.0 = 1.5130153.
+    Two pairs, chosen -8 (4 tokens) and -6 (2 tokens): the NLL is the batch's token mean 14/6, not
+    the mean of the pairs' 2 and 3."""
     objective = objective_from_config(DPOConfig(output_dir=str(tmp_path), rpo_alpha=0.5))
     out = objective(fake_logps([-8.0], [-12.0]), fake_logps([-10.0], [-10.0]))
     assert out.loss.item() == pytest.approx(1.5130153, abs=1e-6)
-    assert out.metrics["nll_loss"].item() == pytest.approx(2.0)
+    assert [v.item() for v in out.token_metrics["nll_loss"]] == [8.0, 4.0]
+    t = torch.tensor
+    two = SequenceLogps(t([-8.0, -6.0, -12.0, -12.0], dtype=torch.float64), t([4.0, 2.0, 4.0, 4.0], dtype=torch.float64),
+                        *(torch.zeros(4, dtype=torch.float64),) * 3)
+    sft_only = objective_from_config(DPOConfig(output_dir=str(tmp_path), loss_type="sft"))
+    assert sft_only(two, two).loss.item() == pytest.approx(14 / 6)
 
 
 def test_wpo_weights_each_pair_by_its_probability(tmp_path):
-    """WPO weight = min(1, exp(w_c + w_r)): w = (-0.5, -0.25) -> exp(-0.75) = 0.4723666; loss scales by it."""
+    """WPO weight = exp(w_c + w_r), no clamp (TRL 1.16): w = (-0.5, -0.25) -> exp(-0.75) = 0.4723666;
+    (0.5, 0.25) -> exp(0.75) = 2.1170000; the loss scales by it."""
     objective = objective_from_config(DPOConfig(output_dir=str(tmp_path), use_weighting=True))
     policy = fake_logps([-8.0], [-12.0], wpo=[-0.5, -0.25])
     out = objective(policy, fake_logps([-10.0], [-10.0]))
     assert out.metrics["wpo_weights"].item() == pytest.approx(math.exp(-0.75))
     assert out.loss.item() == pytest.approx(0.5130153 * math.exp(-0.75), abs=1e-6)
     capped = objective(fake_logps([-8.0], [-12.0], wpo=[0.5, 0.25]), fake_logps([-10.0], [-10.0]))
-    assert capped.metrics["wpo_weights"].item() == 1.0
+    assert capped.metrics["wpo_weights"].item() == pytest.approx(2.1170000, abs=1e-7)
+    assert capped.loss.item() == pytest.approx(0.5130153 * 2.1170000, abs=1e-6)
 
 
 def test_ld_weights_keep_the_shared_length_and_scale_the_rest():
@@ -90,10 +99,24 @@ def test_ld_weights_keep_the_shared_length_and_scale_the_rest():
     assert (w * mask).tolist() == [[0, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, pytest.approx(0.3), pytest.approx(0.3), 0]]
 
 
-def test_bco_delta_is_the_running_mean_of_rewards():
-    running = RunningMean()
-    assert running.update(torch.tensor([1.0, 3.0])) == 2.0
-    assert running.update(torch.tensor([8.0, 8.0, 8.0, 8.0])) == pytest.approx((1 + 3 + 32) / 6)
+def test_bco_pair_has_no_running_reward_shift(tmp_path):
+    """TRL 1.16: L = -log σ(β·rc) - log σ(-β·rr), the same at every step. rc = 2, rr = -2, β = 0.1:
+    2·softplus(-0.2) = 2·0.5981389 = 1.1962778, at the first call and the second."""
+    objective = objective_from_config(DPOConfig(output_dir=str(tmp_path), loss_type="bco_pair"))
+    for _ in range(2):
+        out = objective(fake_logps([-8.0], [-12.0]), fake_logps([-10.0], [-10.0]))
+        assert out.loss.item() == pytest.approx(1.1962778, abs=1e-6)
+
+
+def test_ld_weights_apply_to_the_reference_too(tmp_path):
+    """TRL 1.16 weights the reference's log-probs with the same LD mask as the policy's."""
+    objective = objective_from_config(DPOConfig(output_dir=str(tmp_path), ld_alpha=0.3))
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]])
+    want = ld_token_weights(mask, 0.3)
+    assert torch.equal(objective.reference_request(mask).completion_weights, want)
+    assert torch.equal(objective.logps_request(mask).completion_weights, want)
+    plain = objective_from_config(DPOConfig(output_dir=str(tmp_path)))
+    assert plain.reference_request(mask).completion_weights is None
 
 
 def test_ld_dpo_and_wpo_and_rpo_train_end_to_end(tmp_path):
@@ -216,3 +239,13 @@ def test_moe_router_aux_loss_is_added_and_logged(tmp_path, trainer_cls, config_c
     assert aux > 0 and with_aux.item() == pytest.approx(without.item() + 0.25 * aux, rel=1e-5)
     trainer.train()
     assert any("aux_loss" in e for e in trainer.state.log_history)
+
+
+def test_beta_zero_is_plain_sft_for_orpo_and_refused_for_dpo(tmp_path):
+    from preftune.errors import ConfigError
+
+    objective = objective_from_config(ORPOConfig(output_dir=str(tmp_path), beta=0.0, nll_completion_only=True))
+    out = objective(fake_logps([-8.0, -6.0], [-12.0, -1.0], tokens=(4.0, 4.0)))
+    assert out.loss.item() == pytest.approx(14 / 8)  # the chosen tokens' mean NLL, nothing else
+    with pytest.raises(ConfigError, match="beta=0.0 must be positive"):
+        DPOConfig(output_dir=str(tmp_path), beta=0.0)
