@@ -75,6 +75,10 @@ if [ "${1:-}" != "--test" ]; then
   exit 0
 fi
 "$PY" -m pip install --quiet -e ".[test]"
+# TRL 1.16, pinned, for tests/test_trl_parity.py (preftune's numbers against TRL's). --no-deps: TRL's
+# own requirements (accelerate, datasets, transformers) are preftune's already, and letting pip
+# resolve TRL's pins could move those to versions preftune is not tested with.
+"$PY" -m pip install --quiet --no-deps "trl==1.16.0"
 echo "install.sh: preftune and its test tools are installed for $PY"
 
 # The browser test of `preftune ui` (tests/test_ui.py) drives Debian's Chromium through
