@@ -195,6 +195,12 @@ def test_a_steps_metrics_are_gathered_in_one_collective(tmp_path, cls, config):
     real = trainer.accelerator.gather_for_metrics
     trainer.accelerator.gather_for_metrics = lambda x, *a, **k: calls.append(tuple(x.shape)) or real(x, *a, **k)
     trainer.train()
-    n_metrics = len([k for k in trainer.state.log_history[0] if "/" in k or k in ("nll_loss", "log_odds_ratio", "log_odds_chosen")])
-    assert calls == [(4, n_metrics)] * 2  # one (B, K) gather per step
+    logged = trainer.state.log_history[0]
+    names = [k for k in logged if "/" in k or k in ("nll_loss", "log_odds_ratio", "log_odds_chosen", "entropy",
+                                                   "mean_token_accuracy")]
+    token_weighted = {"logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy", "nll_loss"}
+    # a column per per-pair metric, two (numerator, denominator) per token-weighted one, one for num_tokens
+    n_columns = sum(2 if k in token_weighted else 1 for k in names) + 1
+    assert calls == [(4, n_columns)] * 2  # one (B, K) gather per step
+    assert logged["num_tokens"] > 0  # its exact value against TRL: tests/test_trl_parity.py
     assert trainer.state.log_history[0]["rewards/accuracies"] in (0.0, 0.25, 0.5, 0.75, 1.0)
