@@ -121,6 +121,16 @@ def ensure_pad_token(tokenizer) -> None:
         logger.info("tokenizer has no pad token; using its EOS token %r for padding", tokenizer.eos_token)
 
 
+def set_pad_token(tokenizer, token: str | None) -> None:
+    """Make `token` (a config's ``pad_token``) the tokenizer's pad token; it must already be in the vocabulary."""
+    if token is None:
+        return
+    if token not in tokenizer.get_vocab():
+        raise ConfigError(f"pad_token={token!r} is not in the tokenizer's vocabulary; pass one of its tokens "
+                          f"(e.g. its EOS token {tokenizer.eos_token!r}) or add it to the tokenizer first.")
+    tokenizer.pad_token = token
+
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

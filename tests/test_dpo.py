@@ -232,9 +232,9 @@ def test_moe_router_aux_loss_is_added_and_logged(tmp_path, trainer_cls, config_c
     model.eval()
     with torch.no_grad():
         with_aux, metrics = trainer.compute_loss(model, inputs, return_outputs=True)
-        model.config.output_router_logits = False
+        trainer.aux_loss_enabled = False  # decided once, when the trainer is built (as TRL)
         without = trainer.compute_loss(model, inputs)
-        model.config.output_router_logits = True
+        trainer.aux_loss_enabled = True
     aux = metrics["aux_loss"].item()
     assert aux > 0 and with_aux.item() == pytest.approx(without.item() + 0.25 * aux, rel=1e-5)
     trainer.train()

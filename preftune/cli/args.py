@@ -104,7 +104,6 @@ class ScriptArguments:
         "aliases": ["--torch_dtype"], "help": "AUTO, bf16, fp16 or fp32: weights' dtype and mixed precision (see the README)."})
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention implementation passed to from_pretrained (e.g. sdpa, eager, flash_attention_2)."})
     device_map: Optional[str] = field(default=None, metadata={"help": "One process, the model split across its GPUs (ms-swift's MP mode): auto, balanced or sequential (passed to from_pretrained)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run the Python code a hub model ships with its weights (off by default: only for models you trust)."})
     check_model_is_latest: Optional[bool] = field(default=None, metadata={"help": "Accepted for ms-swift command lines; preftune never checks for newer model versions."})
     # ---- LoRA / QLoRA
     sft_type: Optional[Literal["lora", "full"]] = field(default=None, metadata={"aliases": ["--train_type"], "help": "ms-swift: lora (= --use_peft) or full."})
@@ -129,7 +128,7 @@ class ScriptArguments:
     dataset_config: Optional[str] = field(default=None, metadata={"aliases": ["--dataset_config_name"], "help": "Hub config of the data set(s) (TRL: --dataset_config)."})
     dataset_split: Optional[str] = field(default=None, metadata={"aliases": ["--dataset_train_split"], "help": "Split used for training (default: train, or the registry's train split)."})
     eval_split: Optional[str] = field(default=None, metadata={"aliases": ["--dataset_test_split"], "help": "Split used for evaluation (default: the data's test split when it has one)."})
-    eval_dataset: Optional[list[str]] = field(default=None, metadata={"aliases": ["--val_dataset"], "help": "Separate evaluation data, same forms as --dataset."})
+    eval_dataset: Optional[list[str]] = field(default=None, metadata={"aliases": ["--val_dataset"], "help": "Separate evaluation data, same forms as --dataset (mixed into one set); or several named sets, NAME=SPEC each (e.g. --eval_dataset helpful=a.jsonl safe=b.jsonl), evaluated one by one and logged as eval_NAME_loss, ... (a NAME given twice mixes its specs)."})
     split_dataset_ratio: Optional[float] = field(default=None, metadata={"aliases": ["--dataset_test_ratio"], "help": "Hold out this fraction of the training rows (seeded) as the evaluation set."})
     columns: Optional[str] = field(default=None, metadata={"help": "Rename columns to the ones preftune reads: JSON '{\"q\": \"prompt\"}' or q=prompt,good=chosen (empty target drops a column)."})
     # ---- ms-swift names of training flags
@@ -190,6 +189,31 @@ def parse_flags(command: str, argv: list[str]) -> Flags:
     return Flags(command, values, frozenset(given), demo, model_kwargs)
 
 
+_SET_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
+def named_eval_sets(values) -> dict[str, list[str]] | None:
+    """``--eval_dataset NAME=SPEC ...`` -> {NAME: [SPEC, ...]} (in order given; a name given twice mixes its specs);
+    None when no value is named (the specs make one evaluation set, as --dataset's do)."""
+    import re
+
+    from preftune.data.files import is_local_name
+    from preftune.data.specs import split_specs
+
+    items = split_specs(values)
+    named = [re.fullmatch(f"({_SET_NAME})=(.+)", item) if not is_local_name(item) else None for item in items]
+    if not any(named):
+        return None
+    if not all(named):
+        plain = items[named.index(None)]
+        raise ConfigError(f"--eval_dataset mixes named sets (NAME=SPEC) with {plain!r}, which has no name; name every "
+                          "set or none.")
+    sets: dict[str, list[str]] = {}
+    for match in named:
+        sets.setdefault(match.group(1), []).append(match.group(2).strip())
+    return sets
+
+
 def model_name(script: ScriptArguments) -> str:
     """The model to train: --model, else the hub id of --model_type, else the bundled tiny model."""
     from preftune.assets import tiny_model_path
@@ -223,10 +247,17 @@ def _json_object(text: str):
 def _make_parser(command: str):
     from transformers import HfArgumentParser
 
+    from preftune.train.config import MISNAMED_FIELDS
+
     class Parser(HfArgumentParser):
         def error(self, message):  # one sentence, no usage dump, no SystemExit
             if message.startswith("unrecognized arguments"):
                 unknown = [a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("-")]
+                misnamed = [u for u in unknown if u.lstrip("-") in MISNAMED_FIELDS]
+                if misnamed:  # a tutorial's name for a field preftune (and TRL) calls otherwise
+                    why = MISNAMED_FIELDS[misnamed[0].lstrip("-")]
+                    raise ConfigError(f"unknown flag {' '.join(misnamed)}: {why}; use --beta and drop "
+                                      f"{' and '.join(misnamed)}.")
                 near = difflib.get_close_matches(unknown[0], list(self._option_string_actions), n=1) if unknown else []
                 hint = f"; did you mean {near[0]}?" if near else f"; see preftune {command} --help."
                 raise ConfigError(f"unknown flag {' '.join(unknown) or message.split(':', 1)[1].strip()}{hint}")

@@ -54,6 +54,8 @@ def parse_run(command: str, argv: list[str]) -> Run:
     quantization_problem = _quantization_problem(script, flags.values)
     quantization = {} if quantization_problem else _quantization(script, flags.values)
     load_kwargs = {**(init_kwargs or {}), **quantization}
+    if not quantization and "dtype" not in load_kwargs and "torch_dtype" not in load_kwargs:
+        load_kwargs["dtype"] = "float32"  # TRL's command line's default (ModelConfig.dtype); --dtype sets another
     if quantization:  # the object goes to from_pretrained, its dict into the config
         init_kwargs = {**load_kwargs, "quantization_config": quantization["quantization_config"].to_dict()}
     config_cls = config_class(command)

@@ -34,7 +34,8 @@ def train(command: str, argv: list[str]) -> int:
     from transformers.trainer_callback import ProgressCallback
 
     from preftune.cli.console import ConsoleProgressCallback
-    from preftune.data.sources import parse_columns, train_and_eval
+    from preftune.cli.args import named_eval_sets
+    from preftune.data.sources import load_sources, parse_columns, train_and_eval
     from preftune.errors import DataError
     from preftune.apps.generate import generate_answers
     from preftune.models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
@@ -61,21 +62,28 @@ def train(command: str, argv: list[str]) -> int:
     for note in run.notes:
         _say(f"preftune: note: {note}")
     seed = config.data_seed if config.data_seed is not None else config.seed
+    named = named_eval_sets(script.eval_dataset)  # --eval_dataset NAME=SPEC ...: several evaluation sets
+    if named and script.split_dataset_ratio:
+        raise ConfigError("pass either --eval_dataset or --split_dataset_ratio, not both.")
     with config.main_process_first(desc="loading data"):  # one process downloads, the others read the cache
-        train_data, eval_data = train_and_eval(
-            script.dataset or ["tiny-prefs"], eval_dataset=script.eval_dataset, split=script.dataset_split,
-            eval_split=script.eval_split, split_ratio=script.split_dataset_ratio, config=script.dataset_config,
-            columns=parse_columns(script.columns), seed=seed, skip_bad_rows=config.skip_bad_rows,
-        )
-    notes = dict.fromkeys(n for data in (train_data, eval_data) if data is not None for n in data.notes)
+        kw = dict(config=script.dataset_config, columns=parse_columns(script.columns), seed=seed,
+                  skip_bad_rows=config.skip_bad_rows)
+        if named:
+            train_data = load_sources(script.dataset or ["tiny-prefs"], script.dataset_split, **kw)
+            evals = {name: load_sources(specs, script.eval_split, **kw) for name, specs in named.items()}
+        else:
+            train_data, eval_data = train_and_eval(
+                script.dataset or ["tiny-prefs"], eval_dataset=script.eval_dataset, split=script.dataset_split,
+                eval_split=script.eval_split, split_ratio=script.split_dataset_ratio, **kw)
+            evals = {None: eval_data} if eval_data is not None else {}
+    notes = dict.fromkeys(n for data in (train_data, *evals.values()) for n in data.notes)
     for note in notes:
         _say(f"preftune: note: {note}")
-    for name, data in (("train", train_data), ("eval", eval_data)):
-        summary = data.skipped_summary() if data is not None else None
-        if summary and not (name == "eval" and data.parts is train_data.parts):  # a held-out fraction shares the counts
+    for name, data in (("train", train_data), *((_split_name(k), v) for k, v in evals.items())):
+        summary = data.skipped_summary()
+        if summary and not (name != "train" and data.parts is train_data.parts):  # a held-out fraction shares the counts
             _say(f"preftune: {name} data: {summary}")
-    eval_ds = eval_data.dataset if eval_data is not None else None
-    if eval_ds is None and config.eval_strategy != "no":
+    if not evals and config.eval_strategy != "no":
         config = run.config_without_evaluation()  # nothing to evaluate on; say so rather than fail at the first eval
         _say("preftune: no evaluation data found, so evaluation is off (pass --eval_split, --eval_dataset or --split_dataset_ratio).")
     # Tokenizer and every row checked before the model's weights load (minutes for a large model).
@@ -85,23 +93,25 @@ def train(command: str, argv: list[str]) -> int:
         tokenizer = load_tokenizer(run.model, trust_remote_code=remote_code)
     ensure_pad_token(text_tokenizer(tokenizer))
     prepared = {}
-    for split, loaded in (("train", train_data), ("eval", eval_data if eval_ds is not None else None)):
-        if loaded is None:
-            continue
+    for key, loaded in (("train", train_data), *evals.items()):
+        split = key if key == "train" else _split_name(key)
         try:  # the rows were checked when loaded: their pairs are tokenized as they are
-            prepared[split] = prepare_split(loaded.dataset, tokenizer, config, split,
-                                            is_encoder_decoder=is_encoder_decoder, pairs=loaded.pairs)
+            prepared[key] = prepare_split(loaded.dataset, tokenizer, config, split,
+                                          is_encoder_decoder=is_encoder_decoder, pairs=loaded.pairs)
         except DataError as err:
-            raise DataError((train_data if split == "train" else eval_data).relabel(str(err))) from None
-        _say(f"preftune: {split} data: {prepared[split].report.summary()}")
+            raise DataError(loaded.relabel(str(err))) from None
+        _say(f"preftune: {split} data: {prepared[key].report.summary()}")
+    eval_prepared = {k: v for k, v in prepared.items() if k != "train"}
+    eval_arg = eval_prepared if named else eval_prepared.get(None)
     model = load_model(run.model, run.model_kwargs)
     trainer_cls = ORPOTrainer if command == "orpo" else DPOTrainer
-    trainer = trainer_cls(model=model, args=config, train_dataset=prepared["train"], eval_dataset=prepared.get("eval"),
+    trainer = trainer_cls(model=model, args=config, train_dataset=prepared["train"], eval_dataset=eval_arg,
                           processing_class=tokenizer, peft_config=run.peft_config,
                           dataset_names=script.dataset or (["tiny-prefs (bundled)"] if run.demo else None))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ConsoleProgressCallback)
-    samples, before = _demo_samples(trainer.model, tokenizer, eval_data.dataset) if run.demo else ([], [])
+    demo_eval = evals[None].dataset if run.demo and None in evals else None
+    samples, before = _demo_samples(trainer.model, tokenizer, demo_eval) if run.demo else ([], [])
     _save_command(run, argv)
     _say(f"preftune: {_world(config)}")
     _say(f"preftune: {trainer.logps_path.description}")  # which log-prob path this model takes, and why
@@ -114,11 +124,8 @@ def train(command: str, argv: list[str]) -> int:
         raise _save_failed(err, resume_command(command, argv, config.output_dir)) from None
     for prompt, old, new in zip(samples, before, generate_answers(trainer.model, tokenizer, samples)):
         _say(f"\nprompt: {prompt[-1]['content']}\n  before: {old}\n  after:  {new}")
-    if eval_ds is not None and config.eval_strategy != "no":
-        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-        metrics = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
-        keys = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected"]
-        _say("preftune: held-out " + ", ".join(f"{k[5:]}={metrics[k]:.4f}" for k in keys if k in metrics))
+    if evals and config.eval_strategy != "no":
+        _say_held_out(trainer, list(evals))
     _say(f"preftune: model saved to {config.output_dir}")
     if script.merge and int(os.environ.get("RANK", "0")) == 0:
         from preftune.apps.merge import merge_adapter
@@ -126,6 +133,28 @@ def train(command: str, argv: list[str]) -> int:
         merged = merge_adapter(config.output_dir, merge_to, overwrite=config.overwrite_output_dir)
         _say(f"preftune: merged model saved to {merged}")
     return 0
+
+
+def _split_name(key: str | None) -> str:
+    """The evaluation set `key` (None: the only one) as the trainer's data reports name it."""
+    return "eval" if key is None else f"eval/{key}"
+
+
+def _say_held_out(trainer, names: list) -> None:
+    """One line per evaluation set: its last metrics (evaluated now unless the last step was evaluated)."""
+    last = {}
+    for entry in trainer.state.log_history:
+        for name in names:
+            if (f"eval_{name}_loss" if name else "eval_loss") in entry:
+                last[name] = entry
+    if any(last.get(n, {}).get("step") != trainer.state.global_step for n in names):
+        metrics = trainer.evaluate()
+        last = {name: metrics for name in names}
+    stats = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"]
+    for name in names:
+        prefix = f"eval_{name}_" if name else "eval_"
+        values = ", ".join(f"{k}={last[name][prefix + k]:.4f}" for k in stats if prefix + k in last[name])
+        _say(f"preftune: held-out{f' ({name})' if name else ''} {values}")
 
 
 def check_output_dir(config, rank: int = 0) -> None:

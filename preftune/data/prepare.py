@@ -329,3 +329,52 @@ def with_pair_lengths(dataset, column: str = "length"):
     lengths = [len(p) + len(c) + len(r) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"],
                                                                dataset["rejected_ids"])]
     return dataset.add_column(column, lengths)
+
+
+# ----------------------------------------------------------------------- streams
+
+
+class _StreamRows:
+    """The map function of `prepare_stream`: `_RowProcessor`'s work, then each row's fate decided at once
+    (a stream is read once, so nothing can be counted and reported before training)."""
+
+    def __init__(self, tokenizer, limits: LengthLimits, is_encoder_decoder: bool, split: str):
+        self.rows = _RowProcessor(tokenizer, limits, None, is_encoder_decoder)
+        self.split = split
+
+    def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+        import logging
+
+        keys = list(batch)
+        out = self.rows.process([{k: batch[k][i] for k in keys} for i in range(len(indices))], indices)
+        kept = []
+        for j, status in enumerate(out[_STATUS]):
+            if status == BAD:
+                error = out[_ERROR][j].rstrip(".")
+                if f"row {indices[j]}" not in error:
+                    error = f"row {indices[j]}: {error}"
+                raise DataError(f"{error} (streamed {self.split} data; a stream cannot skip and count bad rows: "
+                                "fix or filter it first).")
+            if status == DROPPED_EMPTY:
+                logging.getLogger(__name__).warning("%s stream: row %d dropped, truncation left an empty completion",
+                                                    self.split, indices[j])
+                continue
+            kept.append(j)
+        return {c: [out[c][j] for j in kept] for c in ID_COLUMNS}
+
+
+def prepare_stream(dataset, tokenizer, limits: LengthLimits, *, is_encoder_decoder: bool = False, split: str = "train"):
+    """A `datasets.IterableDataset` (a stream) -> a stream of ``prompt_ids``, ``chosen_ids``, ``rejected_ids``,
+    tokenized as its rows are read (nothing is read here), by the same rules as `prepare_dataset`.
+
+    A bad row raises DataError naming its index in the stream when it is reached (dropping and counting
+    bad rows, ``skip_bad_rows``, needs the whole set up front); a pair that truncation leaves with an empty
+    completion is dropped, with a warning naming its index.
+    """
+    features = _features()
+    ids = features.copy()
+    for name in (_STATUS, _ERROR):
+        del ids[name]
+    mapped = dataset.map(_StreamRows(tokenizer, limits, is_encoder_decoder, split), batched=True, with_indices=True,
+                         remove_columns=dataset.column_names, features=ids)
+    return mapped.select_columns(list(ID_COLUMNS))

@@ -29,6 +29,7 @@ class LogpsOptions:
     chunk_size: int | None = None  # tokens per chunk; None: `causal.chunk_tokens`' default
     fused_head: bool = True  # a plain linear head's hand-written backward (head.py) instead of checkpointing
     prefix_sharing: bool = True  # each pair's prompt run once (prefix.py); needs `chunked`
+    router_logits: bool = False  # MoE: ask the model for its router logits, so that it returns its aux_loss
 
     @classmethod
     def from_args(cls, args) -> "LogpsOptions":

@@ -77,6 +77,8 @@ class CausalPath(LogpsPath):
     def __call__(self, model, batch: PreferenceBatch, request: LogpsRequest = NO_REQUEST) -> SequenceLogps:
         _check_decoder_only_batch(model, batch)
         images = dict(batch.vision_inputs) if isinstance(batch, VisionPreferenceBatch) else None
+        if self.options.router_logits:  # MoE: the model returns its aux_loss (a kwarg: VLM wrappers take no config flag)
+            images = {**(images or {}), "output_router_logits": True}
         args = (model, batch.input_ids, batch.attention_mask, batch.completion_mask, request)
         if not self.chunked:
             return plain_sequence_logps(*args, model_inputs=images)
@@ -137,7 +139,7 @@ def choose_logps_path(model, options: LogpsOptions = DEFAULT_OPTIONS) -> LogpsPa
         return CausalPath(CAUSAL, options, False, causal, plain_why)
     if not options.prefix_sharing:
         return CausalPath(CAUSAL, options, True, causal, "prefix sharing off: logps_prefix_sharing=False")
-    blockers = prefix.prefix_sharing_blockers(model)
+    blockers = prefix.prefix_sharing_blockers(model, router_logits=options.router_logits)
     if blockers:
         return CausalPath(CAUSAL, options, True, causal, "prefix sharing off: " + "; ".join(blockers))
     impl = getattr(base.config, "_attn_implementation", None)

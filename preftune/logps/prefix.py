@@ -175,7 +175,7 @@ def _router_recorder(base):
     return recorder if getattr(recorder, "target_class", None) is not None else None
 
 
-def prefix_sharing_blockers(model) -> list[str]:
+def prefix_sharing_blockers(model, router_logits: bool = False) -> list[str]:
     """Why `shared_prefix_logps` is not exact or usable for this model (empty list: it is).
 
     It needs: a decoder-only causal LM with an output embedding and `logits_to_keep`
@@ -217,7 +217,7 @@ def prefix_sharing_blockers(model) -> list[str]:
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
         found.append("prompt-learning PEFT adapters add virtual tokens to the mask")
-    if getattr(config, "output_router_logits", False):
+    if router_logits or getattr(config, "output_router_logits", False):  # router_logits: LogpsOptions'
         known_call = _AUX_CALL.search(_source(type(base).forward))
         if _router_recorder(base) is None or not known_call or not hasattr(base, "num_experts_per_tok"):
             found.append("the model's MoE auxiliary loss cannot be reproduced for a packed batch")
@@ -304,7 +304,7 @@ def shared_prefix_logps(
     ids = batch.input_ids
     layout = pack_shared_prefix(batch)
     masks = _attention_masks(base, layout, base.get_input_embeddings().weight.dtype)
-    want_aux = bool(getattr(base.config, "output_router_logits", False))
+    want_aux = bool(options.router_logits or getattr(base.config, "output_router_logits", False))
     extra = {"output_router_logits": False} if want_aux else {}
     capture = _RouterCapture(base) if want_aux else None
     try:

@@ -36,6 +36,34 @@ LEGACY_ALIASES = {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmu
                   "group_by_length": "train_sampling_strategy", "no_cuda": "use_cpu"}
 
 
+class UnknownConfigField(ConfigError, TypeError):
+    """A keyword the config does not have: one sentence, and still the TypeError a dataclass raises."""
+
+
+# Names that tutorials use for fields under another name (seed 002's ORPO chapter): what to write instead.
+_ORPO_LAMBDA = ("ORPO's λ, the weight of the odds-ratio term added to the NLL, is `beta` (default 0.1), and ORPO has "
+                "no temperature")
+MISNAMED_FIELDS = {"orpo_alpha": _ORPO_LAMBDA, "orpo_beta": _ORPO_LAMBDA, "orpo_lambda": _ORPO_LAMBDA}
+
+
+def check_field_names(cls, names) -> None:
+    """Raise `UnknownConfigField` (one sentence) when `names` holds a keyword `cls` has no field for."""
+    import difflib
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return
+    listed = " or ".join(unknown)
+    why = sorted({MISNAMED_FIELDS[n] for n in unknown if n in MISNAMED_FIELDS})
+    if why:
+        raise UnknownConfigField(f"{cls.__name__} has no {listed}: {'; '.join(why)}; set beta and drop {' and '.join(unknown)}.")
+    near = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else "."
+    raise UnknownConfigField(f"{cls.__name__} has no field {unknown[0]!r}{hint}")
+
+
 def _value(x):
     return getattr(x, "value", x)  # an enum member's value, or the value itself
 
@@ -110,7 +138,13 @@ class PreferenceConfig(TrainingArguments):
                   "target. Default: read from the model's config; set it when using model_init."},
     )
     model_init_kwargs: Optional[dict[str, Any]] = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name."}
+        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name "
+                                "(DPO: dtype float32 unless set here, as TRL)."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the Python code a hub model ships with its weights (off by default: only for models you "
+                  "trust); passed to from_pretrained of the model, the reference model and the tokenizer/processor."},
     )
     dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "Processes used to tokenize the data."})
     skip_bad_rows: bool = field(
@@ -143,6 +177,11 @@ class PreferenceConfig(TrainingArguments):
         metadata={"help": "Let the command line train into an output folder that already holds files "
                   "(otherwise it refuses, unless resuming)."},
     )
+
+    def __new__(cls, *args, **kwargs):
+        # Before the dataclass' __init__, whose TypeError names neither the config nor what to write instead.
+        check_field_names(cls, kwargs)
+        return super().__new__(cls)
 
     def _resolve_legacy_names(self) -> None:
         """Older transformers' names (see the module docstring) -> today's fields; a contradiction is an error."""
@@ -284,6 +323,16 @@ class DPOConfig(PreferenceConfig):
         default=0.6, metadata={"help": "TR-DPO α: reference ← α·policy + (1−α)·reference."}
     )
     ref_model_sync_steps: int = field(default=512, metadata={"help": "TR-DPO: update the reference every N steps."})
+    router_aux_loss_coef: Optional[float] = field(
+        default=None,
+        metadata={"help": "Mixture-of-Experts models: weight of the router's load-balancing loss added to the loss "
+                  "(default: the model config's own coefficient; 0 turns it off; refused for a model that is not MoE)."},
+    )
+    pad_token: Optional[str] = field(
+        default=None,
+        metadata={"help": "Token used for padding (set as the tokenizer's pad token; it must be in the vocabulary). "
+                  "Default: the tokenizer's pad token, else its EOS token."},
+    )
     model_adapter_name: Optional[str] = field(
         default=None, metadata={"help": "Name of the trained adapter when the model holds two (see ref_adapter_name)."}
     )
@@ -371,3 +420,6 @@ class DPOConfig(PreferenceConfig):
                               "ref_adapter_name, or drop sync_ref_model.")
         if self.precompute_ref_batch_size is not None and self.precompute_ref_batch_size < 1:
             raise ConfigError(f"precompute_ref_batch_size={self.precompute_ref_batch_size} must be ≥ 1.")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise ConfigError(f"router_aux_loss_coef={self.router_aux_loss_coef} must be ≥ 0 (0 turns the MoE "
+                              "auxiliary loss off).")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import datasets
 
 from preftune.data.images import is_vision_processor
-from preftune.data.prepare import PrepareReport, prepare_dataset
+from preftune.data.prepare import LENGTH_SAMPLERS, PrepareReport, prepare_dataset, prepare_stream
 from preftune.errors import ConfigError
 from preftune.logps import is_encoder_decoder_model
 from preftune.models import text_tokenizer
@@ -55,6 +55,43 @@ def prepare_split(dataset, tokenizer, args: PreferenceConfig, split: str, is_enc
     level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
     logger.log(level, "%s data: %s", split, report.summary())
     return PreparedData(prepared, report)
+
+
+def is_stream(dataset) -> bool:
+    """A `datasets.IterableDataset` (e.g. ``load_dataset(..., streaming=True)``): read once, in order, no length."""
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+def prepare_stream_split(dataset, tokenizer, args: PreferenceConfig, split: str, is_encoder_decoder: bool = False):
+    """A streamed split -> a stream of token ids, tokenized as it is read (`preftune.data.prepare.prepare_stream`)."""
+    return prepare_stream(dataset, tokenizer if is_vision_processor(tokenizer) else text_tokenizer(tokenizer),
+                          args.length_limits(), is_encoder_decoder=is_encoder_decoder, split=split)
+
+
+def check_streams(args: PreferenceConfig, train_dataset, eval_dataset, vision: bool = False) -> None:
+    """Refuse, in one sentence naming the option, what needs a whole data set when a split is a stream."""
+    evals = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]
+    streams = [split for split, ds in [("train", train_dataset), *evals] if is_stream(ds)]
+    if not streams:
+        return
+    where = f"the {streams[0]} data is a stream (datasets.IterableDataset)"
+    if "train" in streams and args.max_steps <= 0:
+        raise ConfigError(f"{where}, whose length is unknown: set max_steps (the number of optimizer steps to train), "
+                          "as transformers requires.")
+    if getattr(args, "precompute_ref_log_probs", False):
+        raise ConfigError(f"precompute_ref_log_probs=True runs the reference over the whole data before training, but "
+                          f"{where}; pass a datasets.Dataset or set precompute_ref_log_probs=False.")
+    if "train" in streams and args.train_sampling_strategy in LENGTH_SAMPLERS:
+        raise ConfigError(f"train_sampling_strategy={args.train_sampling_strategy!r} (group_by_length=True) orders the "
+                          f"pairs by length, which needs the whole data, but {where}; leave it 'random' or pass a "
+                          "datasets.Dataset.")
+    if args.skip_bad_rows:
+        raise ConfigError(f"skip_bad_rows=True drops and counts bad rows before training, but {where} and is read "
+                          "once; set skip_bad_rows=False (a bad row then stops the run naming its index) or pass a "
+                          "datasets.Dataset.")
+    if vision:
+        raise ConfigError(f"{where}, which preftune does not support with a vision-language model's processor; pass a "
+                          "datasets.Dataset.")
 
 
 def resolve_encoder_decoder(model, flag: bool | None) -> bool:

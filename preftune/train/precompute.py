@@ -85,13 +85,18 @@ def compute_reference_logps(provider, model, dataset, collator, batch_size: int,
     return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
 
 
+def cache_path(dataset, cache_dir: str | None, weights_key: str) -> str:
+    """Where the reference log-probs of `dataset` under the weights `weights_key` are (or will be) cached."""
+    return os.path.join(cache_dir or default_cache_dir(), f"{cache_key(weights_key, dataset._fingerprint)}.safetensors")
+
+
 def attach_reference_logps(dataset, provider, model, collator, *, batch_size, device, cache_dir, weights_key,
                            split: str, request_for=None):
-    """The dataset with reference log-prob columns, from the cache or computed now."""
+    """The dataset with reference log-prob columns, from the cache or computed now (`provider` None: the cache
+    must hold them; the caller checks `cache_path` first)."""
     if dataset is None or REF_COLUMNS[0] in dataset.column_names:
         return dataset
-    key = cache_key(weights_key, dataset._fingerprint)
-    path = os.path.join(cache_dir or default_cache_dir(), f"{key}.safetensors")
+    path = cache_path(dataset, cache_dir, weights_key)
     if os.path.exists(path):
         values = load_file(path)
         logger.warning("%s: reusing precomputed reference log-probs from %s", split, path)

@@ -22,6 +22,7 @@ truncated (`preftune.data.prepare`), and batches carry ``pixel_values``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -42,9 +43,9 @@ from preftune.outputs.generations import log_eval_generations
 from preftune.train.guard import NonFiniteGuard
 from preftune.logps import LogpsOptions, choose_logps_path, is_vision_model, unwrap
 from preftune.models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
-                     load_tokenizer, text_tokenizer)
-from preftune.train.inputs import (PreparedData, base_model_name, check_no_images, is_tokenized, one_processing_class,
-                                   prepare_split, resolve_encoder_decoder)
+                     load_tokenizer, set_pad_token, text_tokenizer)
+from preftune.train.inputs import (PreparedData, base_model_name, check_no_images, check_streams, is_stream, is_tokenized,
+                                   one_processing_class, prepare_split, prepare_stream_split, resolve_encoder_decoder)
 from preftune.train.objectives import objective_from_config
 
 logger = logging.getLogger(__name__)
@@ -79,27 +80,34 @@ class PreferenceTrainer(Trainer):
         args = args if args is not None else self.config_class(output_dir=self.default_output_dir)
         if not isinstance(args, self.config_class):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
+        if train_dataset is None:  # as TRL
+            raise ConfigError("train_dataset is required: pass the training pairs (a datasets.Dataset, a "
+                              "datasets.IterableDataset or a list of rows).")
         processing_class = one_processing_class(processing_class, tokenizer)
         if model is None and model_init is None:
             raise ConfigError("pass a model (a PreTrainedModel, a hub id or a local path).")
         if isinstance(model, str):
             name = model
-            model = load_model(name, args.model_init_kwargs)
-            remote_code = bool((args.model_init_kwargs or {}).get("trust_remote_code"))
+            model = load_model(name, self._load_kwargs(args.model_init_kwargs, args))
             load = load_processor if is_vision_model(model) else load_tokenizer
-            processing_class = processing_class or load(name, trust_remote_code=remote_code)
+            processing_class = processing_class or load(name, trust_remote_code=self._remote_code(args))
         if isinstance(ref_model, str):
-            ref_model = load_model(ref_model, getattr(args, "ref_model_init_kwargs", None))
+            ref_model = load_model(ref_model, self._load_kwargs(getattr(args, "ref_model_init_kwargs", None), args))
         if processing_class is None:
             name = getattr(getattr(model, "config", None), "_name_or_path", None)
             if not name:
                 raise ConfigError("pass processing_class (the tokenizer): it cannot be found from the model.")
-            processing_class = load_processor(name) if is_vision_model(model) else load_tokenizer(name)
+            load = load_processor if is_vision_model(model) else load_tokenizer
+            processing_class = load(name, trust_remote_code=self._remote_code(args))
         tok = text_tokenizer(processing_class)
+        set_pad_token(tok, getattr(args, "pad_token", None))  # DPOConfig.pad_token, as TRL
         ensure_pad_token(tok)
         vision = is_vision_processor(processing_class)
         if model is not None and is_vision_model(model) and not vision:
             check_no_images(train_dataset, eval_dataset)
+        check_streams(args, train_dataset, eval_dataset, vision=vision)
+        self.streaming = any(is_stream(ds) for ds in [train_dataset, *(
+            eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])])
         data_tok = processing_class if vision else tok  # a VLM's processor expands the prompts' image tokens
         self.is_encoder_decoder = resolve_encoder_decoder(model, args.is_encoder_decoder)
 
@@ -139,6 +147,9 @@ class PreferenceTrainer(Trainer):
         )
         # Our loss is a mean over pairs: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
+        # MoE load-balancing loss: whether it is added and its weight (each family as TRL's trainer of it).
+        self.router_aux_loss_coef, self.aux_loss_enabled = self._router_aux_loss(unwrap(self.model), args)
+        self.logps_options = dataclasses.replace(self.logps_options, router_logits=self.aux_loss_enabled)
         self.logps_path = choose_logps_path(self.model, self.logps_options)  # once: a fixed property of the model
         logger.info(self.logps_path.description)
         self._stored_metrics = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
@@ -151,11 +162,60 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------- family hooks
 
+    # dtype of a model given by name, unless model_init_kwargs sets one (None: the checkpoint's). TRL's ORPOTrainer
+    # leaves it to from_pretrained (the checkpoint's dtype); its DPOTrainer loads float32 (DPOTrainer sets that).
+    default_model_dtype: str | None = None
+
+    def _router_aux_loss(self, model, args) -> tuple[float, bool]:
+        """(coefficient, enabled) of the MoE router's auxiliary loss. As TRL's ORPOTrainer: added when the model's
+        config asks for router logits (``output_router_logits``), weighted by its ``router_aux_loss_coef``."""
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        coef = float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
+        enabled = bool(getattr(config, "output_router_logits", False))
+        if enabled and coef == 0.0:
+            logger.warning("the model's config asks for router logits (output_router_logits) but its "
+                           "router_aux_loss_coef is 0, so the auxiliary loss adds nothing")
+        return coef, enabled and coef != 0.0
+
     def _reference_provider(self, model, ref_model, args):
         """Where reference log-probs come from; None for objectives without a reference (ORPO)."""
         if ref_model is not None:
             raise ConfigError(f"{type(self).__name__} uses no reference model; drop ref_model.")
         return None
+
+    def _load_kwargs(self, init_kwargs: dict | None, args) -> dict:
+        """from_pretrained kwargs of a model given by name: `init_kwargs`, args.trust_remote_code, the default dtype."""
+        kwargs = dict(init_kwargs or {})
+        kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if self.default_model_dtype is not None and "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = self.default_model_dtype
+        return kwargs
+
+    @staticmethod
+    def _remote_code(args) -> bool:
+        return bool(args.trust_remote_code or (args.model_init_kwargs or {}).get("trust_remote_code"))
+
+    @property
+    def ref_model(self):
+        """The separate reference model (as TRL's attribute), or None: none is held (a PEFT policy with its adapter
+        disabled or switched, precomputed log-probs, reference_free, ORPO)."""
+        model = getattr(self.reference, "model", None)
+        return None if model is None or model is self.model else model
+
+    def _with_reference_logps(self, dataset, split: str):
+        """An evaluation set first seen by `evaluate`, with what the reference needs of it (DPO: precomputed log-probs)."""
+        return dataset
+
+    def _build_accelerator_args(self, **kwargs):
+        args = super()._build_accelerator_args(**kwargs)
+        loader = args.get("dataloader_config")
+        if getattr(self, "streaming", False) and loader is not None and loader.dispatch_batches is not False:
+            # accelerate would read a stream on the main process and concatenate the padded batches of all
+            # processes, which differ in length (TRL forces False too); each process reads its own shard instead.
+            if loader.dispatch_batches:
+                logger.warning("dispatch_batches=True is turned off for streamed data (datasets.IterableDataset)")
+            loader.dispatch_batches = False
+        return args
 
     def _finish_setup(self) -> None:
         """Wiring that needs the built Trainer (accelerator, data loaders); nothing for ORPO."""
@@ -173,23 +233,47 @@ class PreferenceTrainer(Trainer):
     # ------------------------------------------------------------------ data
 
     def _prepare(self, dataset, tokenizer, args, split):
-        """Rows of any supported shape -> token ids; `PreparedData` (and data already tokenized) as it is."""
+        """Rows of any supported shape -> token ids; `PreparedData` (and data already tokenized) as it is.
+        A stream is tokenized as it is read (no report: nothing is counted before training)."""
         if isinstance(dataset, PreparedData):
             self.data_reports[split] = dataset.report
             return dataset.dataset
         if dataset is None or is_tokenized(dataset):
             return dataset
+        if is_stream(dataset):
+            return prepare_stream_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder)
         prepared = prepare_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder)
         self.data_reports[split] = prepared.report
         return prepared.dataset
 
+    def _for_evaluation(self, dataset, split: str):
+        """A data set given to `evaluate`: prepared (rows of any shape, or a stream) and given its reference log-probs."""
+        check_streams(self.args, None, {split: dataset})
+        pc = self.processing_class
+        prepared = self._prepare(dataset, pc if is_vision_processor(pc) else text_tokenizer(pc), self.args, split)
+        return self._with_reference_logps(prepared, split)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """As Trainer.evaluate; a raw `eval_dataset` given here is prepared first (a name is one of the named
-        eval sets, prepared when the trainer was built: Trainer evaluates a dict of them by name)."""
-        if eval_dataset is not None and not isinstance(eval_dataset, (dict, str)):
-            pc = self.processing_class
-            eval_dataset = self._prepare(eval_dataset, pc if is_vision_processor(pc) else text_tokenizer(pc), self.args, "eval")
-        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        """As Trainer.evaluate. A data set given here (rows of any supported shape, a stream, or a dict of named
+        sets) is prepared first, as the trainer's own; a name picks one of the named sets the trainer was built with.
+        Named sets are evaluated one by one, each logged under ``eval_NAME_...`` (``metric_key_prefix_NAME_``)."""
+        if isinstance(eval_dataset, str):  # Trainer's own loop over named sets calls back with a name
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if eval_dataset is None:
+            sets = self.eval_dataset
+            if isinstance(sets, dict):
+                sets = {name: name for name in sets}  # prepared at construction: evaluated by name (cached loaders)
+        elif isinstance(eval_dataset, dict):
+            sets = {name: self._for_evaluation(ds, f"eval/{name}") for name, ds in eval_dataset.items()}
+        else:
+            sets = self._for_evaluation(eval_dataset, "eval")
+        if isinstance(sets, dict):
+            metrics = {}
+            for name, dataset in sets.items():
+                metrics.update(super().evaluate(dataset, ignore_keys=ignore_keys,
+                                                metric_key_prefix=f"{metric_key_prefix}_{name}"))
+        else:
+            metrics = super().evaluate(sets, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if self.args.generate_during_eval:
             log_eval_generations(self)
         return metrics
@@ -221,8 +305,8 @@ class PreferenceTrainer(Trainer):
         out = self.objective(policy, ref)
         loss = out.loss
         metrics = dict(out.metrics)
-        if policy.aux_loss is not None:
-            loss = loss + self._router_aux_loss_coef(model) * policy.aux_loss
+        if self.aux_loss_enabled and policy.aux_loss is not None:
+            loss = loss + self.router_aux_loss_coef * policy.aux_loss
             metrics["aux_loss"] = policy.aux_loss.detach().reshape(1)
         if model.training:
             self.nonfinite_guard.note_loss(loss)
@@ -230,9 +314,6 @@ class PreferenceTrainer(Trainer):
         tokens = batch.attention_mask.sum() if model.training and hasattr(batch, "attention_mask") else None
         self._store_metrics(metrics, "train" if model.training else "eval", out.token_metrics, tokens)
         return (loss, metrics) if return_outputs else loss
-
-    def _router_aux_loss_coef(self, model) -> float:
-        return float(getattr(unwrap(model).config, "router_aux_loss_coef", 0.001))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
