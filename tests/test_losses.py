@@ -111,7 +111,8 @@ def dpo_inputs(pc, pr, rc, rr, lc=1.0, lr=1.0):
 def test_dpo_sigmoid_hand_derived():
     """π_c - ref_c = -10 - (-12) = 2, π_r - ref_r = -15 - (-14) = -1, h = 3, β = 0.5.
     L = -log σ(1.5) = log(1 + e^-1.5) = 0.2014133; rewards 0.5·2 = 1.0, 0.5·(-1) = -0.5.
-    label_smoothing has no effect (TRL 1.16 dropped cDPO from sigmoid): still 0.2014133.
+    cDPO ε = 0.1: 0.9·0.2014133 + 0.1·log(1 + e^1.5) = 0.9·0.2014133 + 0.1·1.7014133 = 0.3514133
+    (TRL's documentation shows cDPO; TRL 1.16's code ignores ε for sigmoid, i.e. our ε = 0).
     """
     x = dpo_inputs(-10.0, -15.0, -12.0, -14.0)
     out = sigmoid_loss(x, DPOParams(beta=0.5))
@@ -119,7 +120,7 @@ def test_dpo_sigmoid_hand_derived():
     assert out.chosen_rewards.item() == pytest.approx(1.0)
     assert out.rejected_rewards.item() == pytest.approx(-0.5)
     smoothed = sigmoid_loss(x, DPOParams(beta=0.5, label_smoothing=0.1))
-    assert smoothed.losses.item() == pytest.approx(0.2014133, abs=1e-7)
+    assert smoothed.losses.item() == pytest.approx(0.3514133, abs=1e-7)
 
 
 def test_dpo_sigmoid_at_reference_is_log2():

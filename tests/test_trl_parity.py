@@ -197,6 +197,20 @@ def test_rpo_alpha_is_sft_with_that_weight(tmp_path, weights):
     assert_same_step(theirs, ours, DPO_KEYS)
 
 
+def test_cdpo_label_smoothing_is_kept_where_trl_1_16_ignores_it(tmp_path, weights):
+    """TRL's DPO documentation shows cDPO (sigmoid + label_smoothing); TRL 1.16's code ignores ε for
+    sigmoid. preftune keeps cDPO: TRL with ε = 0.1 equals preftune with ε = 0, and preftune's ε = 0.1
+    loss is the smoothed one, (1-ε)·(-log σ(βh)) + ε·(-log σ(-βh)), from the same first-step margin."""
+    theirs, ours = run_dpo(tmp_path, weights, STRING_ROWS, loss_type="sigmoid", trl_extra=dict(label_smoothing=0.1))
+    want, _ = assert_same_step(theirs, ours, DPO_KEYS)  # ours at ε = 0
+    smoothed = DPOTrainer(model=_model(weights[0]), ref_model=_model(weights[1]),
+                          args=DPOConfig(output_dir=str(tmp_path / "cdpo"), label_smoothing=0.1, **COMMON),
+                          processing_class=_tokenizer(), train_dataset=Dataset.from_dict(STRING_ROWS))
+    got = _first_log(smoothed)
+    assert got["rewards/margins"] == pytest.approx(want["rewards/margins"], rel=1e-5, abs=1e-6)
+    assert got["loss"] != pytest.approx(want["loss"], rel=1e-3)
+
+
 def test_conversational_rows_without_text_after_the_eos(tmp_path, weights):
     theirs, ours = run_dpo(tmp_path, weights, conversational_rows(), template=NO_TRAILING_TEMPLATE)
     assert_same_step(theirs, ours, DPO_KEYS)

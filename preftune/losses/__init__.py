@@ -16,8 +16,9 @@ DPOTrainer and experimental ORPOTrainer; tests/test_trl_parity.py runs both):
 - log(1 - p) in ORPO's odds is computed as log(-expm1(x)) with x clamped just below 0, so a
   completion whose probability rounds to 1 gives a large finite odds, not NaN (TRL's log1mexp
   has the same two branches; only the clamp is ours).
-- `sigmoid` has no label smoothing, as TRL 1.16 (older TRL's cDPO); ε is used by robust,
-  exo_pair, aot and aot_unpaired only.
+- `sigmoid` with label_smoothing ε > 0 is cDPO, as TRL's DPO documentation shows; TRL 1.16's
+  code ignores ε for `sigmoid` (its loss is ours at ε = 0). ε is also used by robust, exo_pair,
+  aot and aot_unpaired.
 - The exponentials of forward_kl / alpha_divergence are capped 10 nats below the dtype's
   largest value (and by log|α - 1| when |α - 1| < 1), half precision is computed in float32;
   TRL clamps alpha_divergence's exponent at 80 (fp32, bf16) or 11 (fp16) and does not cap

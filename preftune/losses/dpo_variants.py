@@ -39,11 +39,11 @@ def _lengths(x: DPOInputs) -> tuple[Tensor, Tensor]:
 def sigmoid_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
     """DPO, Rafailov et al. 2023 (arXiv 2305.18290), eq. 7.
 
-    L = -log σ(β·h)
+    L = -log σ(β·h); with label_smoothing ε > 0, cDPO (Mitchell 2023): -(1-ε)·log σ(β·h) - ε·log σ(-β·h).
     h is replaced by the f-divergence margin when f_divergence_type is set (f_divergence_logits).
-    No label smoothing: TRL 1.16 dropped cDPO's ε from `sigmoid` (use `robust`).
+    TRL 1.16 ignores ε here; TRL's DPO documentation still shows cDPO, so preftune keeps it (ε = 0 is TRL's loss).
     """
-    return output(-F.logsigmoid(p.beta * f_divergence_logits(x, p)), x, p.beta)
+    return output(smoothed_sigmoid(p.beta * f_divergence_logits(x, p), p.label_smoothing), x, p.beta)
 
 
 def hinge_loss(x: DPOInputs, p: DPOParams) -> DPOLossOutput:
@@ -261,4 +261,4 @@ F_DIVERGENCE_LOSSES: frozenset[str] = frozenset(
     {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"})
 
 # The losses whose formula has the label-noise ε (label_smoothing); the others ignore it (TRL 1.16).
-LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"robust", "exo_pair", "aot", "aot_unpaired", "aot_pair"})
+LABEL_SMOOTHING_LOSSES: frozenset[str] = frozenset({"sigmoid", "robust", "exo_pair", "aot", "aot_unpaired", "aot_pair"})
