@@ -57,7 +57,7 @@ def test_older_transformers_names_in_trls_documented_signature(tmp_path):
         (DPOConfig, dict(loss_type="ipo", label_smoothing=0.1), "has no effect on loss_type ipo"),
         (DPOConfig, dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0]), "give one weight per loss type"),
         (DPOConfig, dict(f_divergence_type="tv"), "f_divergence_type='tv' is not known"),
-        (DPOConfig, dict(loss_type="ipo", f_divergence_type="js_divergence"), "not to ipo"),
+        (DPOConfig, dict(loss_type="nca_pair", f_divergence_type="js_divergence"), "not to nca_pair"),
         (DPOConfig, dict(ld_alpha=1.5), "ld_alpha=1.5"),
         (DPOConfig, dict(rpo_alpha=-1.0), "rpo_alpha=-1.0"),
         (DPOConfig, dict(sync_ref_model=True, precompute_ref_log_probs=True), "drop one of sync_ref_model"),
