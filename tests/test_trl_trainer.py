@@ -189,7 +189,7 @@ def test_trust_remote_code_reaches_model_reference_and_tokenizer(tmp_path, monke
                     ("model", {"trust_remote_code": True, "dtype": "float32"})]
 
 
-def test_a_model_by_name_loads_in_float32_for_dpo_and_in_its_own_dtype_for_orpo(tmp_path):
+def test_a_model_by_name_loads_in_float32_unless_model_init_kwargs_says_otherwise(tmp_path):
     folder = tmp_path / "bf16"
     model, tok = tiny()
     model.to(torch.bfloat16).save_pretrained(folder)
@@ -200,7 +200,7 @@ def test_a_model_by_name_loads_in_float32_for_dpo_and_in_its_own_dtype_for_orpo(
                       train_dataset=rows(4))
     assert kept.model.dtype == torch.bfloat16
     orpo = ORPOTrainer(str(folder), args=ORPOConfig(output_dir=str(tmp_path / "o")), train_dataset=rows(4))
-    assert orpo.model.dtype == torch.bfloat16  # TRL's experimental ORPOTrainer leaves it to from_pretrained
+    assert orpo.model.dtype == torch.float32  # TRL's experimental ORPOTrainer keeps bf16 here: a departure on purpose
     from preftune import cli
 
     assert cli.parse_run("dpo", ["--model", "m"]).model_kwargs["dtype"] == "float32"  # TRL's CLI default

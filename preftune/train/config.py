@@ -139,7 +139,7 @@ class PreferenceConfig(TrainingArguments):
     )
     model_init_kwargs: Optional[dict[str, Any]] = field(
         default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name "
-                                "(DPO: dtype float32 unless set here, as TRL)."}
+                                "(dtype float32 unless set here, as TRL's DPOTrainer)."}
     )
     trust_remote_code: bool = field(
         default=False,

@@ -29,7 +29,6 @@ class DPOTrainer(PreferenceTrainer):
 
     config_class = DPOConfig
     default_output_dir = "dpo-output"
-    default_model_dtype = "float32"  # a model given by name, as TRL's DPOTrainer (create_model_from_path)
 
     def __init__(self, model=None, ref_model=None, args=None, data_collator=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,

@@ -162,9 +162,10 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------- family hooks
 
-    # dtype of a model given by name, unless model_init_kwargs sets one (None: the checkpoint's). TRL's ORPOTrainer
-    # leaves it to from_pretrained (the checkpoint's dtype); its DPOTrainer loads float32 (DPOTrainer sets that).
-    default_model_dtype: str | None = None
+    # dtype of a model given by name, unless model_init_kwargs sets one (None: the checkpoint's). float32 for both
+    # families, as TRL's DPOTrainer: optimizer updates smaller than bf16's resolution would vanish in bf16 weights.
+    # TRL's experimental ORPOTrainer leaves it to from_pretrained (the checkpoint's dtype) — a departure on purpose.
+    default_model_dtype: str | None = "float32"
 
     def _router_aux_loss(self, model, args) -> tuple[float, bool]:
         """(coefficient, enabled) of the MoE router's auxiliary loss. As TRL's ORPOTrainer: added when the model's
