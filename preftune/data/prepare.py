@@ -17,10 +17,13 @@ then (`LoadedData.pairs`, passed as ``pairs``): they are tokenized as they are, 
 normalised a second time (except with a ``columns`` mapping, which they did not see,
 and in ``num_proc`` workers, which would each need a copy of all of them). Images are not read here
 (their columns are left out of the map, so they are never decoded), except for a
-vision-language model's processor (below).
+vision-language model's processor (below). Data with images and a text tokenizer is refused
+(ConfigError, as TRL raises ValueError; found from the arrow column's nulls, nothing decoded):
+trainer and command line both prepare their data here, so both refuse it.
 
 Vision-language models (``tokenizer`` is a processor with an image processor, e.g.
-``LlavaProcessor``): the ``images`` column (or the column mapped to it) is read, and
+``LlavaProcessor``): the ``images`` column (a list per row), or TRL's ``image`` column
+(one image per row), or the column mapped to either, is read, and
 a pair with images gets its prompt ids from the processor, every image placeholder
 expanded to the model's image tokens (`preftune.data.images`). Such a prompt is NEVER
 truncated (cutting image tokens would break the model's image/feature match, and

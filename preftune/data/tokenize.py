@@ -7,6 +7,11 @@ Conversational pairs are rendered with the tokenizer's chat template::
     prompt_text = apply_chat_template(prompt, add_generation_prompt=True)
     chosen_text = apply_chat_template(prompt + chosen) minus prompt_text at its start
 
+Every call gets the row's ``tools`` and ``chat_template_kwargs`` as TRL passes them:
+``apply_chat_template(..., tools=tools, **chat_template_kwargs)``. For a
+vision-language model's processor the pair first gets its image placeholders
+(`preftune.data.images.with_image_placeholders`).
+
 Standard pairs use their strings as they are. The three texts are tokenized
 separately with ``add_special_tokens=False``, then:
 
@@ -18,25 +23,49 @@ separately with ``add_special_tokens=False``, then:
   only by whitespace tokens (ChatML's ``<|im_end|>\\n``) they are cut after that
   EOS; otherwise EOS is appended unless it is already last.
 
-Truncation (`truncate_pair`), TRL's semantics
----------------------------------------------
-1. ``max_completion_length``: each completion keeps its first N ids.
-2. If ``len(prompt) + max(len(chosen), len(rejected)) > max_length``: the prompt is
-   cut to ``max_prompt_length`` ids (``keep_end`` drops its start, ``keep_start``
-   its end), then each completion keeps its first ``max_length - len(prompt)`` ids.
-   ``max_prompt_length`` therefore only matters for pairs longer than
-   ``max_length``, as in TRL's ORPO/DPO trainers.
-3. A pair with an empty completion after this is dropped (`truncate_pair` returns
-   None and `prepare_dataset` counts it). A None limit means no limit.
+Truncation (`truncate_pair`), decoder-only models
+-------------------------------------------------
+``max_completion_length`` (when set) first cuts each completion to its first N ids.
+Then, with ``max_prompt_length`` None (the default; TRL 1.16 has no such field), the
+ids TRL 1.16's DPO collator keeps (``sequence[:max_length]`` / ``[-max_length:]`` of
+prompt + chosen and of prompt + rejected):
+
+- ``keep_start`` (default): a pair whose prompt alone is ``max_length`` ids or more is
+  dropped (TRL's ``_prepare_dataset`` filter; counted as ``n_dropped_long_prompt``);
+  otherwise each completion keeps its first ``max_length - len(prompt)`` ids. Exactly
+  TRL's tokens. TRL 1.16's experimental ORPO (prompt never cut, answers cut to
+  ``max_length - len(prompt)``) gives the same ids, except that it keeps a pair left
+  with an empty answer, which preftune drops.
+- ``keep_end`` (deprecated in TRL 1.16): TRL cuts each of the two sequences to its
+  last ``max_length`` ids separately; preftune has one prompt per pair (prefix
+  sharing), so the prompt keeps its last ``max_length - max(len(chosen),
+  len(rejected))`` ids: the LONGER sequence is exactly TRL's, the shorter one gets the
+  same (shorter) prompt where TRL would keep more of it. The BOS goes with the rest of
+  the prompt's start, as in TRL. A pair whose longer completion alone is ``max_length``
+  ids or more (TRL would train it with no prompt at all) is dropped
+  (``n_dropped_long_completion``). Example, ``max_length=6``, prompt ``p1..p6``,
+  chosen ``c1 c2 c3``, rejected ``r1``: TRL trains ``p4 p5 p6 c1 c2 c3`` and
+  ``p2 p3 p4 p5 p6 r1``; preftune ``p4 p5 p6 c1 c2 c3`` and ``p4 p5 p6 r1``.
+
+With ``max_prompt_length`` set (older TRL scripts), the older rules:
+
+1. If ``len(prompt) + max(len(chosen), len(rejected)) > max_length``: the prompt is
+   cut to ``max_prompt_length`` ids (``keep_end`` drops its start, keeping a leading
+   BOS; ``keep_start`` its end), then each completion keeps its first
+   ``max_length - len(prompt)`` ids. ``max_prompt_length`` therefore only matters for
+   pairs longer than ``max_length``, as in TRL 0.x's ORPO/DPO trainers.
+2. A pair with an empty completion after this is dropped.
+
+A prompt holding image tokens is never cut (``keep_prompt``), in every mode: only the
+completions are, and a pair whose prompt leaves no room is dropped. A None limit means
+no limit; a dropped pair makes `truncate_pair` return None and `drop_reason` says why.
 
 Departures from TRL, and why:
 
 - Completions are cut to ``max_length - len(prompt)`` (the room actually left),
   not TRL 0.8-0.11's ``max_length - max_prompt_length``.
-- Under ``keep_end`` a leading BOS is kept: the model always saw one in
-  pretraining; TRL re-adds it after truncation, which is the same ids.
 - A completion that is cut loses its EOS and none is re-added: the model did not
-  finish there, so teaching it to stop there would be wrong.
+  finish there, so teaching it to stop there would be wrong (TRL 1.16 does the same).
 - Pairs whose completion would be empty are dropped instead of trained on.
 - Chat-templated completions end at the template's own end-of-turn token when it
   is the EOS (ChatML), so the trailing newline after ``<|im_end|>`` is not trained.
