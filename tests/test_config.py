@@ -6,7 +6,9 @@ from preftune import ConfigError, DPOConfig, ORPOConfig
 
 def test_defaults_match_trl_and_run_on_cpu(tmp_path):
     args = ORPOConfig(output_dir=str(tmp_path))
-    assert (args.beta, args.max_length, args.max_prompt_length, args.truncation_mode) == (0.1, 1024, 512, "keep_end")
+    assert (args.beta, args.max_length, args.max_prompt_length, args.truncation_mode) == (0.1, 1024, None, "keep_start")
+    # TRL 1.16 has no max_prompt_length: a max_length below the old 512 default is fine
+    assert DPOConfig(output_dir=str(tmp_path), max_length=256).max_prompt_length is None
     assert args.learning_rate == 1e-6 and args.max_completion_length is None
     assert args.bf16 is False  # no CUDA here: resolved to fp32
     assert args.remove_unused_columns is False

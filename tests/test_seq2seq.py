@@ -81,11 +81,11 @@ LONG_BART = TokenizedPair([BOS, THE, CAT, SAT, ON, MAT, EOS], [BOS, FINE, THANKS
 
 
 def test_prompt_cut_to_max_prompt_length_keeping_its_specials():
-    limits = LengthLimits(max_length=100, max_prompt_length=3)  # the pair is far below max_length: cut anyway
+    limits = LengthLimits(max_length=100, max_prompt_length=3, truncation_mode="keep_end")  # the pair is far below max_length: cut anyway
     assert truncate_pair(LONG_T5, limits, is_encoder_decoder=True).prompt_ids == [ON, MAT, EOS]
     start = LengthLimits(max_length=100, max_prompt_length=3, truncation_mode="keep_start")
     assert truncate_pair(LONG_T5, start, is_encoder_decoder=True).prompt_ids == [THE, CAT, EOS]
-    four = LengthLimits(max_length=100, max_prompt_length=4)
+    four = LengthLimits(max_length=100, max_prompt_length=4, truncation_mode="keep_end")
     assert truncate_pair(LONG_BART, four, is_encoder_decoder=True).prompt_ids == [BOS, ON, MAT, EOS]
     four_start = LengthLimits(max_length=100, max_prompt_length=4, truncation_mode="keep_start")
     assert truncate_pair(LONG_BART, four_start, is_encoder_decoder=True).prompt_ids == [BOS, THE, CAT, EOS]
@@ -96,7 +96,8 @@ def test_prompt_cut_to_max_prompt_length_keeping_its_specials():
 def test_completions_cut_to_max_completion_length_and_max_length():
     cut = truncate_pair(LONG_T5, LengthLimits(None, None, max_completion_length=2), is_encoder_decoder=True)
     assert cut == TokenizedPair(LONG_T5.prompt_ids, [FINE, THANKS], [BAD, EOS], None, EOS)  # a cut target loses its EOS
-    cut = truncate_pair(LONG_T5, LengthLimits(max_length=2, max_prompt_length=None), is_encoder_decoder=True)
+    cut = truncate_pair(LONG_T5, LengthLimits(max_length=2, max_prompt_length=None, truncation_mode="keep_end"),
+                        is_encoder_decoder=True)
     assert cut == TokenizedPair([MAT, EOS], [FINE, THANKS], [BAD, EOS], None, EOS)  # max_length caps every sequence
     assert truncate_pair(LONG_T5, LengthLimits(max_length=6, max_prompt_length=6), is_encoder_decoder=True) is LONG_T5
 
@@ -104,7 +105,7 @@ def test_completions_cut_to_max_completion_length_and_max_length():
 def test_prepare_dataset_with_the_flag(toks):
     rows = [{"prompt": "the cat sat on mat", "chosen": "fine thanks", "rejected": "bad"}] * 3
     ds = Dataset.from_list(rows)
-    limits = LengthLimits(max_length=64, max_prompt_length=3, max_completion_length=2)
+    limits = LengthLimits(max_length=64, max_prompt_length=3, max_completion_length=2, truncation_mode="keep_end")
     out, report = prepare_dataset(ds, toks["t5"], limits, is_encoder_decoder=True)
     assert out[0] == {"prompt_ids": [ON, MAT, EOS], "chosen_ids": [FINE, THANKS], "rejected_ids": [BAD, EOS]}
     assert (report.n_kept, report.n_truncated) == (3, 3)

@@ -324,3 +324,135 @@ def test_cli_trains_a_vlm_from_a_jsonl_file_with_image_paths(vlm_dir, tmp_path, 
     history = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [h["step"] for h in history if "loss" in h] == [1, 2]
     assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
+
+
+# ------------------------------------------------------------------ TRL's vision format
+
+def trl_rows(n=4, seed=0, key="image"):
+    """TRL's vision format: one image in ``image`` (or a one-image list in ``images``), messages whose contents
+    are strings; the processor's placeholders are added by preftune."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for i in range(n):
+        def text(k):
+            return " ".join(rng.choice(WORDS, k))
+        img = image(500 + i)
+        out.append({
+            key: img if key == "image" else [img],
+            "prompt": [{"role": "user", "content": text(3)}],
+            "chosen": [{"role": "assistant", "content": text(2 + i % 3)}],
+            "rejected": [{"role": "assistant", "content": text(3)}],
+        })
+    return out
+
+
+def _unpadded(out):
+    rows = []
+    for ids, att, cm in zip(out["input_ids"], out["attention_mask"], out["completion_mask"]):
+        n = int(att.sum())
+        rows.append((ids[:n].tolist(), cm[:n].tolist()))
+    return rows
+
+
+def test_trl_vision_format_gives_trls_vision_collator_batch():
+    import copy
+
+    trl = pytest.importorskip("trl.trainer.dpo_trainer")
+    processor = build_processor()
+    # the template without the newline after <|im_end|>: TRL keeps that newline in a completion, preftune ends it at EOS
+    template = TEMPLATE.replace("<|im_end|>\n", "<|im_end|>")
+    processor.chat_template = processor.tokenizer.chat_template = template
+    data = trl_rows(3)
+    prepared, report = prepare_dataset(Dataset.from_list(data), processor, LengthLimits(max_length=64))
+    assert report.n_kept == 3 and prepared.column_names == ["prompt_ids", "chosen_ids", "rejected_ids", "images"]
+    ours = VisionPreferenceCollator(pad_token_id=0, image_processor=processor.image_processor)([prepared[i] for i in range(3)])
+    theirs = trl.DataCollatorForVisionPreference(processor=processor, max_length=64)(copy.deepcopy(data))
+    assert _unpadded(ours) == _unpadded(theirs)
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    assert all(r["prompt_ids"].count(image_token(processor)) == N_IMAGE_TOKENS for r in prepared)
+
+
+def test_plain_string_prompts_with_images_get_the_placeholder(vlm):
+    _, processor = vlm
+    data = [{"images": [image(7), image(8)], "prompt": "the cat", "chosen": "yes", "rejected": "no"},
+            {"images": [image(9)], "prompt": "<image> a dog", "chosen": "yes", "rejected": "no"}]  # already placed
+    prepared, _ = prepare_dataset(data, processor, LengthLimits(max_length=64))
+    first = processor(text=["<image><image>the cat"], images=data[0]["images"], add_special_tokens=False)["input_ids"][0]
+    assert prepared[0]["prompt_ids"] == list(first)
+    assert prepared[1]["prompt_ids"].count(image_token(processor)) == N_IMAGE_TOKENS
+    assert prepared[0]["chosen_ids"] == processor.tokenizer("yes", add_special_tokens=False)["input_ids"] + [
+        processor.tokenizer.eos_token_id]
+
+
+def test_dpo_trains_a_vlm_on_trls_image_column(vlm, tmp_path):
+    model, processor = vlm
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = DPOTrainer(model, args=args(tmp_path, max_prompt_length=None), train_dataset=Dataset.from_list(trl_rows(8)),
+                         processing_class=processor)
+    assert trainer.args.truncation_mode == "keep_start"
+    assert "images" in trainer.train_dataset.column_names
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any("vision_tower" in n for n in moved)  # the images were used
+
+
+def test_image_data_with_a_text_tokenizer_is_refused(vlm):
+    _, processor = vlm
+    for key in ("image", "images"):
+        with pytest.raises(ConfigError, match=rf"^The data has images \(column '{key}'\) but .* is a text tokenizer"):
+            prepare_dataset(Dataset.from_list(trl_rows(2, key=key)), processor.tokenizer, LengthLimits())
+    # rows with no image at all (the column all None) are text data
+    rows_ = [{**r, "image": None} for r in trl_rows(2)]
+    prepared, _ = prepare_dataset(rows_, processor.tokenizer, LengthLimits())
+    assert len(prepared) == 2
+
+
+def test_text_only_model_with_image_data_is_refused(tmp_path):
+    from tests.tiny import tiny_causal_lm
+
+    from preftune import ORPOConfig, ORPOTrainer
+
+    tok = build("chatml")
+    model = tiny_causal_lm(vocab_size=len(tok))
+    with pytest.raises(ConfigError, match="is a text tokenizer, not a vision-language model's processor"):
+        ORPOTrainer(model, args=ORPOConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", use_cpu=True),
+                    train_dataset=Dataset.from_list(trl_rows(2)), processing_class=tok)
+
+
+def _image_jsonl(tmp_path, rows_):
+    import json
+
+    lines = []
+    for i, row in enumerate(rows_):
+        path = str(tmp_path / f"trl{i}.png")
+        row.pop("image").save(path)
+        lines.append(json.dumps({**row, "image": path}))
+    data = tmp_path / "trl_vision.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    return str(data)
+
+
+def test_cli_refuses_image_data_for_a_text_model(tmp_path, capsys):
+    from preftune.cli import main as cli_main
+
+    data = _image_jsonl(tmp_path, trl_rows(4))
+    code = cli_main(["orpo", "--dataset", data, "--max_steps", "1", "--output_dir", str(tmp_path / "run"),
+                     "--report_to", "none", "--eval_strategy", "no"])
+    err = capsys.readouterr().err
+    assert code == 2 and "preftune: error: The data has images (column 'image')" in err and "Traceback" not in err
+
+
+def test_data_inspect_counts_image_tokens_with_a_vlm(vlm_dir, tmp_path):
+    from preftune.cli.inspect import inspect_dataset
+
+    data = _image_jsonl(tmp_path, trl_rows(4))
+    report = inspect_dataset(data, model=vlm_dir)
+    assert report["pairs"] == 4 and report["image_column"] == "image"
+    prepared, _ = prepare_dataset(Dataset.from_list(trl_rows(4)), load_processor(vlm_dir), LengthLimits(None))
+    assert report["tokens"]["prompt"]["max"] == max(len(p) for p in prepared["prompt_ids"])  # image tokens counted
+    assert all(p.count(image_token(load_processor(vlm_dir))) == N_IMAGE_TOKENS for p in prepared["prompt_ids"])
+    text = inspect_dataset(data)  # the bundled text model: the text is measured, and a note says why not the images
+    assert text["pairs"] == 4 and "image_column" in text
+    assert any("the data has images (column 'image')" in n for n in text["notes"])

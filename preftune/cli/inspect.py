@@ -71,13 +71,14 @@ def inspect_dataset(
 
     limits = LengthLimits(pick("max_length", max_length), pick("max_prompt_length", max_prompt_length),
                           pick("max_completion_length", max_completion_length),
-                          truncation_mode or defaults.get("truncation_mode") or "keep_end")
+                          truncation_mode or defaults.get("truncation_mode") or "keep_start")
     if tokenizer is None:
         from preftune.assets import tiny_model_path
-        from preftune.models import load_tokenizer
+        from preftune.models import check_model_config, load_processor, load_tokenizer
 
         model = model or tiny_model_path()
-        tokenizer = load_tokenizer(model)
+        vlm = getattr(check_model_config(model), "vision_config", None) is not None  # its processor counts image tokens
+        tokenizer = load_processor(model) if vlm else load_tokenizer(model)
     if is_encoder_decoder is None:
         is_encoder_decoder = model is not None and _config_is_encoder_decoder(model)
     specs = split_specs(dataset)
@@ -163,7 +164,7 @@ def _inspect_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_length", type=_limit, help="Limit to check against (default: the training default; none: no limit).")
     p.add_argument("--max_prompt_length", type=_limit, help="Limit to check against (default: the training default).")
     p.add_argument("--max_completion_length", type=_limit, help="Limit to check against (default: none).")
-    p.add_argument("--truncation_mode", choices=("keep_end", "keep_start"), help="How long prompts are cut (default: keep_end).")
+    p.add_argument("--truncation_mode", choices=("keep_end", "keep_start"), help="Which tokens of a long pair are kept (default: keep_start, as in training).")
     p.add_argument("--seed", type=int, default=42, help="Seed for NAME#N sampling.")
     return p
 

@@ -19,8 +19,18 @@ query/response     query, response, rejected_response [, history]      conversat
 messages           messages, rejected_response                          conversational
 =================  ==================================================  ==============
 
-Every shape also takes an optional ``system`` column (a system message put first in
-the prompt) and an ``images`` column (kept as a tuple).
+Every shape also takes these optional columns (`COMMON_OPTIONAL`):
+
+- ``system``: a system message put first in the prompt;
+- ``images`` (a list of images) or ``image`` (one image), TRL's vision columns: kept as
+  a tuple; a vision-language model's processor expands them (`preftune.data.images`);
+- ``tools``: a list of JSON-schema tool dicts, or that list as a JSON string, given
+  to the chat template as ``tools=`` (TRL's ``tools`` column);
+- ``chat_template_kwargs``: a dict of extra keywords for this row's chat template
+  calls (TRL: ``apply_chat_template(..., tools=tools, **chat_template_kwargs)``).
+
+``tools`` and ``chat_template_kwargs`` only matter for conversational pairs (TRL
+ignores them for plain strings too).
 
 Decisions, where TRL or ms-swift differ or say nothing:
 
@@ -86,6 +96,7 @@ __all__ = [
     "describe_shape",
     "extract_prompt",
     "match_shape",
+    "row_images",
     "to_preference_pair",
 ]
 
@@ -225,7 +236,7 @@ SHAPES: tuple[RowShape, ...] = (
     RowShape("query/response", ("query", "response", "rejected_response"), _query_response, optional=("history",)),
     RowShape("messages", ("messages", "rejected_response"), _messages_shape),
 )
-COMMON_OPTIONAL = ("system", "images")
+COMMON_OPTIONAL = ("system", "images", "image", "tools", "chat_template_kwargs")
 
 
 def _canonical_names() -> set[str]:
@@ -237,7 +248,7 @@ def _canonical_names() -> set[str]:
 
 def accepted_shapes() -> str:
     """The accepted shapes, as one line for messages."""
-    return ", ".join(s.describe() for s in SHAPES) + " (each may add system and images)"
+    return ", ".join(s.describe() for s in SHAPES) + " (each may add " + ", ".join(COMMON_OPTIONAL) + ")"
 
 
 def match_shape(columns: Iterable[str]) -> RowShape | None:
@@ -315,6 +326,36 @@ def _add_system(system: Any, prompt: Text, chosen: Text, rejected: Text) -> tupl
     return prompt, chosen, rejected
 
 
+def _tools(value: Any) -> list | None:
+    """A row's ``tools`` value: a list of tool dicts, or that list as a JSON string (as TRL reads it)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise RowProblem("tools", f"is a string that is not JSON ({e})", "give a list of JSON-schema tool dicts or that list as a JSON string") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, Mapping) for t in value):
+        raise RowProblem("tools", f"is {describe_value(value)}", "expected a list of JSON-schema tool dicts (or that list as a JSON string)")
+    return list(value)
+
+
+def _template_kwargs(value: Any) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise RowProblem("chat_template_kwargs", f"is {describe_value(value)}", "expected a dict of apply_chat_template keywords, e.g. {'enable_thinking': False}")
+    return dict(value)
+
+
+def row_images(data: Mapping) -> Any:
+    """A row's images: its ``images`` value, or else its ``image`` value (TRL's one-image column)."""
+    images = data.get("images")
+    return images if images is not None else data.get("image")
+
+
 def to_preference_pair(
     row: Mapping,
     index: int | None = None,
@@ -350,7 +391,7 @@ def to_preference_pair(
             )
         prompt, chosen, rejected = shape.convert(data)
         # messages whose contents are all blank are an empty prompt too (unless images carry it)
-        if not prompt or is_blank(prompt) and (isinstance(prompt, str) or not data.get("images")):
+        if not prompt or is_blank(prompt) and (isinstance(prompt, str) or not row_images(data)):
             raise RowProblem("prompt", "is empty", "every pair needs a prompt; fill it in or drop the row")
         for field, value in (("chosen", chosen), ("rejected", rejected)):
             if is_blank(value):
@@ -359,6 +400,7 @@ def to_preference_pair(
             raise RowProblem("rejected", "is identical to chosen", "a preference pair needs two different completions; drop the row")
         if "system" in data:
             prompt, chosen, rejected = _add_system(data["system"], prompt, chosen, rejected)
-        return PreferencePair(prompt, chosen, rejected, image_tuple(data.get("images")))
+        return PreferencePair(prompt, chosen, rejected, image_tuple(row_images(data)), _tools(data.get("tools")),
+                              _template_kwargs(data.get("chat_template_kwargs")))
     except RowProblem as p:
         raise DataError(p.sentence(index, renamed)) from None

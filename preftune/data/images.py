@@ -8,6 +8,16 @@ expands each placeholder into the number of image tokens the model fills with im
 features (e.g. (image_size / patch_size)² for LLaVA), so the prompt's ids are exactly
 the ones the model expects. The completions hold no images and are tokenized as text.
 
+TRL's vision format is accepted as it is: an ``images`` column (a list) or an ``image``
+column (one image), with message prompts whose contents are strings, or plain-string
+prompts. `with_image_placeholders` gives such a pair the placeholders the processor
+needs, as TRL's ``prepare_multimodal_messages`` does for a processor: every string
+content becomes ``[{"type": "text", "text": ...}]`` and the first user message with a
+string content gets one ``{"type": "image"}`` entry per image in front of its text
+(only when the prompt holds no image entry yet). A plain-string prompt without the
+placeholder gets ``placeholder * n_images`` in front of its text (TRL hands the string
+to the processor as it is, which then refuses the count mismatch).
+
 Images may be PIL images (a ``datasets.Image`` column, decoded), file paths, raw bytes,
 or ``{"bytes": ..., "path": ...}`` dicts (an undecoded ``datasets.Image`` value); they
 are converted to RGB.
@@ -44,8 +54,49 @@ def load_image(value: Any):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_images(values: Sequence[Any] | None) -> list:
-    return [load_image(v) for v in (values or ())]
+def load_images(values: Any) -> list:
+    """A pair's images (a list, one image value, or None) -> RGB PIL images."""
+    if values is None:
+        return []
+    if not isinstance(values, (list, tuple)):
+        values = [values]  # TRL's one-image ``image`` column
+    return [load_image(v) for v in values]
+
+
+def _has_image_entry(messages: Sequence[dict]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(isinstance(c, dict) and c.get("type") == "image"
+                                                           for c in m["content"]) for m in messages)
+
+
+def _as_parts(messages: Sequence[dict], n_images: int) -> list:
+    """String contents -> text parts; `n_images` image entries before the first string user content."""
+    out, pending = [], n_images
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "text": content}]
+            if message.get("role") == "user" and pending:
+                parts = [{"type": "image"} for _ in range(pending)] + parts
+                pending = 0
+            message = {**message, "content": parts}
+        out.append(message)
+    return out
+
+
+def with_image_placeholders(pair, processor):
+    """`pair` as a vision-language model's processor renders it (see the module docstring)."""
+    from dataclasses import replace
+
+    n = len(pair.images or ())
+    if pair.is_conversational:
+        prompt = pair.prompt if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
+        n_new = 0 if _has_image_entry(prompt) else n
+        return replace(pair, prompt=_as_parts(prompt, n_new), chosen=_as_parts(pair.chosen, 0),
+                       rejected=_as_parts(pair.rejected, 0))
+    placeholder = image_placeholder(processor)
+    if n and placeholder is not None and placeholder not in pair.prompt:
+        return replace(pair, prompt=placeholder * n + pair.prompt)
+    return pair
 
 
 def image_placeholder(processor) -> str | None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from preftune.data.formats import describe_shape, match_shape
-from preftune.data.prepare import ID_COLUMNS, prepare_dataset
+from preftune.data.images import is_vision_processor
+from preftune.data.prepare import ID_COLUMNS, IMAGES_COLUMN, image_column, prepare_dataset
 from preftune.data.rows import LoadedData, iter_rows
 from preftune.data.sources import load_sources
 from preftune.data.tokenize import LengthLimits, finished_pair, special_tokens, truncate_pair
@@ -95,9 +96,18 @@ def inspect_data(data: LoadedData, tokenizer, limits: LengthLimits, *, is_encode
         "is_encoder_decoder": bool(is_encoder_decoder),
         "notes": list(data.notes),
     }
+    vision = is_vision_processor(tokenizer)
+    found = image_column(ds)
+    if found is not None:
+        report["image_column"] = found
+        if not vision:  # reported, not fatal: the text is measured as a text-only model would see it
+            report["notes"].append(f"the data has images (column '{found}'): train it on a vision-language model with "
+                                   "its processor (a text-only model refuses it); the lengths below leave the images out "
+                                   "(pass a vision-language --model to count their tokens).")
     try:
         prepared, prep = prepare_dataset(ds, tokenizer, LengthLimits(None, None, None, limits.truncation_mode),
-                                         skip_bad_rows=True, desc="tokenizing pairs", is_encoder_decoder=is_encoder_decoder)
+                                         skip_bad_rows=True, desc="tokenizing pairs", is_encoder_decoder=is_encoder_decoder,
+                                         ignore_images=True)
     except DataError as err:  # no usable pair at all
         report.update(bad_rows=len(ds), first_bad_rows=[str(err)], pairs=0)
         return report
@@ -108,12 +118,15 @@ def inspect_data(data: LoadedData, tokenizer, limits: LengthLimits, *, is_encode
     table = prepared.flatten_indices().data  # (select() leaves an indices mapping over the full table)
     cols = {c: table.column(c).to_pylist() for c in ID_COLUMNS}
     prompts, chosens, rejecteds = cols["prompt_ids"], cols["chosen_ids"], cols["rejected_ids"]
+    # a prompt holding image tokens is never cut (`truncate_pair(keep_prompt=True)`), as in training
+    has_images = ([not null for null in table.column(IMAGES_COLUMN).is_null().to_pylist()]
+                  if vision and IMAGES_COLUMN in table.column_names else [False] * len(prompts))
     specials = special_tokens(tokenizer)
     lengths = {"prompt": [], "chosen": [], "rejected": [], "pair": []}
     truncated = dropped = longer = shorter = 0
     seen_pairs, seen_prompts = set(), set()
     duplicate_pairs = repeated_prompts = 0
-    for p, c, r in zip(prompts, chosens, rejecteds):
+    for p, c, r, with_images in zip(prompts, chosens, rejecteds, has_images):
         lengths["prompt"].append(len(p))
         lengths["chosen"].append(len(c))
         lengths["rejected"].append(len(r))
@@ -121,7 +134,7 @@ def inspect_data(data: LoadedData, tokenizer, limits: LengthLimits, *, is_encode
         # the encoder input and the decoder target (they are limited separately)
         lengths["pair"].append(max(len(p), len(c), len(r)) if is_encoder_decoder else len(p) + max(len(c), len(r)))
         tp = finished_pair(p, c, r, specials, is_encoder_decoder=is_encoder_decoder)
-        cut = truncate_pair(tp, limits, is_encoder_decoder=is_encoder_decoder)
+        cut = truncate_pair(tp, limits, is_encoder_decoder=is_encoder_decoder, keep_prompt=with_images)
         if cut is None:
             dropped += 1
         elif cut is not tp:

@@ -60,10 +60,19 @@ class PreferencePair:
     chosen: Text
     rejected: Text
     images: tuple | None = None
+    tools: list | None = None  # JSON-schema tool dicts, passed to the chat template as tools= (TRL's `tools` column)
+    template_kwargs: dict | None = None  # this row's extra apply_chat_template keywords (`chat_template_kwargs`)
 
     @property
     def is_conversational(self) -> bool:
         return isinstance(self.chosen, list)
+
+    def chat_template_kwargs(self) -> dict:
+        """The keywords this pair's chat-template calls get, as TRL builds them:
+        ``{"tools": tools, **chat_template_kwargs}`` (no ``tools`` key when the row has none)."""
+        kwargs = {} if self.tools is None else {"tools": self.tools}
+        kwargs.update(self.template_kwargs or {})
+        return kwargs
 
     def with_images(self, images: Any) -> "PreferencePair":
         """This pair with a row's ``images`` value (None, one image, or a list of them)."""
@@ -148,10 +157,14 @@ def _message(m: Any, field: str, pos: int) -> dict:
         raise RowProblem(field, f"has message {pos} whose role is {describe_value(role)}", "a role is a string such as 'user' or 'assistant'")
     if not role:
         raise RowProblem(field, f"has message {pos} without a role", "give every message a 'role' (or ShareGPT 'from')")
-    if content is None:
-        raise RowProblem(field, f"has message {pos} without content", "give every message a 'content' (or ShareGPT 'value')")
-    if not isinstance(content, (str, list)):
+    tool_calls = m.get("tool_calls")
+    if content is None and not tool_calls:
+        raise RowProblem(field, f"has message {pos} without content", "give every message a 'content' (or ShareGPT 'value'), or an assistant message its 'tool_calls'")
+    if tool_calls is not None and not isinstance(tool_calls, (list, tuple)):
+        raise RowProblem(field, f"has message {pos} whose tool_calls is {describe_value(tool_calls)}", "tool_calls must be a list of {'type': 'function', 'function': {...}} calls")
+    if content is not None and not isinstance(content, (str, list)):
         raise RowProblem(field, f"has message {pos} whose content is {describe_value(content)}", "content must be a string or a list of content parts")
+    # an assistant turn that only calls tools keeps content None, as a datasets row gives it to TRL's chat template
     out = {"role": role, "content": content}
     for key, value in m.items():
         if key not in ("role", "content", "from", "value") and value is not None:
@@ -195,7 +208,8 @@ def is_blank(value: Text) -> bool:
     """An empty or whitespace string, or messages whose contents are all that (or empty lists)."""
     if isinstance(value, str):
         return not value.strip()
-    return all(isinstance(m["content"], str) and not m["content"].strip() or m["content"] == [] for m in value)
+    return all((isinstance(m["content"], str) and not m["content"].strip() or m["content"] == [] or m["content"] is None)
+               and not m.get("tool_calls") for m in value)
 
 
 # ----------------------------------------------------------------- prompt extraction

@@ -17,10 +17,13 @@ then (`LoadedData.pairs`, passed as ``pairs``): they are tokenized as they are, 
 normalised a second time (except with a ``columns`` mapping, which they did not see,
 and in ``num_proc`` workers, which would each need a copy of all of them). Images are not read here
 (their columns are left out of the map, so they are never decoded), except for a
-vision-language model's processor (below).
+vision-language model's processor (below). Data with images and a text tokenizer is refused
+(ConfigError, as TRL raises ValueError; found from the arrow column's nulls, nothing decoded):
+trainer and command line both prepare their data here, so both refuse it.
 
 Vision-language models (``tokenizer`` is a processor with an image processor, e.g.
-``LlavaProcessor``): the ``images`` column (or the column mapped to it) is read, and
+``LlavaProcessor``): the ``images`` column (a list per row), or TRL's ``image`` column
+(one image per row), or the column mapped to either, is read, and
 a pair with images gets its prompt ids from the processor, every image placeholder
 expanded to the model's image tokens (`preftune.data.images`). Such a prompt is NEVER
 truncated (cutting image tokens would break the model's image/feature match, and
@@ -45,16 +48,28 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from preftune.data.formats import check_columns, to_preference_pair
+from preftune.data.formats import check_columns, row_images, to_preference_pair
 from preftune.data.images import image_prompt_ids, is_vision_processor
 from preftune.data.pairs import PreferencePair
-from preftune.data.tokenize import LengthLimits, finish_pair, render_pair, special_tokens, text_tokenizer, truncate_pair
-from preftune.errors import DataError
+from preftune.data.tokenize import (
+    COMPLETION_FILLS_MAX_LENGTH,
+    PROMPT_FILLS_MAX_LENGTH,
+    LengthLimits,
+    drop_reason,
+    finish_pair,
+    render_pair,
+    special_tokens,
+    text_tokenizer,
+    truncate_pair,
+)
+from preftune.errors import ConfigError, DataError
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 IMAGES_COLUMN = "images"  # kept for vision-language models
+IMAGE_COLUMNS = ("images", "image")  # TRL's vision columns: a list of images, or one image
 _STATUS, _ERROR = "_preftune_status", "_preftune_error"
-KEPT, TRUNCATED, DROPPED_EMPTY, BAD = 0, 1, 2, 3
+KEPT, TRUNCATED, DROPPED_EMPTY, BAD, DROPPED_PROMPT, DROPPED_COMPLETION = 0, 1, 2, 3, 4, 5
+_DROPPED = {PROMPT_FILLS_MAX_LENGTH: DROPPED_PROMPT, COMPLETION_FILLS_MAX_LENGTH: DROPPED_COMPLETION}
 _N_ERRORS = 5
 _LIST_CHUNK = 1000
 
@@ -62,7 +77,11 @@ _LIST_CHUNK = 1000
 @dataclass(frozen=True)
 class PrepareReport:
     """What `prepare_dataset` did. `n_truncated` counts kept pairs whose prompt or
-    a completion was cut; dropped pairs are counted only in their own field."""
+    a completion was cut; dropped pairs are counted only in their own field.
+    `n_dropped_empty_after_truncation` counts every pair truncation dropped; of those,
+    `n_dropped_long_prompt` had a prompt of max_length tokens or more (TRL 1.16 drops
+    them too) and `n_dropped_long_completion` (keep_end) a completion that alone fills
+    max_length."""
 
     n_rows: int
     n_kept: int
@@ -70,14 +89,23 @@ class PrepareReport:
     n_truncated: int
     n_bad_rows: int
     first_errors: tuple[str, ...] = ()
+    n_dropped_long_prompt: int = 0
+    n_dropped_long_completion: int = 0
 
     def summary(self) -> str:
         """One or two lines for a log."""
         head = f"prepared {self.n_kept} pairs" if self.n_kept == self.n_rows else f"prepared {self.n_kept} of {self.n_rows} pairs"
         parts = [f"{self.n_truncated} truncated"]
-        if self.n_dropped_empty_after_truncation:
+        if self.n_dropped_long_prompt:
+            parts.append(f"{self.n_dropped_long_prompt} dropped because the prompt alone fills --max_length, leaving no "
+                         "room for a completion (as TRL does; raise --max_length)")
+        if self.n_dropped_long_completion:
+            parts.append(f"{self.n_dropped_long_completion} dropped because a completion alone fills --max_length, so "
+                         "keep_end would keep no prompt token (raise --max_length or use --truncation_mode keep_start)")
+        other = self.n_dropped_empty_after_truncation - self.n_dropped_long_prompt - self.n_dropped_long_completion
+        if other:
             parts.append(
-                f"{self.n_dropped_empty_after_truncation} dropped because truncation left an empty completion (raise --max_length or lower --max_prompt_length)"
+                f"{other} dropped because truncation left an empty completion (raise --max_length or lower --max_prompt_length)"
             )
         if self.n_bad_rows:
             parts.append(f"{self.n_bad_rows} bad {'row' if self.n_bad_rows == 1 else 'rows'} skipped")
@@ -103,7 +131,7 @@ class _RowProcessor:
         if self.pairs is None:
             return to_preference_pair(row, index, self.columns)
         pair = self.pairs[index]  # loading reads no images: a VLM's rows add theirs
-        return pair.with_images(row.get(IMAGES_COLUMN)) if self.vision else pair
+        return pair.with_images(row_images(row)) if self.vision else pair
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         keys = list(batch)
@@ -139,7 +167,8 @@ class _RowProcessor:
                 tp = finish_pair(prompt_ids, ids[3 * m + 1], ids[3 * m + 2], tok, specials, is_encoder_decoder=enc_dec)
                 cut = truncate_pair(tp, self.limits, is_encoder_decoder=enc_dec, keep_prompt=bool(images[m]))
                 if cut is None:
-                    status[j] = DROPPED_EMPTY
+                    reason = drop_reason(tp, self.limits, is_encoder_decoder=enc_dec, keep_prompt=bool(images[m]))
+                    status[j] = _DROPPED.get(reason, DROPPED_EMPTY)
                     continue
                 status[j] = KEPT if cut is tp else TRUNCATED
                 out["prompt_ids"][j], out["chosen_ids"][j], out["rejected_ids"][j] = cut.prompt_ids, cut.chosen_ids, cut.rejected_ids
@@ -190,11 +219,39 @@ def _fingerprint(dataset, tokenizer, limits: LengthLimits, columns, is_encoder_d
 
 
 def _image_sources(columns: Mapping[str, str | None] | None) -> set[str]:
+    """The columns that hold images: those mapped to ``images``/``image``, and those names themselves
+    unless mapped away (to None or another name) or taken by a mapped column."""
     columns = columns or {}
-    sources = {src for src, target in columns.items() if target == "images"}
-    if "images" not in columns and not any(t == "images" for t in columns.values()):
-        sources.add("images")
+    sources = {src for src, target in columns.items() if target in IMAGE_COLUMNS}
+    for name in IMAGE_COLUMNS:
+        if name not in columns and not any(t == name for t in columns.values()):
+            sources.add(name)
     return sources
+
+
+def _has_images(dataset, sources: set[str]) -> str | None:
+    """The first image column with an image in it (None: no image at all), read without decoding any image."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        table = dataset.data
+        for name in sorted(sources & set(dataset.column_names)):
+            column = table.column(name)
+            if column.null_count < len(column):
+                return name
+        return None
+    for row in dataset:
+        if isinstance(row, Mapping):
+            for name in sorted(sources):
+                if row.get(name) not in (None, [], ()):
+                    return name
+    return None
+
+
+def image_column(dataset, columns: Mapping[str, str | None] | None = None) -> str | None:
+    """The column of `dataset` (a Dataset or a list of dict rows) that holds images, or None: TRL's
+    ``images``/``image`` columns, or the one `columns` maps to them; only columns with at least one image count."""
+    return _has_images(dataset, _image_sources(columns))
 
 
 def _row_images(row: Mapping, sources: set[str]):
@@ -217,6 +274,7 @@ def prepare_dataset(
     desc: str = "Tokenizing preference pairs",
     is_encoder_decoder: bool = False,
     pairs: Sequence[PreferencePair] | None = None,
+    ignore_images: bool = False,
 ):
     """Turn a `datasets.Dataset` (or a list of dict rows) into token ids.
 
@@ -228,6 +286,11 @@ def prepare_dataset(
     `is_encoder_decoder`: tokenize and truncate for an encoder-decoder model (T5, BART).
     `pairs`: the rows already checked and normalised, one per row (`LoadedData.pairs`): tokenized
     as they are instead of normalising the rows again.
+
+    Data with images (an ``images`` or ``image`` column with at least one image) needs a vision-language
+    model's processor as `tokenizer`: with a text tokenizer it raises ConfigError (TRL raises ValueError),
+    since training would silently leave the images out; `ignore_images` (``preftune data inspect``)
+    tokenizes the text only instead.
     """
     import datasets
 
@@ -238,6 +301,14 @@ def prepare_dataset(
         check_columns(columns)  # a bad --columns is a config error, before any row is read
     image_sources = _image_sources(columns)
     vision = is_vision_processor(tokenizer)
+    if not vision and not ignore_images and isinstance(dataset, (datasets.Dataset, list, tuple)):
+        found = _has_images(dataset, image_sources)
+        if found is not None:
+            raise ConfigError(
+                f"The data has images (column '{found}') but {type(tokenizer).__name__} is a text tokenizer, not a "
+                "vision-language model's processor, so training would leave the images out; train a vision-language "
+                f"model with its processor (AutoProcessor.from_pretrained(...)), or drop the column (columns={{'{found}': None}})."
+            )
     if vision:  # the processor reads the images; the column is kept for the collator
         map_columns, image_sources_read = (dict(columns) if columns else None), set()
     else:
@@ -295,10 +366,12 @@ def prepare_dataset(
     report = PrepareReport(
         n_rows=n_rows,
         n_kept=len(kept_idx),
-        n_dropped_empty_after_truncation=int((status == DROPPED_EMPTY).sum()),
+        n_dropped_empty_after_truncation=int(np.isin(status, (DROPPED_EMPTY, DROPPED_PROMPT, DROPPED_COMPLETION)).sum()),
         n_truncated=int((status == TRUNCATED).sum()),
         n_bad_rows=len(bad_idx),
         first_errors=first_errors,
+        n_dropped_long_prompt=int((status == DROPPED_PROMPT).sum()),
+        n_dropped_long_completion=int((status == DROPPED_COMPLETION).sum()),
     )
     if images is not None:
         processed = datasets.concatenate_datasets([processed, images], axis=1)

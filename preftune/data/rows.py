@@ -150,9 +150,9 @@ class LoadedData:
 
 
 def iter_rows(ds, batch_size: int = 1000):
-    """The rows of a datasets.Dataset as plain dicts, without its ``images`` column (never decoded just to
+    """The rows of a datasets.Dataset as plain dicts, without its ``images``/``image`` columns (never decoded just to
     check rows), read in batches."""
-    cols = [c for c in ds.column_names if c != "images"]
+    cols = [c for c in ds.column_names if c not in ("images", "image")]
     view = ds.select_columns(cols) if len(cols) < len(ds.column_names) else ds
     if view.format["type"] is not None:
         view = view.with_format(None)

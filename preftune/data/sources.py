@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from typing import Iterable, Mapping, Sequence
 
 from preftune.data import registry
@@ -137,7 +138,7 @@ def _as_conversational(pair: PreferencePair) -> PreferencePair:
     prompt = pair.prompt if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
     chosen = pair.chosen if isinstance(pair.chosen, list) else [{"role": "assistant", "content": pair.chosen}]
     rejected = pair.rejected if isinstance(pair.rejected, list) else [{"role": "assistant", "content": pair.rejected}]
-    return PreferencePair(prompt, chosen, rejected)
+    return replace(pair, prompt=prompt, chosen=chosen, rejected=rejected)  # images, tools, template kwargs kept
 
 
 # ------------------------------------------------------------------------- entry

@@ -7,6 +7,11 @@ Conversational pairs are rendered with the tokenizer's chat template::
     prompt_text = apply_chat_template(prompt, add_generation_prompt=True)
     chosen_text = apply_chat_template(prompt + chosen) minus prompt_text at its start
 
+Every call gets the row's ``tools`` and ``chat_template_kwargs`` as TRL passes them:
+``apply_chat_template(..., tools=tools, **chat_template_kwargs)``. For a
+vision-language model's processor the pair first gets its image placeholders
+(`preftune.data.images.with_image_placeholders`).
+
 Standard pairs use their strings as they are. The three texts are tokenized
 separately with ``add_special_tokens=False``, then:
 
@@ -18,25 +23,49 @@ separately with ``add_special_tokens=False``, then:
   only by whitespace tokens (ChatML's ``<|im_end|>\\n``) they are cut after that
   EOS; otherwise EOS is appended unless it is already last.
 
-Truncation (`truncate_pair`), TRL's semantics
----------------------------------------------
-1. ``max_completion_length``: each completion keeps its first N ids.
-2. If ``len(prompt) + max(len(chosen), len(rejected)) > max_length``: the prompt is
-   cut to ``max_prompt_length`` ids (``keep_end`` drops its start, ``keep_start``
-   its end), then each completion keeps its first ``max_length - len(prompt)`` ids.
-   ``max_prompt_length`` therefore only matters for pairs longer than
-   ``max_length``, as in TRL's ORPO/DPO trainers.
-3. A pair with an empty completion after this is dropped (`truncate_pair` returns
-   None and `prepare_dataset` counts it). A None limit means no limit.
+Truncation (`truncate_pair`), decoder-only models
+-------------------------------------------------
+``max_completion_length`` (when set) first cuts each completion to its first N ids.
+Then, with ``max_prompt_length`` None (the default; TRL 1.16 has no such field), the
+ids TRL 1.16's DPO collator keeps (``sequence[:max_length]`` / ``[-max_length:]`` of
+prompt + chosen and of prompt + rejected):
+
+- ``keep_start`` (default): a pair whose prompt alone is ``max_length`` ids or more is
+  dropped (TRL's ``_prepare_dataset`` filter; counted as ``n_dropped_long_prompt``);
+  otherwise each completion keeps its first ``max_length - len(prompt)`` ids. Exactly
+  TRL's tokens. TRL 1.16's experimental ORPO (prompt never cut, answers cut to
+  ``max_length - len(prompt)``) gives the same ids, except that it keeps a pair left
+  with an empty answer, which preftune drops.
+- ``keep_end`` (deprecated in TRL 1.16): TRL cuts each of the two sequences to its
+  last ``max_length`` ids separately; preftune has one prompt per pair (prefix
+  sharing), so the prompt keeps its last ``max_length - max(len(chosen),
+  len(rejected))`` ids: the LONGER sequence is exactly TRL's, the shorter one gets the
+  same (shorter) prompt where TRL would keep more of it. The BOS goes with the rest of
+  the prompt's start, as in TRL. A pair whose longer completion alone is ``max_length``
+  ids or more (TRL would train it with no prompt at all) is dropped
+  (``n_dropped_long_completion``). Example, ``max_length=6``, prompt ``p1..p6``,
+  chosen ``c1 c2 c3``, rejected ``r1``: TRL trains ``p4 p5 p6 c1 c2 c3`` and
+  ``p2 p3 p4 p5 p6 r1``; preftune ``p4 p5 p6 c1 c2 c3`` and ``p4 p5 p6 r1``.
+
+With ``max_prompt_length`` set (older TRL scripts), the older rules:
+
+1. If ``len(prompt) + max(len(chosen), len(rejected)) > max_length``: the prompt is
+   cut to ``max_prompt_length`` ids (``keep_end`` drops its start, keeping a leading
+   BOS; ``keep_start`` its end), then each completion keeps its first
+   ``max_length - len(prompt)`` ids. ``max_prompt_length`` therefore only matters for
+   pairs longer than ``max_length``, as in TRL 0.x's ORPO/DPO trainers.
+2. A pair with an empty completion after this is dropped.
+
+A prompt holding image tokens is never cut (``keep_prompt``), in every mode: only the
+completions are, and a pair whose prompt leaves no room is dropped. A None limit means
+no limit; a dropped pair makes `truncate_pair` return None and `drop_reason` says why.
 
 Departures from TRL, and why:
 
 - Completions are cut to ``max_length - len(prompt)`` (the room actually left),
   not TRL 0.8-0.11's ``max_length - max_prompt_length``.
-- Under ``keep_end`` a leading BOS is kept: the model always saw one in
-  pretraining; TRL re-adds it after truncation, which is the same ids.
 - A completion that is cut loses its EOS and none is re-added: the model did not
-  finish there, so teaching it to stop there would be wrong.
+  finish there, so teaching it to stop there would be wrong (TRL 1.16 does the same).
 - Pairs whose completion would be empty are dropped instead of trained on.
 - Chat-templated completions end at the template's own end-of-turn token when it
   is the EOS (ChatML), so the trailing newline after ``<|im_end|>`` is not trained.
@@ -70,6 +99,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from preftune.data.formats import PreferencePair
+from preftune.data.images import is_vision_processor, with_image_placeholders
 from preftune.errors import ConfigError, DataError
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -80,9 +110,9 @@ class LengthLimits:
     """Token limits for one pair; None means no limit. Mirrors the config flags."""
 
     max_length: int | None = 1024
-    max_prompt_length: int | None = 512
+    max_prompt_length: int | None = None  # None: TRL 1.16's rules (no prompt limit); set: the older trainers' rules
     max_completion_length: int | None = None
-    truncation_mode: str = "keep_end"
+    truncation_mode: str = "keep_start"
 
     def __post_init__(self) -> None:
         for name in ("max_length", "max_prompt_length", "max_completion_length"):
@@ -91,7 +121,7 @@ class LengthLimits:
                 raise ConfigError(f"--{name} must be a positive whole number of tokens or None (no limit), not {value!r}.")
         if self.truncation_mode not in TRUNCATION_MODES:
             raise ConfigError(
-                f"--truncation_mode must be 'keep_end' (drop the start of long prompts) or 'keep_start' (drop their end), not {self.truncation_mode!r}."
+                f"--truncation_mode must be 'keep_start' (keep the first --max_length tokens) or 'keep_end' (keep the last ones), not {self.truncation_mode!r}."
             )
         if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length > self.max_length:
             raise ConfigError(
@@ -244,6 +274,8 @@ def _apply_template(tokenizer, messages: list, index: int | None, **kwargs) -> s
         TemplateError = Exception  # noqa: N806
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except TypeError as e:  # a chat_template_kwargs key the call does not take
+        raise DataError(f"{_where(index)}: apply_chat_template refused the row's chat_template_kwargs ({e}); fix or drop them.") from None
     except TemplateError as e:
         raise DataError(f"{_where(index)}: the chat template rejected the messages ({e}); fix the conversation (e.g. roles must alternate) or drop the row.") from None
     if not isinstance(text, str):  # pragma: no cover - defensive
@@ -253,18 +285,23 @@ def _apply_template(tokenizer, messages: list, index: int | None, **kwargs) -> s
 
 def render_pair(pair: PreferencePair, tokenizer, *, index: int | None = None) -> tuple[str, str, str]:
     """The ``(prompt, chosen, rejected)`` texts to tokenize; conversational pairs
-    go through the chat template (see the module docstring)."""
+    go through the chat template, with the row's ``tools`` and ``chat_template_kwargs``
+    (see the module docstring). A vision-language model's processor first gets the
+    image placeholders it needs (`preftune.data.images.with_image_placeholders`)."""
+    if is_vision_processor(tokenizer):
+        pair = with_image_placeholders(pair, tokenizer)
     if not pair.is_conversational:
         return pair.prompt, pair.chosen, pair.rejected
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             "The data is conversational (message lists, or strings with a 'system' column) but the tokenizer has no chat template; set one, e.g. with preftune.setup_chat_format(model, tokenizer), or use a model that ships one."
         )
+    kwargs = pair.chat_template_kwargs()  # TRL: {"tools": tools, **chat_template_kwargs}, for every call alike
     prompt = list(pair.prompt) if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
-    prompt_text = _apply_template(tokenizer, prompt, index, add_generation_prompt=True)
+    prompt_text = _apply_template(tokenizer, prompt, index, **{**kwargs, "add_generation_prompt": True})
     completions = []
     for name, completion in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-        full = _apply_template(tokenizer, prompt + list(completion), index)
+        full = _apply_template(tokenizer, prompt + list(completion), index, **kwargs)
         if not full.startswith(prompt_text):
             raise DataError(
                 f"{_where(index)}: the chat template renders the prompt differently with and without the {name} reply, so the reply cannot be cut out of the text; use a template whose generation prompt is a prefix of the rendered conversation, or pass plain-string pairs."
@@ -322,11 +359,35 @@ def _truncate_encoder_decoder(tp: TokenizedPair, limits: LengthLimits) -> Tokeni
     return TokenizedPair(list(prompt), list(chosen), list(rejected), tp.bos_token_id, tp.eos_token_id)
 
 
+# Why `truncate_pair` dropped a pair (`drop_reason`).
+PROMPT_FILLS_MAX_LENGTH = "prompt"  # the prompt alone is max_length tokens or more
+COMPLETION_FILLS_MAX_LENGTH = "completion"  # keep_end: the longer completion alone is max_length tokens or more
+EMPTY_COMPLETION = "empty"  # any other pair left with an empty completion
+
+
+def _trl_truncate(prompt: list[int], chosen: list[int], rejected: list[int], limits: LengthLimits,
+                  keep_prompt: bool) -> tuple | None:
+    """TRL 1.16's truncation (`max_prompt_length` None; see the module docstring)."""
+    max_length = limits.max_length
+    longest = max(len(chosen), len(rejected))
+    if len(prompt) + longest <= max_length:
+        return prompt, chosen, rejected
+    if limits.truncation_mode == "keep_start" or keep_prompt:
+        room = max_length - len(prompt)  # each sequence keeps its first max_length ids: the prompt whole
+        if room <= 0:
+            return None
+        return prompt, chosen[:room], rejected[:room]
+    keep = max_length - longest  # keep_end: the longer sequence keeps its last max_length ids, as in TRL
+    if keep <= 0:
+        return None
+    return prompt[len(prompt) - keep:], chosen, rejected
+
+
 def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder: bool = False,
                   keep_prompt: bool = False) -> TokenizedPair | None:
     """Apply `limits` (see the module docstring). Returns `tp` itself when nothing
-    is cut, and None when a completion would be left empty (the caller drops the
-    pair and counts it). `is_encoder_decoder`: the encoder-decoder rules (prompt and
+    is cut, and None when the pair must be dropped (`drop_reason` says why; the caller
+    counts it). `is_encoder_decoder`: the encoder-decoder rules (prompt and
     completions limited separately). `keep_prompt`: the prompt is never cut (it holds
     image tokens, see `preftune.data.images`); only the completions are, and a pair
     whose prompt leaves no room for them is dropped (None)."""
@@ -337,7 +398,12 @@ def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder
         chosen = chosen[: limits.max_completion_length]
         rejected = rejected[: limits.max_completion_length]
     max_length = limits.max_length
-    if max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
+    if max_length is not None and limits.max_prompt_length is None:
+        cut = _trl_truncate(prompt, chosen, rejected, limits, keep_prompt)
+        if cut is None:
+            return None
+        prompt, chosen, rejected = cut
+    elif max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
         keep = None if keep_prompt else limits.max_prompt_length
         if keep is not None and len(prompt) > keep:
             if limits.truncation_mode == "keep_start":
@@ -353,3 +419,18 @@ def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder
     if prompt is tp.prompt_ids and len(chosen) == len(tp.chosen_ids) and len(rejected) == len(tp.rejected_ids):
         return tp
     return TokenizedPair(list(prompt), list(chosen), list(rejected), tp.bos_token_id)
+
+
+def drop_reason(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder: bool = False,
+                keep_prompt: bool = False) -> str:
+    """Why `truncate_pair` returned None for `tp`: `PROMPT_FILLS_MAX_LENGTH` (decoder-only pairs whose
+    prompt alone is max_length ids or more, dropped as TRL 1.16 drops them), `COMPLETION_FILLS_MAX_LENGTH`
+    (keep_end without max_prompt_length: the longer completion alone fills max_length), or
+    `EMPTY_COMPLETION`."""
+    if is_encoder_decoder or limits.max_length is None:
+        return EMPTY_COMPLETION
+    if limits.max_prompt_length is not None:
+        return EMPTY_COMPLETION
+    if limits.truncation_mode == "keep_end" and not keep_prompt:
+        return COMPLETION_FILLS_MAX_LENGTH
+    return PROMPT_FILLS_MAX_LENGTH if len(tp.prompt_ids) >= limits.max_length else EMPTY_COMPLETION

@@ -102,21 +102,25 @@ class PreferenceConfig(TrainingArguments):
     )
     no_cuda: bool = field(default=False, metadata={"help": "Older transformers' name of --use_cpu."})
 
-    # Lengths (see preftune.data.tokenize for the exact truncation rules).
+    # Lengths (see preftune.data.tokenize for the exact truncation rules). Defaults are TRL 1.16's:
+    # no max_prompt_length (TRL 1.16 has none), keep_start.
     max_length: Optional[int] = field(
-        default=1024, metadata={"help": "Maximum tokens of prompt + completion; longer pairs are truncated "
-                                "(encoder-decoder models: of the prompt, and of each completion)."}
+        default=1024, metadata={"help": "Maximum tokens of prompt + completion; longer pairs are truncated as TRL 1.16 "
+                                "does (keep_start: the completions' ends are cut, and a pair whose prompt alone fills "
+                                "max_length is dropped; encoder-decoder models: of the prompt, and of each completion)."}
     )
     max_prompt_length: Optional[int] = field(
-        default=512, metadata={"help": "Maximum prompt tokens, applied when a pair exceeds max_length "
-                               "(encoder-decoder models: always)."}
+        default=None, metadata={"help": "Older trainers' prompt limit (TRL 1.16 has none): when set, a pair longer than "
+                                "max_length first has its prompt cut to this many tokens (encoder-decoder models: "
+                                "always). Default None: TRL 1.16's rules."}
     )
     max_completion_length: Optional[int] = field(
         default=None, metadata={"help": "Maximum tokens of each completion (None: no separate limit)."}
     )
     truncation_mode: str = field(
-        default="keep_end",
-        metadata={"help": "How a long prompt is cut: keep_end (drop its start) or keep_start (drop its end)."},
+        default="keep_start",
+        metadata={"help": "keep_start (TRL's default: keep the first max_length tokens) or keep_end (keep the last "
+                  "ones; deprecated in TRL 1.16). With max_prompt_length set: which end of a long prompt is kept."},
     )
 
     beta: float = field(default=0.1, metadata={"help": "Strength of the preference term."})

@@ -268,7 +268,7 @@ def test_datasets_none_filled_message_keys_are_dropped():
         ({"prompt": [u("p")], "chosen": [u("p")], "rejected": [u("p"), a("r")]}, "row 12: field 'chosen' has an empty completion after the prompt is taken out; fix or drop this row."),
         ({"prompt": "", "chosen": "c", "rejected": "r"}, "row 12: field 'prompt' is empty; every pair needs a prompt; fill it in or drop the row."),
         ({"prompt": [{"content": "p"}], "chosen": "c", "rejected": "r"}, "row 12: field 'prompt' has message 0 without a role; give every message a 'role' (or ShareGPT 'from')."),
-        ({"prompt": [{"role": "user"}], "chosen": "c", "rejected": "r"}, "row 12: field 'prompt' has message 0 without content; give every message a 'content' (or ShareGPT 'value')."),
+        ({"prompt": [{"role": "user"}], "chosen": "c", "rejected": "r"}, "row 12: field 'prompt' has message 0 without content; give every message a 'content' (or ShareGPT 'value'), or an assistant message its 'tool_calls'."),
         ({"prompt": ["p"], "chosen": "c", "rejected": "r"}, "row 12: field 'prompt' holds str 'p' at message 0, not a {'role': ..., 'content': ...} mapping; fix or drop this row."),
         ({"prompt": "p", "chosen": "c", "rejected": [a("r")]}, "row 12: field 'rejected' is a different kind of value than chosen (one is a string, the other a message list); use two strings or two message lists."),
         ({"question": "q", "answer_zh": 1, "answer_en": "e"}, "row 12: field 'answer_zh' is int 1; expected a string."),

@@ -50,7 +50,7 @@ def test_report_matches_the_pipeline(tmp_path, tiny_tokenizer):
     assert report["truncated"] == sum(c is not None and c is not t for c, t in zip(cuts, tokenized))
     longer = sum(len(t.chosen_ids) > len(t.rejected_ids) for t in tokenized)
     assert report["length_bias"]["chosen_longer"] == pytest.approx(longer / 4)
-    assert report["limits"] == {"max_length": 12, "max_prompt_length": 8, "max_completion_length": None, "truncation_mode": "keep_end"}
+    assert report["limits"] == {"max_length": 12, "max_prompt_length": 8, "max_completion_length": None, "truncation_mode": "keep_start"}
 
 
 def test_defaults_come_from_the_config_and_none_means_no_limit(tmp_path, tiny_tokenizer):

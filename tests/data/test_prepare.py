@@ -54,7 +54,7 @@ def test_truncated_and_dropped_are_counted(plain):
         {"prompt": "a b c d e", "chosen": "fine", "rejected": "bad"},  # 5 + 2 > 4: prompt -> last 3, room 1
         {"prompt": "a b c d", "chosen": "fine", "rejected": "bad"},  # 4 + 2 > 4: prompt -> last 3, room 1
     ]
-    out, report = prepare_dataset(rows, plain, LengthLimits(max_length=4, max_prompt_length=3))
+    out, report = prepare_dataset(rows, plain, LengthLimits(max_length=4, max_prompt_length=3, truncation_mode="keep_end"))
     assert out[:] == {
         "prompt_ids": [ids("hello"), ids("hello world"), ids("c d e"), ids("b c d")],
         "chosen_ids": [ids("fine") + [EOS], ids("fine thanks"), ids("fine"), ids("fine")],
@@ -71,10 +71,11 @@ def test_empty_after_truncation_is_dropped_and_counted(plain):
     ]
     out, report = prepare_dataset(rows, plain, LengthLimits(max_length=4, max_prompt_length=None))
     assert out[:] == {"prompt_ids": [ids("hello")], "chosen_ids": [ids("fine") + [EOS]], "rejected_ids": [ids("bad") + [EOS]]}
-    assert report == PrepareReport(n_rows=3, n_kept=1, n_dropped_empty_after_truncation=2, n_truncated=0, n_bad_rows=0)
+    assert report == PrepareReport(n_rows=3, n_kept=1, n_dropped_empty_after_truncation=2, n_truncated=0, n_bad_rows=0,
+                                   n_dropped_long_prompt=2)  # both prompts alone fill max_length: TRL drops them too
     assert report.summary() == (
-        "prepared 1 of 3 pairs: 0 truncated, 2 dropped because truncation left an empty completion "
-        "(raise --max_length or lower --max_prompt_length)"
+        "prepared 1 of 3 pairs: 0 truncated, 2 dropped because the prompt alone fills --max_length, leaving no room "
+        "for a completion (as TRL does; raise --max_length)"
     )
 
 
@@ -137,7 +138,9 @@ def test_columns_mapping_and_images_are_never_decoded(plain):
         features=features,
     )
     columns = {"pics": "images", "q": "prompt", "good": "chosen", "worse": "rejected"}
-    out, report = prepare_dataset(ds, plain, NO_LIMITS, columns=columns)
+    with pytest.raises(ConfigError, match=r"^The data has images \(column 'pics'\) but .* is a text tokenizer"):
+        prepare_dataset(ds, plain, NO_LIMITS, columns=columns)  # found without decoding the (broken) image
+    out, report = prepare_dataset(ds, plain, NO_LIMITS, columns=columns, ignore_images=True)  # `preftune data inspect`
     assert out[:] == {"prompt_ids": [ids("hello")], "chosen_ids": [ids("fine") + [EOS]], "rejected_ids": [ids("bad") + [EOS]]}
 
 
@@ -189,7 +192,7 @@ def test_llama3_pairs_get_one_bos_through_prepare(llama3):
     rows = [
         {"question": "how are you", "answer_zh": "fine", "answer_en": "bad"},  # shareai emoji: conversational
     ]
-    out, _ = prepare_dataset(rows, llama3, LengthLimits(max_length=10, max_prompt_length=5))
+    out, _ = prepare_dataset(rows, llama3, LengthLimits(max_length=10, max_prompt_length=5, truncation_mode="keep_end"))
     # prompt [BOT SH user EH how are you EOT SH assistant EH] (11 ids) is cut to BOT + its last 4 ids
     assert out[:] == {"prompt_ids": [[BOT, EOT, SH, V["assistant"], EH]], "chosen_ids": [[V["fine"], EOT]], "rejected_ids": [[V["bad"], EOT]]}
 

@@ -152,7 +152,7 @@ def test_length_limits_validation(kwargs, flag):
 
 
 def test_length_limits_defaults_follow_trl():
-    assert LengthLimits() == LengthLimits(max_length=1024, max_prompt_length=512, max_completion_length=None, truncation_mode="keep_end")
+    assert LengthLimits() == LengthLimits(max_length=1024, max_prompt_length=None, max_completion_length=None, truncation_mode="keep_start")
     LengthLimits(None, None, None)  # no limits at all is valid
 
 
@@ -184,7 +184,7 @@ def test_keep_end_without_bos():
 
 
 def test_keep_end_with_max_prompt_length_one_keeps_only_bos():
-    cut = truncate_pair(LONG, LengthLimits(max_length=3, max_prompt_length=1))
+    cut = truncate_pair(LONG, LengthLimits(max_length=3, max_prompt_length=1, truncation_mode="keep_end"))
     assert cut == TokenizedPair([4], [31, 32], [41, 42], 4)
 
 
@@ -208,5 +208,5 @@ def test_tokenize_then_truncate_keeps_one_bos(llama3):
     pair = PreferencePair("hello world how are you", "fine thanks", "bad")
     tp = tokenize_pair(pair, llama3)
     assert tp == TokenizedPair([BOT, HELLO, WORLD, V["how"], V["are"], V["you"]], [FINE, V["thanks"], EOT], [BAD, EOT], BOT)
-    cut = truncate_pair(tp, LengthLimits(max_length=5, max_prompt_length=3))
+    cut = truncate_pair(tp, LengthLimits(max_length=5, max_prompt_length=3, truncation_mode="keep_end"))
     assert cut == TokenizedPair([BOT, V["are"], V["you"]], [FINE, V["thanks"]], [BAD, EOT], BOT)
