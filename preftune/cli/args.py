@@ -53,7 +53,6 @@ DEMO_SETTINGS = dict(
     save_strategy="no",
     warmup_steps=5,
     max_length=256,
-    max_prompt_length=128,
 )
 DEMO_BETA = {"orpo": 0.5, "dpo": 0.5}
 
