@@ -71,6 +71,15 @@ CONFIGS: dict[str, BenchConfig] = {
             batch_size=4, steps=10, warmup_steps=2, precision="fp32", device="cpu",
         ),
         BenchConfig(
+            name="skewed",
+            description="the small model; lengths spread wide (log-normal sigma 1.0: most rows short, a few long), "
+                        "batch 8, fp32 (2-core CPU): for padding_free",
+            vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False,
+            prompt=LengthDist(60, 1.0, 4, 600), completion=LengthDist(80, 1.0, 2, 700), max_length=1400,
+            batch_size=8, steps=6, warmup_steps=1, precision="fp32", device="cpu",
+        ),
+        BenchConfig(
             name="gpu-0.5b",
             description="~0.5B parameters (Qwen2.5-0.5B shape, tied), 128k vocabulary, ~1.1k-token sequences (up to 2k), batch 4, bf16",
             vocab_size=128256, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

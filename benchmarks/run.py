@@ -9,6 +9,8 @@ prints one table row per (implementation, method):
     python benchmarks/run.py --preftune-flags "" --preftune-flags "--logps_chunked false"
     python benchmarks/run.py --lora 16                         # both train a rank-16 LoRA adapter
     python benchmarks/run.py --config gpu-0.5b --peak-tflops 989 --json out.json
+    python benchmarks/run.py --config skewed --impls preftune \
+        --preftune-flags "" --preftune-flags "--padding_free true"   # padding_free off vs on, with ratios
 
 Each row runs in a fresh subprocess (`worker.py`) so peak memory is that run's own.
 See benchmarks/README.md for what each column means and for recorded results.
@@ -36,7 +38,8 @@ sys.path.insert(0, str(HERE))
 from configs import CONFIGS  # noqa: E402
 
 COLUMNS = ["impl", "method", "tokens/s", "s/step", "peak mem MiB", "train Δmem MiB", "padding",
-           "speed vs TRL", "mem vs TRL", "MFU"]
+           "speed vs TRL", "mem vs TRL", "speed vs 1st", "mem vs 1st", "Δmem vs 1st", "MFU"]
+FIRST_COLUMNS = ("speed vs 1st", "mem vs 1st", "Δmem vs 1st")  # ratios to the first preftune row of the method
 
 
 # ------------------------------------------------------------------ machine
@@ -186,11 +189,29 @@ def add_ratios(rows: list[dict]) -> None:
             row["train_delta_mem_vs_trl"] = row["train_rss_delta_mib"] / trl["train_rss_delta_mib"]
 
 
+def add_ratios_to_first(rows: list[dict]) -> None:
+    """With several preftune rows (--preftune-flags repeated): each one's tokens/s, peak memory and train Δmem
+    ÷ those of the first preftune row of the same method (e.g. padding_free on ÷ off)."""
+    if len({r["flags"] for r in rows if r["impl"] == "preftune"}) < 2:
+        return
+    for row in rows:
+        first = next((r for r in rows if r["impl"] == "preftune" and r["method"] == row["method"]), None)
+        if row["impl"] != "preftune" or "error" in row or first is None or "error" in first:
+            continue
+        key = "peak_gpu_mib" if "peak_gpu_mib" in row else "peak_rss_mib"
+        row["speed_vs_first"] = row["tokens_per_s"] / first["tokens_per_s"]
+        row["mem_vs_first"] = row[key] / first[key]
+        if row.get("train_rss_delta_mib") and first.get("train_rss_delta_mib"):
+            row["train_delta_mem_vs_first"] = row["train_rss_delta_mib"] / first["train_rss_delta_mib"]
+
+
 def format_table(rows: list[dict]) -> str:
     show_mfu = any("mfu" in r for r in rows)
     show_ratio = any("speed_vs_trl" in r for r in rows)
+    show_first = any("speed_vs_first" in r for r in rows)
     gpu = any("peak_gpu_mib" in r for r in rows)
-    cols = [c for c in COLUMNS if (c != "MFU" or show_mfu) and (c not in ("speed vs TRL", "mem vs TRL") or show_ratio)]
+    cols = [c for c in COLUMNS if (c != "MFU" or show_mfu) and (c not in ("speed vs TRL", "mem vs TRL") or show_ratio)
+            and (c not in FIRST_COLUMNS or show_first)]
     if gpu:
         cols = [("peak GPU MiB" if c == "peak mem MiB" else c) for c in cols if c != "train Δmem MiB"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -210,6 +231,9 @@ def format_table(rows: list[dict]) -> str:
                 "speed vs TRL": f"{r['speed_vs_trl']:.2f}×" if "speed_vs_trl" in r else "",
                 "mem vs TRL": f"{r['mem_vs_trl']:.2f}×" if "mem_vs_trl" in r else "",
                 "MFU": f"{100 * r['mfu']:.1f}%" if "mfu" in r else "",
+                "speed vs 1st": f"{r['speed_vs_first']:.2f}×" if "speed_vs_first" in r else "",
+                "mem vs 1st": f"{r['mem_vs_first']:.2f}×" if "mem_vs_first" in r else "",
+                "Δmem vs 1st": f"{r['train_delta_mem_vs_first']:.2f}×" if "train_delta_mem_vs_first" in r else "",
             }
             cells = [values[c] for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
@@ -305,6 +329,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     add_ratios(rows)
+    add_ratios_to_first(rows)
     print(f"\nconfig {cfg.name} ({training}, {steps} steps, {warmup} warm-up; {describe(machine)})\n")
     print(format_table(rows))
     if args.json:

@@ -121,7 +121,8 @@ class PositionCounter:
     """Counts the positions every model forward computes, from the input-embedding lookups
     (policy and reference alike), and how many of them are real tokens: a (2B, T) forward
     computes the batch's chosen and rejected rows; a (B, L) forward, B pairs packed one per
-    row, computes each shared prefix once."""
+    row, computes each shared prefix once; a (1, R) forward is the whole batch packed into one
+    row without padding (padding_free)."""
 
     def __init__(self, batches: list[dict]):
         self.batches = batches
@@ -146,6 +147,8 @@ class PositionCounter:
                 real = b["real_plain"]
             elif ids.shape[0] == b["pairs"]:
                 real = b["real_shared"]
+            elif ids.shape[0] == 1:  # padding_free: the batch as one packed row, every position a real token
+                real = ids.numel()
             else:
                 self.unknown += 1
                 return

@@ -177,3 +177,40 @@ def test_seq2seq_micro_runs_each_variant():
     assert [r[0].strip() for r in rows] == ["chunked", "plain"]
     for r in rows:
         assert float(r[1]) > 0 and float(r[3]) >= 0  # seconds, added MiB
+
+
+def test_ratios_to_the_first_preftune_row(bench_modules):
+    """--preftune-flags "" --preftune-flags "--padding_free true": the second row ÷ the first, per method."""
+    run = bench_modules["run"]
+    common = {"impl": "preftune", "s_per_step": 1.0, "padding_fraction": 0.0}
+    rows = [
+        {**common, "method": "dpo", "flags": "", "label": "preftune", "tokens_per_s": 200.0, "peak_rss_mib": 800.0,
+         "train_rss_delta_mib": 400.0},
+        {**common, "method": "dpo", "flags": "--padding_free true", "label": "preftune --padding_free true",
+         "tokens_per_s": 500.0, "peak_rss_mib": 600.0, "train_rss_delta_mib": 100.0},
+    ]
+    run.add_ratios_to_first(rows)
+    assert rows[1]["speed_vs_first"] == pytest.approx(2.5) and rows[1]["mem_vs_first"] == pytest.approx(0.75)
+    assert rows[1]["train_delta_mem_vs_first"] == pytest.approx(0.25) and rows[0]["speed_vs_first"] == 1.0
+    table = run.format_table(rows).splitlines()
+    assert table[0].endswith("| padding | speed vs 1st | mem vs 1st | Δmem vs 1st |")
+    assert table[3].split(" | ")[-3:] == ["2.50×", "0.75×", "0.25× |"]
+    one = [{k: v for k, v in rows[0].items() if not k.endswith("_vs_first")}]
+    run.add_ratios_to_first(one)  # a single preftune row: nothing to compare
+    assert "speed_vs_first" not in one[0]
+
+
+def test_position_counter_padding_free_forward(bench_modules, monkeypatch):
+    """padding_free: the two pairs of the test above as one (1, 16) row (prompt shared) or (1, 22): all real."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("worker", None)
+    worker = importlib.import_module("worker")
+    import torch
+
+    counts = worker.batch_counts([{"prompt_ids": [1, 5, 6], "chosen_ids": [7, 2], "rejected_ids": [8, 9, 2]}] * 2)
+    embed = torch.nn.Embedding(10, 4)
+    with worker.PositionCounter([counts]) as positions:
+        embed(torch.zeros(1, 16, dtype=torch.long))
+        embed(torch.zeros(1, 22, dtype=torch.long))
+    assert positions.computed == {0: 38} and positions.real == {0: 38} and positions.unknown == 0
+    sys.modules.pop("worker", None)

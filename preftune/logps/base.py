@@ -30,11 +30,13 @@ class LogpsOptions:
     fused_head: bool = True  # a plain linear head's hand-written backward (head.py) instead of checkpointing
     prefix_sharing: bool = True  # each pair's prompt run once (prefix.py); needs `chunked`
     router_logits: bool = False  # MoE: ask the model for its router logits, so that it returns its aux_loss
+    padding_free: bool = False  # the batch's rows packed into one row, no pad token computed (packing.py)
 
     @classmethod
     def from_args(cls, args) -> "LogpsOptions":
         return cls(chunked=args.logps_chunked, chunk_size=args.logps_chunk_size,
-                   fused_head=args.logps_fused_head, prefix_sharing=args.logps_prefix_sharing)
+                   fused_head=args.logps_fused_head, prefix_sharing=args.logps_prefix_sharing,
+                   padding_free=getattr(args, "padding_free", False))
 
 
 DEFAULT_OPTIONS = LogpsOptions()

@@ -17,6 +17,9 @@ softcapping is h·mean(W) + mean(b), one vector product instead of a pass over t
 
 Position t of a row predicts token t+1, so token j is scored from hidden state j-1.
 
+With `LogpsOptions.padding_free` both paths run the N rows as one packed row without padding
+(`packing.pack_rows`) and read the states (logits) of the scored tokens from it.
+
 Departures from the textbook computation (`plain_sequence_logps`), and why: the LM head runs
 outside the model, on the scored positions only (memory); the vocabulary-mean logit of a plain
 linear head comes from mean(W) (one product instead of a pass over the logits). Both are exact,
@@ -37,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from preftune.logps.base import (DEFAULT_OPTIONS, NO_REQUEST, LogpsOptions, LogpsRequest, SequenceLogps,
                                  reduce_to_rows, scored_positions, unwrap)
 from preftune.logps.head import LinearHeadLogps, fusable
+from preftune.logps.packing import pack_rows, padding_free_blockers
 
 Tensor = torch.Tensor
 
@@ -195,15 +199,20 @@ def sequence_logps(
 
     input_ids, attention_mask, completion_mask: (N, T); request: `LogpsRequest` (ORPO's NLL rows,
     LD-DPO weights, WPO); model_inputs: more keyword inputs of the model, e.g. a vision-language
-    model's ``pixel_values``; options: `chunked`, `chunk_size` and `fused_head` apply here
-    (`prefix_sharing` is the dispatcher's: `dispatch.choose_logps_path`).
+    model's ``pixel_values``; options: `chunked`, `chunk_size`, `fused_head` and `padding_free` apply
+    here (`prefix_sharing` is the dispatcher's: `dispatch.choose_logps_path`); `padding_free` raises
+    ValueError for a model it is not exact for (`packing.padding_free_blockers`).
 
     Chunked when `options.chunked` and the model supports it, else plain. This looks at the model on
     every call; the trainer uses the path `dispatch.choose_logps_path` chose once instead.
     """
+    if options.padding_free:
+        blockers = padding_free_blockers(model)
+        if blockers:
+            raise ValueError(f"padding_free is not exact for this model: {'; '.join(blockers)}.")
     if not options.chunked or not supports_chunked(model):
         return plain_sequence_logps(model, input_ids, attention_mask, completion_mask, request,
-                                    model_inputs=model_inputs)
+                                    model_inputs=model_inputs, padding_free=options.padding_free)
     return chunked_sequence_logps(model, input_ids, attention_mask, completion_mask, request, options=options,
                                   model_inputs=model_inputs)
 
@@ -218,24 +227,36 @@ def chunked_sequence_logps(
     options: LogpsOptions = DEFAULT_OPTIONS,
     model_inputs: dict | None = None,
 ) -> SequenceLogps:
-    """`sequence_logps` for a model known to support it (`supports_chunked`): the LM head in chunks."""
+    """`sequence_logps` for a model known to support it (`supports_chunked`): the LM head in chunks.
+
+    With `options.padding_free` (and no image inputs) the rows run as one packed row (`packing`)."""
+    packed = pack_rows(input_ids, attention_mask) if options.padding_free and not _image_inputs(model_inputs) else None
+    tokens = packed.model_inputs() if packed else {"input_ids": input_ids, "attention_mask": attention_mask}
     out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+        **tokens,
         use_cache=False,
         output_hidden_states=True,
         logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device),
         **(model_inputs or {}),
     )
-    hidden = out.hidden_states[-1][:, :-1]  # (N, T-1, H); position j-1 scores token j
     completion, sequence = scored_positions(attention_mask, completion_mask, request.sequence_rows)
-    scored = completion | sequence  # (N, T-1)
-    rows = scored.nonzero()[:, 0]  # (M,)
-    stats = head_token_stats(unwrap(model), hidden[scored], input_ids[:, 1:][scored], options, request.wpo,
+    scored = completion | sequence  # (N, T-1); position j-1 scores token j
+    rows, pos = scored.nonzero().unbind(1)  # (M,) each
+    if packed:
+        h = out.hidden_states[-1][0, packed.index(rows, pos)]  # (M, H)
+    else:
+        h = out.hidden_states[-1][:, :-1][scored]  # (M, H)
+    stats = head_token_stats(unwrap(model), h, input_ids[:, 1:][scored], options, request.wpo,
                              request.token_metrics)
     weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
     return reduce_to_rows(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
                           getattr(out, "aux_loss", None), weights)
+
+
+def _image_inputs(model_inputs: dict | None) -> bool:
+    """Inputs beyond the tokens that packing cannot carry (a VLM's images); asking an MoE model for its
+    router logits is not one."""
+    return bool(set(model_inputs or {}) - {"output_router_logits"})
 
 
 def plain_sequence_logps(
@@ -246,14 +267,19 @@ def plain_sequence_logps(
     request: LogpsRequest = NO_REQUEST,
     *,
     model_inputs: dict | None = None,
+    padding_free: bool = False,
 ) -> SequenceLogps:
-    """The textbook computation: full (N, T, V) logits, log-softmax, gather."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **(model_inputs or {}))
-    logits = out.logits[:, :-1]  # (N, T-1, V)
+    """The textbook computation: full (N, T, V) logits, log-softmax, gather.
+
+    padding_free: run the rows as one packed row (`packing`; not with image inputs)."""
+    packed = pack_rows(input_ids, attention_mask) if padding_free and not _image_inputs(model_inputs) else None
+    tokens = packed.model_inputs() if packed else {"input_ids": input_ids, "attention_mask": attention_mask}
+    out = model(**tokens, use_cache=False, **(model_inputs or {}))
     completion, sequence = scored_positions(attention_mask, completion_mask, request.sequence_rows)
     scored = completion | sequence
-    rows = scored.nonzero()[:, 0]
-    stats = _token_stats(logits[scored], input_ids[:, 1:][scored], None, request.wpo, request.token_metrics)
+    rows, pos = scored.nonzero().unbind(1)
+    logits = out.logits[0, packed.index(rows, pos)] if packed else out.logits[:, :-1][scored]  # (M, V)
+    stats = _token_stats(logits, input_ids[:, 1:][scored], None, request.wpo, request.token_metrics)
     weights = None if request.completion_weights is None else request.completion_weights[:, 1:][scored]
     return reduce_to_rows(stats, rows, completion[scored], sequence[scored], input_ids.shape[0],
                           getattr(out, "aux_loss", None), weights)

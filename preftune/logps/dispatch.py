@@ -13,6 +13,14 @@ precompute pass then call on every batch, with the objective's `LogpsRequest`:
   nothing; else the chunked causal path when `options.chunked` and the model accepts
   `logits_to_keep`; else the plain one (full logits).
 
+`options.padding_free` (the config's `padding_free`) packs the batch into one row without
+padding: the prefix-shared path concatenates its pair rows (block-diagonal mask, exact wherever
+prefix sharing is); the causal paths pack the 2B rows with restarting position ids where
+`packing.padding_free_blockers` finds nothing. Where it would not be exact (encoder-decoder,
+vision-language, an attention implementation or model that ignores packed position ids) the
+path runs padded, says why in its description, and a warning is logged: a script written for
+TRL, which accepts the flag and ignores it, still runs.
+
 `LogpsPath.description` says in one line which path was taken and why; the trainer logs it.
 
 Departures from the dispatch this replaces (by batch kind, on every call, in seq2seq.py):
@@ -28,15 +36,20 @@ Departures from the dispatch this replaces (by batch kind, on every call, in seq
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 from preftune.data.collate import PreferenceBatch, Seq2SeqBatch, VisionPreferenceBatch
 from preftune.logps import prefix
 from preftune.logps.base import DEFAULT_OPTIONS, NO_REQUEST, LogpsOptions, LogpsRequest, SequenceLogps, unwrap
 from preftune.logps.causal import chunked_sequence_logps, plain_sequence_logps, supports_chunked
+from preftune.logps.packing import padding_free_blockers
 from preftune.logps.seq2seq import CHUNKED_FAMILIES, chunkable, encoder_decoder_logps
 
 CAUSAL, PREFIX_SHARED, VISION, ENCODER_DECODER = "causal", "prefix-shared", "vision", "encoder-decoder"
+PADDING_FREE = ", padding-free (one packed row)"
+
+logger = logging.getLogger(__name__)
 
 
 def is_vision_model(model) -> bool:
@@ -81,7 +94,7 @@ class CausalPath(LogpsPath):
             images = {**(images or {}), "output_router_logits": True}
         args = (model, batch.input_ids, batch.attention_mask, batch.completion_mask, request)
         if not self.chunked:
-            return plain_sequence_logps(*args, model_inputs=images)
+            return plain_sequence_logps(*args, model_inputs=images, padding_free=self.options.padding_free)
         return chunked_sequence_logps(*args, options=self.options, model_inputs=images)
 
 
@@ -116,8 +129,17 @@ def _check_decoder_only_batch(model, batch) -> None:
 
 def choose_logps_path(model, options: LogpsOptions = DEFAULT_OPTIONS) -> LogpsPath:
     """The path for `model` under `options` (see the module docstring); call once per model."""
+    path = _choose(model, options)
+    if options.padding_free and not path.options.padding_free:
+        logger.warning("padding_free=True is off for %s: %s; the batch runs padded.", type(unwrap(model)).__name__,
+                       path.why)
+    return path
+
+
+def _choose(model, options: LogpsOptions) -> LogpsPath:
     base = unwrap(model)
     if is_encoder_decoder_model(model):
+        options, no_packing = _without_padding_free(options, padding_free_blockers(model))
         chunked = options.chunked and chunkable(base)
         if chunked:
             head = "chunked LM head"
@@ -128,22 +150,34 @@ def choose_logps_path(model, options: LogpsOptions = DEFAULT_OPTIONS) -> LogpsPa
             head = f"the model's own logits (family {family!r} is not among {sorted(CHUNKED_FAMILIES)})"
         return EncoderDecoderPath(ENCODER_DECODER, options, chunked,
                                   f"encoder-decoder, prompt encoded once per pair, {head}",
-                                  "prefix sharing does not apply")
+                                  "; ".join(filter(None, ["prefix sharing does not apply", no_packing])))
     chunked, plain_why = _causal_chunking(model, options)
     causal = "chunked causal" if chunked else "plain causal (full logits)"
+    sharing = chunked and options.prefix_sharing and not is_vision_model(model)
+    sharing_blockers = prefix.prefix_sharing_blockers(model) if sharing else []
+    if sharing and not sharing_blockers:
+        # One row of all pairs with a block-diagonal mask: exact wherever prefix sharing is.
+        impl = getattr(base.config, "_attn_implementation", None)
+        packed = PADDING_FREE if options.padding_free else ""
+        return PrefixSharedPath(PREFIX_SHARED, options, True, f"prefix-shared packed rows ({impl}){packed}", "")
+    options, no_packing = _without_padding_free(options, padding_free_blockers(model))
+    causal += PADDING_FREE if options.padding_free else ""
     if is_vision_model(model):
         why = "prefix sharing off: image features are merged into the prompt"
         return CausalPath(VISION, options, chunked, f"vision-language, {causal} with the batch's image inputs",
-                          "; ".join(filter(None, [plain_why, why])))
+                          "; ".join(filter(None, [plain_why, why, no_packing])))
     if not chunked:
-        return CausalPath(CAUSAL, options, False, causal, plain_why)
-    if not options.prefix_sharing:
-        return CausalPath(CAUSAL, options, True, causal, "prefix sharing off: logps_prefix_sharing=False")
-    blockers = prefix.prefix_sharing_blockers(model, router_logits=options.router_logits)
-    if blockers:
-        return CausalPath(CAUSAL, options, True, causal, "prefix sharing off: " + "; ".join(blockers))
-    impl = getattr(base.config, "_attn_implementation", None)
-    return PrefixSharedPath(PREFIX_SHARED, options, True, f"prefix-shared packed rows ({impl})", "")
+        return CausalPath(CAUSAL, options, False, causal, "; ".join(filter(None, [plain_why, no_packing])))
+    why = ("prefix sharing off: logps_prefix_sharing=False" if not options.prefix_sharing
+           else "prefix sharing off: " + "; ".join(sharing_blockers))
+    return CausalPath(CAUSAL, options, True, causal, "; ".join(filter(None, [why, no_packing])))
+
+
+def _without_padding_free(options: LogpsOptions, blockers: list[str]) -> tuple[LogpsOptions, str]:
+    """`options` with padding_free turned off when it was asked for but would not be exact, and why."""
+    if not options.padding_free or not blockers:
+        return options, ""
+    return replace(options, padding_free=False), "padding_free off: " + "; ".join(blockers)
 
 
 def _causal_chunking(model, options: LogpsOptions) -> tuple[bool, str]:

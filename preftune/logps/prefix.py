@@ -35,6 +35,12 @@ Departures from the plain path, and why:
 - A custom mask disables sdpa's `is_causal` fast path and flash-attention kernels;
   `prefix_sharing_blockers` lists when this path is exact and usable.
 
+With `padding_free` (`LogpsOptions.padding_free`) the B pair rows are not padded to the
+longest: their real tokens are concatenated into ONE row (1, R), R = Σ(P + C_chosen + C_rejected),
+and the mask is block-diagonal by pair (`SharedPrefixLayout.one_row`). The linear layers then see
+no padding at all; sdpa/eager attention computes over (R, R) instead of B·L² (see
+`packing`'s docstring for when that pays).
+
 Whether it is used for a model is decided once, by `dispatch.choose_logps_path`, which then
 calls `shared_prefix_logps(..., check=False)` every step.
 """
@@ -76,6 +82,12 @@ class SharedPrefixLayout:
     segments:     (B, L) long — SHARED, CHOSEN, REJECTED or PAD.
     shared_len:   (B,) long — length S of the common prefix of the pair's two rows.
     chosen_len, rejected_len: (B,) long — real tokens in the plain chosen / rejected row.
+
+    One row for all pairs (`padding_free`, `pack_shared_prefix(..., one_row=True)`): the pairs'
+    rows above, padding dropped, concatenated — input_ids, position_ids, segments (1, R) with no
+    PAD, and
+    groups:       (1, R) long — the pair each token belongs to (None: one pair per row).
+    pair_starts:  (B,) long — where each pair begins in the row (None: pair b begins row b).
     """
 
     input_ids: Tensor
@@ -84,6 +96,8 @@ class SharedPrefixLayout:
     shared_len: Tensor
     chosen_len: Tensor
     rejected_len: Tensor
+    groups: Tensor | None = None
+    pair_starts: Tensor | None = None
 
     @property
     def real_tokens(self) -> int:
@@ -92,15 +106,26 @@ class SharedPrefixLayout:
 
     def packed_index(self, rows: Tensor, positions: Tensor) -> Tensor:
         """Flat index into (B·L) of plain-batch token (row, position); rows in [0, 2B)."""
-        b, width = self.input_ids.shape
+        b, width = self.shared_len.shape[0], self.input_ids.shape[1]
         pair = rows % b
         in_rejected_branch = (rows >= b) & (positions >= self.shared_len[pair])
         offset = torch.where(in_rejected_branch, self.chosen_len[pair] - self.shared_len[pair], 0)
-        return pair * width + positions + offset
+        start = pair * width if self.pair_starts is None else self.pair_starts[pair]
+        return start + positions + offset
+
+    def one_row(self) -> "SharedPrefixLayout":
+        """The pairs' rows, padding dropped, concatenated into one row (see the class docstring)."""
+        real = self.segments != PAD  # (B, L): each row's real tokens come first
+        totals = real.sum(1)
+        pairs = torch.arange(real.shape[0], device=real.device)[:, None].expand(real.shape)
+        return SharedPrefixLayout(self.input_ids[real][None], self.position_ids[real][None], self.segments[real][None],
+                                  self.shared_len, self.chosen_len, self.rejected_len,
+                                  groups=pairs[real][None], pair_starts=torch.cumsum(totals, 0) - totals)
 
 
-def pack_shared_prefix(batch: PreferenceBatch) -> SharedPrefixLayout:
-    """Pack a right-padded (2B, T) batch into one row per pair (see `SharedPrefixLayout`)."""
+def pack_shared_prefix(batch: PreferenceBatch, one_row: bool = False) -> SharedPrefixLayout:
+    """Pack a right-padded (2B, T) batch into one row per pair, or all pairs into one row without
+    padding when `one_row` (`padding_free`); see `SharedPrefixLayout`."""
     ids, attn = batch.input_ids, batch.attention_mask.bool()
     n, t = ids.shape
     b = n // 2
@@ -122,15 +147,17 @@ def pack_shared_prefix(batch: PreferenceBatch) -> SharedPrefixLayout:
     segments = torch.full_like(col, PAD)
     segments = torch.where(in_rejected, REJECTED, torch.where(in_chosen, CHOSEN, segments))
     segments = torch.where(q < shared_len[:, None], SHARED, segments)
-    return SharedPrefixLayout(ids[row, col], col, segments, shared_len, chosen_len, rejected_len)
+    layout = SharedPrefixLayout(ids[row, col], col, segments, shared_len, chosen_len, rejected_len)
+    return layout.one_row() if one_row else layout
 
 
 def prefix_sharing_mask(layout: SharedPrefixLayout, window: int | None = None) -> Tensor:
     """Which keys each packed query may attend to, (B, 1, L, L) bool.
 
     Causal in packed order, restricted to the query's own branch plus the shared
-    prefix; within `window` positions when given (kv_pos > q_pos − window). A padding
-    query attends to itself only, so no softmax row is empty.
+    prefix (of its own pair, for a one-row layout: block-diagonal by pair); within
+    `window` positions when given (kv_pos > q_pos − window). A padding query attends
+    to itself only, so no softmax row is empty.
     """
     seg, pos = layout.segments, layout.position_ids
     width = seg.shape[1]
@@ -138,6 +165,8 @@ def prefix_sharing_mask(layout: SharedPrefixLayout, window: int | None = None) -
     causal = idx[None, :] <= idx[:, None]  # (L, L): key ≤ query
     seg_q, seg_k = seg[:, :, None], seg[:, None, :]
     allowed = causal & ((seg_k == SHARED) | (seg_k == seg_q)) & (seg_k != PAD) & (seg_q != PAD)  # (B, L, L)
+    if layout.groups is not None:
+        allowed = allowed & (layout.groups[:, :, None] == layout.groups[:, None, :])
     if window is not None:
         allowed = allowed & (pos[:, None, :] > pos[:, :, None] - window)
     allowed = allowed | ((seg_q == PAD) & torch.eye(width, dtype=torch.bool, device=seg.device))
@@ -302,7 +331,7 @@ def shared_prefix_logps(
                              "use sequence_logps instead.")
     base = unwrap(model)
     ids = batch.input_ids
-    layout = pack_shared_prefix(batch)
+    layout = pack_shared_prefix(batch, one_row=options.padding_free)
     masks = _attention_masks(base, layout, base.get_input_embeddings().weight.dtype)
     want_aux = bool(options.router_logits or getattr(base.config, "output_router_logits", False))
     extra = {"output_router_logits": False} if want_aux else {}

@@ -68,6 +68,22 @@ def _value(x):
     return getattr(x, "value", x)  # an enum member's value, or the value itself
 
 
+def resolve_pad_to_multiple_of(value):
+    """pad_to_multiple_of as given (int, "auto", "none"/"null", a digit string from the command line) -> int or None.
+
+    "auto" is None: TRL resolves it to 128 on AWS Neuron only (which compiles once per shape)."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("auto", "none", "null"):
+            return None
+        if not word.isdigit():
+            raise ConfigError(f"pad_to_multiple_of={value!r} must be a positive integer, 'auto' or 'none'.")
+        value = int(word)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"pad_to_multiple_of={value!r} must be a positive integer, 'auto' or 'none'.")
+    return value
+
+
 @dataclass
 class PreferenceConfig(TrainingArguments):
     """Settings shared by every preference trainer."""
@@ -171,6 +187,27 @@ class PreferenceConfig(TrainingArguments):
         default=True, metadata={"help": "Back-propagate a plain linear LM head by its closed-form gradient instead of "
                                 "checkpointing each chunk (a frozen head, as with LoRA: no recomputed logits)."},
     )
+    # TRL 1.16 DPOConfig's batch-layout and memory flags (preftune.logps.packing, data.collate, train.offload).
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Run each batch without padding: the real tokens of all its rows packed into one sequence "
+                  "(position ids restart per row; with prefix sharing, the pairs' rows concatenated with a "
+                  "block-diagonal mask). Exact; where it would not be (encoder-decoder or vision models, an "
+                  "attention implementation that ignores packed position ids) the batch runs padded, with a warning."},
+    )
+    # Typed str for the command line (an int is accepted from Python and resolved): HfArgumentParser reads a
+    # Union[int, str, None] by the order of its arguments, which typing's cache may hand back reordered.
+    pad_to_multiple_of: Optional[str] = field(
+        default="auto",
+        metadata={"help": "Pad each batch's sequence length up to a multiple of this (an integer, or none). 'auto' "
+                  "(TRL's default) means none here: TRL pads to 128 only on AWS Neuron, which preftune does not run on."},
+    )
+    activation_offloading: bool = field(
+        default=False,
+        metadata={"help": "Keep the activations saved for backward in CPU memory between forward and backward "
+                  "(parameters and small tensors stay): less accelerator memory, more host transfers. "
+                  "No effect on a CPU-only run."},
+    )
     max_nonfinite_steps: int = field(
         default=5,
         metadata={"help": "Optimizer steps with a NaN/inf loss or gradient are skipped; after this many in a row "
@@ -244,6 +281,7 @@ class PreferenceConfig(TrainingArguments):
         check_trackers(self.report_to)
         if self.max_nonfinite_steps < 0:
             raise ConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be 0 (never stop) or more.")
+        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
 
 
 @dataclass

@@ -41,6 +41,7 @@ from preftune.data.prepare import LENGTH_SAMPLERS, with_pair_lengths
 from preftune.errors import ConfigError
 from preftune.outputs.generations import log_eval_generations
 from preftune.train.guard import NonFiniteGuard
+from preftune.train.offload import ActivationOffloading
 from preftune.logps import LogpsOptions, choose_logps_path, is_vision_model, unwrap
 from preftune.models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
                      load_tokenizer, set_pad_token, text_tokenizer)
@@ -126,10 +127,12 @@ class PreferenceTrainer(Trainer):
         else:
             eval_dataset = self._prepare(eval_dataset, data_tok, args, "eval")
         pad_id = args.padding_value if args.padding_value is not None else tok.pad_token_id
+        multiple = args.pad_to_multiple_of  # sequence lengths padded up to a multiple of it (None: not)
         if data_collator is None and vision:
-            data_collator = VisionPreferenceCollator(pad_token_id=pad_id, image_processor=processing_class.image_processor)
+            data_collator = VisionPreferenceCollator(pad_token_id=pad_id, pad_to_multiple_of=multiple,
+                                                     image_processor=processing_class.image_processor)
         collator_cls = EncoderDecoderCollator if self.is_encoder_decoder else PreferenceCollator
-        data_collator = data_collator or collator_cls(pad_token_id=pad_id)
+        data_collator = data_collator or collator_cls(pad_token_id=pad_id, pad_to_multiple_of=multiple)
 
         super().__init__(
             model=model,
@@ -315,6 +318,11 @@ class PreferenceTrainer(Trainer):
         tokens = batch.attention_mask.sum() if model.training and hasattr(batch, "attention_mask") else None
         self._store_metrics(metrics, "train" if model.training else "eval", out.token_metrics, tokens)
         return (loss, metrics) if return_outputs else loss
+
+    def training_step(self, *args, **kwargs):
+        # Forward and backward both run inside: activations saved in the forward go to the CPU, come back in backward.
+        with ActivationOffloading(self.model) if self.args.activation_offloading else contextlib.nullcontext():
+            return super().training_step(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
