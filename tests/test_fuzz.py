@@ -336,7 +336,9 @@ NEVER_VALID = [  # (flags, note)
 
 @pytest.mark.parametrize("flags", [pytest.param(f, id=" ".join(f)) for f, _ in NEVER_VALID])
 def test_values_that_can_never_train_are_refused_before_anything_loads(flags):
-    command = "dpo" if any(f in flags for f in ("--loss_type", "--ref_model_mixup_alpha")) else "orpo"
+    # beta 0 is ORPO's λ = 0 (plain SFT on the chosen answers), valid there; DPO needs β > 0
+    dpo_only = any(f in flags for f in ("--loss_type", "--ref_model_mixup_alpha")) or flags == ["--beta", "0"]
+    command = "dpo" if dpo_only else "orpo"
     with pytest.raises(UserError) as err:
         cli.parse_run(command, ["--model", "m", "--dataset", "x.jsonl", *flags])
     message = _one_line_user_error(err.value)
