@@ -3,7 +3,7 @@
 Real processes are killed (a driver script kills itself at a chosen point: after a
 checkpoint is complete, or half-way through writing one), then resumed with
 ``--resume_from_checkpoint true`` through the command line (ORPO) and the Python API
-(DPO with bco_pair, whose running reward mean is state, and TR-DPO, whose synced
+(DPO with bco_pair, killed half-way through a checkpoint, and TR-DPO, whose synced
 reference weights are state). Every weight, the optimizer's moments and the logged
 losses must equal the uninterrupted run's exactly. The unit tests at the end pin
 `preftune.train.checkpoints`' rules on fake run folders.
@@ -117,9 +117,6 @@ for run in spec["runs"]:
         trainer.save_model(out)
     trainer = TRAINERS[-1]
     result = {"global_step": trainer.state.global_step}
-    bco = getattr(trainer.objective, "bco", None)
-    if bco is not None:
-        result["bco"] = [bco.mean, bco.count]
     if getattr(trainer.args, "sync_ref_model", False):
         from safetensors.torch import save_file
 
@@ -288,7 +285,8 @@ def test_killed_while_saving_sets_the_half_checkpoint_aside_and_resumes_bitwise(
 
 
 @pytest.mark.slow
-def test_bco_running_mean_is_restored_exactly(runs, ref):
+def test_a_half_written_checkpoint_is_skipped_and_the_run_resumes_exactly(runs, ref):
+    """DPO (bco_pair, stateless as TRL 1.16's) killed while writing checkpoint-8 resumes from checkpoint-6."""
     _killed(runs["killed"]["bco"])
     half = runs["after_kill"]["bco"]["checkpoint-8"]
     assert half[0] is False and "trainer_state.json" in half[1] and checkpoints.EXTRA_STATE not in half[1]
@@ -299,9 +297,7 @@ def test_bco_running_mean_is_restored_exactly(runs, ref):
         expected = json.load(f)
     with open(run_dir / "driver_result.json") as f:
         got = json.load(f)
-    assert got == expected and expected["bco"][1] == 10 * 8 * 2  # every pair's two rewards entered the mean
-    with open(run_dir / "checkpoint-6" / checkpoints.EXTRA_STATE) as f:
-        assert json.load(f)["bco_running_mean"]["count"] == 6 * 8 * 2
+    assert got == expected and expected["global_step"] == 10
     _assert_same_run(run_dir, ref["bco"])
 
 

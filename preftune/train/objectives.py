@@ -88,7 +88,16 @@ class ORPOObjective(_AsksForLogps):
             return None
         return torch.arange(n_rows, device=device) < n_rows // 2
 
-    def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None = None) -> ObjectiveOutput:
+    def nll_token_count(self, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+        """The tokens this objective's NLL averages over in one collated decoder-only batch (2B, T): the
+        chosen rows' predicted tokens (`scored_positions`: every real token after the first, or the
+        completion tokens with nll_completion_only)."""
+        mask = completion_mask if self.nll_completion_only else attention_mask
+        return mask[: mask.shape[0] // 2, 1:].sum()
+
+    def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None = None, nll_tokens=None) -> ObjectiveOutput:
+        """nll_tokens: the NLL's denominator when the trainer counted it over a gradient-accumulation window
+        (see PreferenceTrainer._get_num_items_in_batch); None: this batch's own token count, as TRL."""
         chosen_avg, rejected_avg = _halves(policy.completion_avg_logps)
         # The NLL is the token mean over the batch's chosen rows (TRL's cross-entropy over every
         # non-padding token of them; completion tokens only with nll_completion_only).
@@ -96,8 +105,8 @@ class ORPOObjective(_AsksForLogps):
             logps, tokens = _halves(policy.completion_logps)[0], _halves(policy.completion_tokens)[0]
         else:
             logps, tokens = _halves(policy.sequence_logps)[0], _halves(policy.sequence_tokens)[0]
-        nll_sum, nll_tokens = -logps.sum(), tokens.sum()
-        nll = nll_sum / nll_tokens.clamp(min=1)
+        nll_sum, batch_tokens = -logps.sum(), tokens.sum()
+        nll = nll_sum / (batch_tokens.clamp(min=1) if nll_tokens is None else nll_tokens)
         out = orpo_loss(chosen_avg, rejected_avg, nll, self.beta)
         metrics = {
             **_reward_metrics(out.chosen_rewards, out.rejected_rewards),
@@ -106,7 +115,7 @@ class ORPOObjective(_AsksForLogps):
             "logps/chosen": chosen_avg,
             "logps/rejected": rejected_avg,
         }
-        token_metrics = {**_token_metrics(policy), "nll_loss": (nll_sum.detach(), nll_tokens.detach())}
+        token_metrics = {**_token_metrics(policy), "nll_loss": (nll_sum.detach(), batch_tokens.detach())}
         return ObjectiveOutput(out.losses.mean(), {k: v.detach() for k, v in metrics.items()}, token_metrics)
 
 
@@ -144,7 +153,8 @@ class DPOObjective(_AsksForLogps):
     def token_weights(self, completion_mask: Tensor) -> Tensor | None:
         return None if self.ld_alpha is None else ld_token_weights(completion_mask, self.ld_alpha)
 
-    def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None) -> ObjectiveOutput:
+    def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None, nll_tokens=None) -> ObjectiveOutput:
+        """nll_tokens is ORPO's (the window's NLL denominator); DPO's `sft` keeps the batch token mean, as TRL."""
         pc, pr = _halves(policy.preference_logps)
         if ref is None:  # reference-free: an implicit uniform reference
             rc, rr = torch.zeros_like(pc), torch.zeros_like(pr)

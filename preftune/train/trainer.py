@@ -306,7 +306,7 @@ class PreferenceTrainer(Trainer):
         ref = None
         if self.reference is not None:  # LD-DPO weights the reference's log-probs too (TRL 1.16)
             ref = self.reference.logps(model, batch, self.objective.reference_request(batch.completion_mask))
-        out = self.objective(policy, ref)
+        out = self.objective(policy, ref, nll_tokens=self._nll_tokens_per_step(num_items_in_batch, model))
         loss = out.loss
         metrics = dict(out.metrics)
         if self.aux_loss_enabled and policy.aux_loss is not None:
@@ -318,6 +318,28 @@ class PreferenceTrainer(Trainer):
         tokens = batch.attention_mask.sum() if model.training and hasattr(batch, "attention_mask") else None
         self._store_metrics(metrics, "train" if model.training else "eval", out.token_metrics, tokens)
         return (loss, metrics) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """Trainer's hook, called once per gradient-accumulation window: the tokens the objective's NLL
+        averages over in the whole window (all processes), so that the window's NLL is ONE token mean —
+        4 pairs × 1 step equals 1 pair × 4 accumulated steps, and one step equals TRL's batch token mean.
+        None when the objective has no such NLL (DPO without `sft`) or the batch is not decoder-only."""
+        count = getattr(self.objective, "nll_token_count", None)
+        if count is None or not batch_samples or "attention_mask" not in batch_samples[0]:
+            return None
+        total = sum(count(batch["attention_mask"], batch["completion_mask"]) for batch in batch_samples)
+        total = torch.as_tensor(total, device=device)
+        if self.args.world_size > 1:
+            total = self.accelerator.gather(total.reshape(1)).sum()
+        return total
+
+    def _nll_tokens_per_step(self, num_items_in_batch, model):
+        """The NLL's denominator for one micro-batch: the window's tokens / (accumulation steps × processes),
+        because Trainer divides each micro-batch's loss by the accumulation steps and DDP averages over the
+        processes. None (the micro-batch's own token count) in evaluation and without a window count."""
+        if num_items_in_batch is None or not model.training:
+            return None
+        return num_items_in_batch / (self.current_gradient_accumulation_steps * max(self.args.world_size, 1))
 
     def training_step(self, *args, **kwargs):
         # Forward and backward both run inside: activations saved in the forward go to the CPU, come back in backward.
