@@ -51,8 +51,8 @@ class NaNLoss:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def __call__(self, policy, ref):
-        out = self.inner(policy, ref)
+    def __call__(self, policy, ref, **kwargs):
+        out = self.inner(policy, ref, **kwargs)
         step = self.trainer.state.global_step + 1
         self.calls[step] = self.calls.get(step, 0) + 1
         last = self.calls[step] == self.trainer.args.gradient_accumulation_steps
@@ -177,9 +177,9 @@ def test_persistent_nan_through_the_cli_is_one_line_exit_2(tmp_path, monkeypatch
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-        def __call__(self, policy, ref):
+        def __call__(self, policy, ref, **kwargs):
             self.n += 1
-            out = self.inner(policy, ref)
+            out = self.inner(policy, ref, **kwargs)
             return replace(out, loss=out.loss * NAN) if self.n >= 3 else out
 
     monkeypatch.setattr(preftune.train.trainer, "objective_from_config", lambda args: NaNFromCall3(real(args)))
