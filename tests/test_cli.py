@@ -401,3 +401,37 @@ def test_no_evaluation_data_builds_a_new_config_instead_of_changing_the_validate
     assert config is not run.config and run.config.eval_strategy == "steps"  # the validated config is untouched
     assert config.eval_strategy == "no"
     assert (config.beta, config.warmup_steps, config.model_init_kwargs) == (0.3, 0.1, run.config.model_init_kwargs)
+
+
+# ------------------------------------------------------------- ms-swift's rlhf form
+
+
+SWIFT_DPO = ["--model", "m", "--dataset", "x.jsonl", "--train_type", "lora", "--target_modules", "all-linear",
+             "--lora_rank", "8", "--torch_dtype", "bfloat16", "--use_cpu", "true", "--beta", "0.2",
+             "--split_dataset_ratio", "0.1"]
+
+
+@pytest.mark.parametrize("kind", ["dpo", "orpo"])
+def test_rlhf_type_is_the_command_of_that_name(kind):
+    command, rest = cli.rlhf_command(["--rlhf_type", kind, *SWIFT_DPO])
+    assert (command, rest) == (kind, SWIFT_DPO)
+    assert cli.rlhf_command([f"--rlhf_type={kind}", *SWIFT_DPO]) == (kind, SWIFT_DPO)
+    run = cli.parse_run(command, rest)
+    assert run.command == kind and run.config.beta == 0.2 and run.model_kwargs["dtype"] == "bfloat16"
+    assert run.peft_config.r == 8 and run.peft_config.target_modules == "all-linear"
+
+
+def test_ms_swift_4_names_of_the_lora_switch_and_targets():
+    run = cli.parse_run("dpo", ["--model", "m", "--tuner_type", "lora", "--target_modules", "q_proj,v_proj"])
+    assert set(run.peft_config.target_modules) == {"q_proj", "v_proj"}
+    assert cli.parse_run("dpo", ["--model", "m", "--tuner_type", "full"]).peft_config is None
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["rlhf", "--beta", "0.1"], "needs --rlhf_type"),
+    (["rlhf", "--rlhf_type", "ppo"], "--rlhf_type 'ppo' is not one preftune trains"),
+])
+def test_rlhf_without_a_known_type_is_one_line(capsys, argv, words):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("preftune: error:") and words in err and "\n" not in err

@@ -23,6 +23,7 @@ USAGE = """usage: preftune COMMAND [flags]
 commands:
   orpo           train with ORPO (no reference model)
   dpo            train with DPO (a frozen reference model)
+  rlhf           ms-swift's form: preftune rlhf --rlhf_type dpo|orpo|... [flags] runs that command
   data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
   data list      the registry of well-known preference data sets
   chat PATH      talk to a trained model or adapter folder in the terminal
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             from preftune.cli.inspect import data_main
 
             return data_main(rest)
+        if command == "rlhf":  # ms-swift: `swift rlhf --rlhf_type dpo ...` is `preftune dpo ...`
+            command, rest = rlhf_command(rest)
+            argv = [command, *rest]
         if command in TOOLS:
             import importlib
 
@@ -70,6 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("preftune: interrupted", file=sys.stderr)
         return 130
+
+
+def rlhf_command(argv: list[str]) -> tuple[str, list[str]]:
+    """(command, the other flags) of ms-swift's `rlhf --rlhf_type TYPE ...` (also `--rlhf_type=TYPE`)."""
+    for i, arg in enumerate(argv):
+        if arg == "--rlhf_type" and i + 1 < len(argv):
+            kind, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+            break
+        if arg.startswith("--rlhf_type="):
+            kind, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+            break
+    else:
+        raise UserError(f"preftune rlhf needs --rlhf_type ({' or '.join(RLHF_TYPES)}), as ms-swift's `swift rlhf`.")
+    if kind not in RLHF_TYPES:
+        raise UserError(f"--rlhf_type {kind!r} is not one preftune trains; choose one of: {', '.join(RLHF_TYPES)}.")
+    return kind, rest
+
+
+# ms-swift's --rlhf_type values preftune trains: each is the preftune command of the same name.
+RLHF_TYPES = ("dpo", "orpo")
 
 
 if __name__ == "__main__":
