@@ -12,7 +12,7 @@ import difflib
 import sys
 
 from preftune.cli.run import Run, parse_run
-from preftune.cli.train import Stopped, train
+from preftune.cli.train import TRAINERS, Stopped, train
 from preftune.errors import UserError
 
 __all__ = ["main", "parse_run", "Run"]
@@ -23,13 +23,15 @@ USAGE = """usage: preftune COMMAND [flags]
 commands:
   orpo           train with ORPO (no reference model)
   dpo            train with DPO (a frozen reference model)
+  cpo            train with CPO (no reference model; --loss_type sigmoid|hinge|ipo|simpo|alphapo)
+  simpo          train with SimPO (= cpo --loss_type simpo; β 2.0, γ 1.0, no NLL term: cpo_alpha 0)
   data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
   data list      the registry of well-known preference data sets
   chat PATH      talk to a trained model or adapter folder in the terminal
   merge          fold a LoRA adapter into its base model (--adapter DIR --output DIR)
   ui             a local web page: the trained model and the model it started from, side by side
 
-`preftune orpo` with no flags runs the offline demo on the bundled tiny model.
+`preftune orpo` (dpo, cpo, simpo) with no flags runs the offline demo on the bundled tiny model.
 `preftune COMMAND --help` lists every flag. NPROC_PER_NODE=N runs N processes (torchrun)."""
 
 
@@ -52,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             import importlib
 
             return importlib.import_module(TOOLS[command]).main(rest)
-        if command not in ("orpo", "dpo"):
-            near = difflib.get_close_matches(command, ["orpo", "dpo", "data", *TOOLS], n=1)
-            raise UserError(f"unknown command {command!r}; choose orpo, dpo, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
+        if command not in TRAINERS:
+            near = difflib.get_close_matches(command, [*TRAINERS, "data", *TOOLS], n=1)
+            raise UserError(f"unknown command {command!r}; choose {', '.join(TRAINERS)}, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
         from preftune.cli.launch import relaunch
 
         code = relaunch(argv)
