@@ -58,6 +58,8 @@ DEMO_BETA = {"orpo": 0.5, "dpo": 0.5, "cpo": 0.5, "simpo": 2.0}
 # A command's own defaults (the config's, otherwise): `preftune simpo` is CPOConfig with ms-swift's SimPO
 # settings (β 2.0, γ 1.0) and no NLL term (cpo_alpha 0: SimPO as the paper; ms-swift's 1 is CPO-SimPO).
 COMMAND_DEFAULTS = {"simpo": dict(loss_type="simpo", beta=2.0, simpo_gamma=1.0, cpo_alpha=0.0)}
+_DEFAULT_WHY = {"beta": "ms-swift's SimPO default", "simpo_gamma": "ms-swift's SimPO default",
+                "cpo_alpha": "SimPO as in the paper; > 0 is CPO-SimPO", "loss_type": "the SimPO loss"}
 
 
 # ms-swift --model_type names (the common ones) -> Hugging Face hub ids.
@@ -271,7 +273,8 @@ def _make_parser(command: str):
         if getattr(action.type, "__origin__", action.type) is dict:
             action.type = _json_object
         if action.dest in COMMAND_DEFAULTS.get(command, {}):
-            action.help = f"{action.help} Default for preftune {command}: {COMMAND_DEFAULTS[command][action.dest]}."
+            action.help = (f"{action.help} preftune {command}: {COMMAND_DEFAULTS[command][action.dest]}, "
+                           f"{_DEFAULT_WHY[action.dest]}.")
     parser.set_defaults(**COMMAND_DEFAULTS.get(command, {}))
     return parser
 
