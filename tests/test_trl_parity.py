@@ -276,7 +276,7 @@ CPO_CASES = {
     "sigmoid": dict(loss_type="sigmoid"),
     "sigmoid-ls0.1": dict(loss_type="sigmoid", label_smoothing=0.1),
     "sigmoid-nll0": dict(loss_type="sigmoid", cpo_alpha=0.0),
-    "sigmoid-alpha0.3": dict(loss_type="sigmoid", alpha=0.3, beta=0.5),
+    "sigmoid-alpha-0.1": dict(loss_type="sigmoid", alpha=-0.1, beta=0.5),
     "hinge": dict(loss_type="hinge"),
     "hinge-nll0": dict(loss_type="hinge", cpo_alpha=0.0, beta=0.01),
     "ipo": dict(loss_type="ipo"),
