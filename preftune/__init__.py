@@ -11,6 +11,8 @@ _LAZY = {
     "DPOConfig": "train.config",
     "PreferenceConfig": "train.config",
     "ORPOTrainer": "train.orpo",
+    "CPOConfig": "train.cpo_config",
+    "CPOTrainer": "train.cpo",
     "DPOTrainer": "train.dpo",
     "PreferenceTrainer": "train.trainer",
     "setup_chat_format": "models",

@@ -263,3 +263,50 @@ def test_orpo_step_equals_trl(tmp_path, weights, beta):
     assert math.isfinite(got["logits/chosen"])
     print("orpo logits departure: trl", want["logits/chosen"], want["logits/rejected"],
           "preftune", got["logits/chosen"], got["logits/rejected"])
+
+
+# ----------------------------------------------------------------------------------------- CPO
+
+CPO_KEYS = {"loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+            "logps/chosen", "logps/rejected", "nll_loss", "logits/chosen", "logits/rejected"}
+# TRL's CPO averages logits/* over every position of the padded rows (prompt and padding too), as its ORPO;
+# preftune's are the token-weighted completion means (a departure, in the notes).
+CPO_DEPARTURES = {"logits/chosen", "logits/rejected"}
+CPO_CASES = {
+    "sigmoid": dict(loss_type="sigmoid"),
+    "sigmoid-ls0.1": dict(loss_type="sigmoid", label_smoothing=0.1),
+    "sigmoid-nll0": dict(loss_type="sigmoid", cpo_alpha=0.0),
+    "sigmoid-alpha-0.1": dict(loss_type="sigmoid", alpha=-0.1, beta=0.5),
+    "hinge": dict(loss_type="hinge"),
+    "hinge-nll0": dict(loss_type="hinge", cpo_alpha=0.0, beta=0.01),
+    "ipo": dict(loss_type="ipo"),
+    "ipo-nll0": dict(loss_type="ipo", cpo_alpha=0.0),
+    "simpo": dict(loss_type="simpo", beta=2.0, simpo_gamma=1.0),
+    "simpo-ls0.1": dict(loss_type="simpo", beta=2.0, simpo_gamma=1.0, label_smoothing=0.1),
+    "simpo-nll0": dict(loss_type="simpo", beta=2.0, simpo_gamma=1.0, cpo_alpha=0.0),
+    "alphapo": dict(loss_type="alphapo", alpha=0.25, beta=2.0, simpo_gamma=1.0),
+    "alphapo-ls0.1": dict(loss_type="alphapo", alpha=-0.5, beta=2.0, label_smoothing=0.1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CPO_CASES))
+def test_cpo_step_equals_trl(tmp_path, weights, case):
+    from trl.experimental.cpo import CPOConfig as TRLConfig, CPOTrainer as TRLTrainer
+
+    from preftune import CPOConfig, CPOTrainer
+
+    settings = dict(COMMON, max_length=128, **CPO_CASES[case])
+    data = Dataset.from_dict(STRING_ROWS)
+    theirs = TRLTrainer(model=_model(weights[0]), args=TRLConfig(output_dir=str(tmp_path / "trl"), **settings),
+                        processing_class=_tokenizer(), train_dataset=data)
+    ours = CPOTrainer(model=_model(weights[0]), args=CPOConfig(output_dir=str(tmp_path / "ours"), **settings),
+                      processing_class=_tokenizer(), train_dataset=data)
+    for theirs_row, (p, c, r) in zip(theirs.train_dataset, _tokens(ours.train_dataset)):
+        assert theirs_row["chosen_input_ids"] == p + c and theirs_row["rejected_input_ids"] == p + r
+    want, got = _first_log(theirs), _first_log(ours)
+    assert CPO_KEYS <= set(want), sorted(want)
+    for key in sorted(set(want) - _NOT_COMPARED - CPO_DEPARTURES):
+        assert key in got, f"preftune does not log {key}"
+        assert same(key, got[key], want[key]), (key, got[key], want[key])
+    assert math.isfinite(got["logits/chosen"])
+    print(f"cpo {case}: trl", {k: want[k] for k in sorted(CPO_KEYS)}, "preftune", {k: got[k] for k in sorted(CPO_KEYS)})

@@ -12,7 +12,7 @@ import difflib
 import sys
 
 from preftune.cli.run import Run, parse_run
-from preftune.cli.train import Stopped, train
+from preftune.cli.train import TRAINERS, Stopped, train
 from preftune.errors import UserError
 
 __all__ = ["main", "parse_run", "Run"]
@@ -23,14 +23,16 @@ USAGE = """usage: preftune COMMAND [flags]
 commands:
   orpo           train with ORPO (no reference model)
   dpo            train with DPO (a frozen reference model)
-  rlhf           ms-swift's form: preftune rlhf --rlhf_type dpo|orpo|... [flags] runs that command
+  cpo            train with CPO (no reference model; --loss_type sigmoid|hinge|ipo|simpo|alphapo)
+  simpo          train with SimPO (= cpo --loss_type simpo; β 2.0, γ 1.0, no NLL term: cpo_alpha 0)
+  rlhf           ms-swift's form: preftune rlhf --rlhf_type TYPE [flags] runs the command TYPE
   data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
   data list      the registry of well-known preference data sets
   chat PATH      talk to a trained model or adapter folder in the terminal
   merge          fold a LoRA adapter into its base model (--adapter DIR --output DIR)
   ui             a local web page: the trained model and the model it started from, side by side
 
-`preftune orpo` with no flags runs the offline demo on the bundled tiny model.
+`preftune orpo` (dpo, cpo, simpo) with no flags runs the offline demo on the bundled tiny model.
 `preftune COMMAND --help` lists every flag. NPROC_PER_NODE=N runs N processes (torchrun)."""
 
 
@@ -56,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             import importlib
 
             return importlib.import_module(TOOLS[command]).main(rest)
-        if command not in ("orpo", "dpo"):
-            near = difflib.get_close_matches(command, ["orpo", "dpo", "data", *TOOLS], n=1)
-            raise UserError(f"unknown command {command!r}; choose orpo, dpo, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
+        if command not in TRAINERS:
+            near = difflib.get_close_matches(command, [*TRAINERS, "data", *TOOLS], n=1)
+            raise UserError(f"unknown command {command!r}; choose {', '.join(TRAINERS)}, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
         from preftune.cli.launch import relaunch
 
         code = relaunch(argv)
@@ -93,7 +95,7 @@ def rlhf_command(argv: list[str]) -> tuple[str, list[str]]:
 
 
 # ms-swift's --rlhf_type values preftune trains: each is the preftune command of the same name.
-RLHF_TYPES = ("dpo", "orpo")
+RLHF_TYPES = tuple(TRAINERS)
 
 
 if __name__ == "__main__":

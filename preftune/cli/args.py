@@ -1,4 +1,4 @@
-"""The flags of ``preftune orpo|dpo``: their definitions, the ms-swift and TRL aliases, ``--config`` YAML.
+"""The flags of ``preftune orpo|dpo|cpo|simpo``: their definitions, the ms-swift and TRL aliases, ``--config`` YAML.
 
 One call, `parse_flags(command, argv)`, turns a command line into `Flags`: every
 flag's value with the aliases resolved, which flags were given, whether the run
@@ -54,7 +54,12 @@ DEMO_SETTINGS = dict(
     warmup_steps=5,
     max_length=256,
 )
-DEMO_BETA = {"orpo": 0.5, "dpo": 0.5}
+DEMO_BETA = {"orpo": 0.5, "dpo": 0.5, "cpo": 0.5, "simpo": 2.0}
+# A command's own defaults (the config's, otherwise): `preftune simpo` is CPOConfig with ms-swift's SimPO
+# settings (β 2.0, γ 1.0) and no NLL term (cpo_alpha 0: SimPO as the paper; ms-swift's 1 is CPO-SimPO).
+COMMAND_DEFAULTS = {"simpo": dict(loss_type="simpo", beta=2.0, simpo_gamma=1.0, cpo_alpha=0.0)}
+_DEFAULT_WHY = {"beta": "ms-swift's SimPO default", "simpo_gamma": "ms-swift's SimPO default",
+                "cpo_alpha": "SimPO as in the paper; > 0 is CPO-SimPO", "loss_type": "the SimPO loss"}
 
 
 # ms-swift --model_type names (the common ones) -> Hugging Face hub ids.
@@ -139,10 +144,11 @@ class ScriptArguments:
 
 
 def config_class(command: str):
-    """The training config class of a command: ORPOConfig for orpo, DPOConfig for dpo."""
+    """The training config class of a command: ORPOConfig for orpo, DPOConfig for dpo, CPOConfig for cpo and simpo."""
     from preftune.train.config import DPOConfig, ORPOConfig
+    from preftune.train.cpo_config import CPOConfig
 
-    return {"orpo": ORPOConfig, "dpo": DPOConfig}[command]
+    return {"orpo": ORPOConfig, "dpo": DPOConfig, "cpo": CPOConfig, "simpo": CPOConfig}[command]
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,10 @@ def _make_parser(command: str):
     for action in parser._actions:  # dict-typed config fields take JSON on the command line
         if getattr(action.type, "__origin__", action.type) is dict:
             action.type = _json_object
+        if action.dest in COMMAND_DEFAULTS.get(command, {}):
+            action.help = (f"{action.help} preftune {command}: {COMMAND_DEFAULTS[command][action.dest]}, "
+                           f"{_DEFAULT_WHY[action.dest]}.")
+    parser.set_defaults(**COMMAND_DEFAULTS.get(command, {}))
     return parser
 
 

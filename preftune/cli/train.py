@@ -24,6 +24,10 @@ from preftune.outputs.redact import redact_argv as _shown_argv  # the command li
 
 # ------------------------------------------------------------------------- train
 
+# Training commands -> "module:TrainerClass" (imported when the command runs).
+TRAINERS = {"orpo": "preftune.train.orpo:ORPOTrainer", "dpo": "preftune.train.dpo:DPOTrainer",
+            "cpo": "preftune.train.cpo:CPOTrainer", "simpo": "preftune.train.cpo:CPOTrainer"}
+
 
 def _say(message: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
@@ -39,8 +43,7 @@ def train(command: str, argv: list[str]) -> int:
     from preftune.errors import DataError
     from preftune.apps.generate import generate_answers
     from preftune.models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
-    from preftune.train.dpo import DPOTrainer
-    from preftune.train.orpo import ORPOTrainer
+    import importlib
     from preftune.train.inputs import prepare_split
     from preftune.train.checkpoints import SaveError
 
@@ -104,7 +107,8 @@ def train(command: str, argv: list[str]) -> int:
     eval_prepared = {k: v for k, v in prepared.items() if k != "train"}
     eval_arg = eval_prepared if named else eval_prepared.get(None)
     model = load_model(run.model, run.model_kwargs)
-    trainer_cls = ORPOTrainer if command == "orpo" else DPOTrainer
+    module, name = TRAINERS[command].split(":")
+    trainer_cls = getattr(importlib.import_module(module), name)
     trainer = trainer_cls(model=model, args=config, train_dataset=prepared["train"], eval_dataset=eval_arg,
                           processing_class=tokenizer, peft_config=run.peft_config,
                           dataset_names=script.dataset or (["tiny-prefs (bundled)"] if run.demo else None))

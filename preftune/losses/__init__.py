@@ -7,6 +7,7 @@ Nothing here imports transformers: the math is testable alone.
   orpo.py          ORPO (`orpo_loss`) and the stable `log1mexp`
   dpo.py           the DPO family's containers, `f_divergence_logits`, `combine`
   dpo_variants.py  one function per DPO `loss_type`, the `DPO_LOSSES` table
+  cpo.py           the reference-free CPO family (CPO, SimPO, AlphaPO), the `CPO_LOSSES` table
 
 Departures from the papers / from TRL 1.16, and why (the numbers otherwise equal TRL 1.16's
 DPOTrainer and experimental ORPOTrainer; tests/test_trl_parity.py runs both):
@@ -32,6 +33,8 @@ DPOTrainer and experimental ORPOTrainer; tests/test_trl_parity.py runs both):
   pair i's; their value depends on the whole batch. `sft` returns the batch's token-mean NLL
   repeated per pair (as TRL), so its mean over pairs is that value.
 """
+from preftune.losses.cpo import (CPO_LABEL_SMOOTHING_LOSSES, CPO_LOSSES, CPOLossFn, CPOLossOutput, CPOParams,
+                                 alphapo_reward, cpo_hinge_loss, cpo_ipo_loss, cpo_sigmoid_loss, simpo_loss)
 from preftune.losses.dpo import (F_DIVERGENCES, DPOInputs, DPOLossFn, DPOLossOutput, DPOParams, combine,
                                  f_divergence_logits, f_divergence_scores)
 from preftune.losses.dpo_variants import (
@@ -57,6 +60,16 @@ from preftune.losses.dpo_variants import (
 from preftune.losses.orpo import ORPOLossOutput, log1mexp, orpo_loss
 
 __all__ = [
+    "CPO_LABEL_SMOOTHING_LOSSES",
+    "CPO_LOSSES",
+    "CPOLossFn",
+    "CPOLossOutput",
+    "CPOParams",
+    "alphapo_reward",
+    "cpo_hinge_loss",
+    "cpo_ipo_loss",
+    "cpo_sigmoid_loss",
+    "simpo_loss",
     "DPO_LOSSES",
     "F_DIVERGENCES",
     "F_DIVERGENCE_LOSSES",

@@ -28,6 +28,8 @@ def method_name(trainer_name: str, config: Mapping) -> str:
     name = (trainer_name or "").lower()
     if "orpo" in name:
         return "orpo"
+    if "cpo" in name or "cpo_alpha" in config:  # CPO's loss_type is not DPO's
+        return "cpo"
     if "dpo" in name:
         return "dpo"
     if "loss_type" in config:
@@ -224,6 +226,11 @@ def _what_it_is(method: str, base_model: str | None, config: Mapping, adapter: b
                else "the adapter-disabled base model as the frozen reference" if adapter
                else "a frozen copy of the starting model as the reference")
         how = f"[DPO](https://arxiv.org/abs/2305.18290) (direct preference optimization), with {name} and {ref}"
+    elif method == "cpo":
+        simpo = config.get("loss_type") == "simpo"
+        how = ("[SimPO](https://arxiv.org/abs/2405.14734) (length-normalised reward with a target margin)" if simpo else
+               f"[CPO](https://arxiv.org/abs/2401.08417) (contrastive preference optimization, loss {config.get('loss_type')})")
+        how += f", NLL weight cpo_alpha={config.get('cpo_alpha')}; no reference model"
     else:
         how = f"{method} preference optimization"
     kind = "A LoRA adapter (peft) for" if adapter else "A fine-tuned version of"

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.logps import LogpsRequest, SequenceLogps
-from preftune.losses import DPO_LOSSES, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss, sft_loss
+from preftune.losses import (CPO_LOSSES, DPO_LOSSES, CPOParams, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss,
+                             sft_loss)
 
 Tensor = torch.Tensor
 
@@ -119,6 +120,48 @@ class ORPOObjective(_AsksForLogps):
         return ObjectiveOutput(out.losses.mean(), {k: v.detach() for k, v in metrics.items()}, token_metrics)
 
 
+@dataclass(frozen=True)
+class CPOObjective(_AsksForLogps):
+    """The CPO family (TRL 1.16's CPOTrainer): a reference-free preference term on the completion
+    log-probs (summed or length-averaged by loss_type, see `preftune.losses.cpo`) plus cpo_alpha × the
+    NLL of the chosen completions, one token mean over their completion tokens (TRL's cross-entropy
+    over the chosen rows' labels, which are -100 on the prompt)."""
+
+    loss_type: str
+    params: CPOParams
+    cpo_alpha: float = 1.0
+    needs_reference = False
+    use_weighting = False
+
+    def token_weights(self, completion_mask: Tensor) -> Tensor | None:
+        return None
+
+    def sequence_rows(self, n_rows: int, device) -> Tensor | None:
+        return None  # the NLL is over completion tokens only
+
+    def nll_token_count(self, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+        """The chosen rows' completion tokens of one decoder-only batch (2B, T): the NLL's denominator."""
+        return completion_mask[: completion_mask.shape[0] // 2, 1:].sum()
+
+    def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None = None, nll_tokens=None) -> ObjectiveOutput:
+        """nll_tokens: the NLL's denominator over a gradient-accumulation window (as ORPO's); None: this batch's."""
+        (pc, pr), (lc, lr) = _halves(policy.completion_logps), _halves(policy.completion_tokens)
+        out = CPO_LOSSES[self.loss_type](pc, pr, lc.clamp(min=1), lr.clamp(min=1), self.params)
+        loss = out.losses.mean()
+        nll_sum, tokens = -pc.sum(), lc.sum()
+        if self.cpo_alpha != 0:
+            loss = loss + self.cpo_alpha * nll_sum / (tokens.clamp(min=1) if nll_tokens is None else nll_tokens)
+        else:  # TRL logs nll_loss = 0 when the term is off
+            nll_sum = torch.zeros_like(nll_sum)
+        metrics = {
+            **_reward_metrics(out.chosen_rewards, out.rejected_rewards),
+            "logps/chosen": out.chosen_logps,
+            "logps/rejected": out.rejected_logps,
+        }
+        token_metrics = {**_token_metrics(policy), "nll_loss": (nll_sum.detach(), tokens.detach())}
+        return ObjectiveOutput(loss, {k: v.detach() for k, v in metrics.items()}, token_metrics)
+
+
 def ld_token_weights(completion_mask: Tensor, alpha: float) -> Tensor:
     """LD-DPO (Liu et al. 2024, arXiv 2409.06411): weight 1 on the first l_p completion tokens,
     alpha on the rest, with l_p the shorter completion's length in the pair. (N, T) -> (N, T).
@@ -189,6 +232,12 @@ def objective_from_config(args):
 
     if isinstance(args, ORPOConfig):
         return ORPOObjective(beta=args.beta, nll_completion_only=args.nll_completion_only)
+    from preftune.train.cpo_config import CPOConfig
+
+    if isinstance(args, CPOConfig):
+        params = CPOParams(beta=args.beta, label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma,
+                           alpha=args.alpha)
+        return CPOObjective(loss_type=args.loss_type, params=params, cpo_alpha=args.cpo_alpha)
     if isinstance(args, DPOConfig):
         params = DPOParams(
             beta=args.beta, label_smoothing=args.label_smoothing, discopop_tau=args.discopop_tau,
