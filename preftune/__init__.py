@@ -12,6 +12,8 @@ _LAZY = {
     "PreferenceConfig": "train.config",
     "ORPOTrainer": "train.orpo",
     "DPOTrainer": "train.dpo",
+    "KTOConfig": "train.kto_config",
+    "KTOTrainer": "train.kto",
     "PreferenceTrainer": "train.trainer",
     "setup_chat_format": "models",
     "UserError": "errors",
