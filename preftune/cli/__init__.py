@@ -23,6 +23,7 @@ USAGE = """usage: preftune COMMAND [flags]
 commands:
   orpo           train with ORPO (no reference model)
   dpo            train with DPO (a frozen reference model)
+  kto            train with KTO on unpaired rows (prompt, completion, label; pairs are split)
   data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
   data list      the registry of well-known preference data sets
   chat PATH      talk to a trained model or adapter folder in the terminal
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             import importlib
 
             return importlib.import_module(TOOLS[command]).main(rest)
-        if command not in ("orpo", "dpo"):
-            near = difflib.get_close_matches(command, ["orpo", "dpo", "data", *TOOLS], n=1)
-            raise UserError(f"unknown command {command!r}; choose orpo, dpo, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
+        if command not in ("orpo", "dpo", "kto"):
+            near = difflib.get_close_matches(command, ["orpo", "dpo", "kto", "data", *TOOLS], n=1)
+            raise UserError(f"unknown command {command!r}; choose orpo, dpo, kto, data, {', '.join(TOOLS)}{f' (did you mean {near[0]}?)' if near else ''}.")
         from preftune.cli.launch import relaunch
 
         code = relaunch(argv)

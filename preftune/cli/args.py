@@ -54,7 +54,7 @@ DEMO_SETTINGS = dict(
     warmup_steps=5,
     max_length=256,
 )
-DEMO_BETA = {"orpo": 0.5, "dpo": 0.5}
+DEMO_BETA = {"orpo": 0.5, "dpo": 0.5, "kto": 0.5}
 
 
 # ms-swift --model_type names (the common ones) -> Hugging Face hub ids.
@@ -141,8 +141,9 @@ class ScriptArguments:
 def config_class(command: str):
     """The training config class of a command: ORPOConfig for orpo, DPOConfig for dpo."""
     from preftune.train.config import DPOConfig, ORPOConfig
+    from preftune.train.kto_config import KTOConfig
 
-    return {"orpo": ORPOConfig, "dpo": DPOConfig}[command]
+    return {"orpo": ORPOConfig, "dpo": DPOConfig, "kto": KTOConfig}[command]
 
 
 @dataclass(frozen=True)

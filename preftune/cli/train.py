@@ -67,7 +67,8 @@ def train(command: str, argv: list[str]) -> int:
         raise ConfigError("pass either --eval_dataset or --split_dataset_ratio, not both.")
     with config.main_process_first(desc="loading data"):  # one process downloads, the others read the cache
         kw = dict(config=script.dataset_config, columns=parse_columns(script.columns), seed=seed,
-                  skip_bad_rows=config.skip_bad_rows)
+                  skip_bad_rows=config.skip_bad_rows,
+                  check_rows=command != "kto")  # KTO's rows may be unpaired: preftune.data.unpaired checks them
         if named:
             train_data = load_sources(script.dataset or ["tiny-prefs"], script.dataset_split, **kw)
             evals = {name: load_sources(specs, script.eval_split, **kw) for name, specs in named.items()}
@@ -96,6 +97,10 @@ def train(command: str, argv: list[str]) -> int:
     for key, loaded in (("train", train_data), *evals.items()):
         split = key if key == "train" else _split_name(key)
         try:  # the rows were checked when loaded: their pairs are tokenized as they are
+            if command == "kto":  # unpaired rows (or pairs, split): preftune.data.unpaired
+                prepared[key] = _prepare_unpaired(loaded.dataset, tokenizer, config, split)
+                _say(f"preftune: {split} data: {prepared[key].report.summary()}")
+                continue
             prepared[key] = prepare_split(loaded.dataset, tokenizer, config, split,
                                           is_encoder_decoder=is_encoder_decoder, pairs=loaded.pairs)
         except DataError as err:
@@ -104,7 +109,9 @@ def train(command: str, argv: list[str]) -> int:
     eval_prepared = {k: v for k, v in prepared.items() if k != "train"}
     eval_arg = eval_prepared if named else eval_prepared.get(None)
     model = load_model(run.model, run.model_kwargs)
-    trainer_cls = ORPOTrainer if command == "orpo" else DPOTrainer
+    from preftune.train.kto import KTOTrainer
+
+    trainer_cls = {"orpo": ORPOTrainer, "kto": KTOTrainer}.get(command, DPOTrainer)
     trainer = trainer_cls(model=model, args=config, train_dataset=prepared["train"], eval_dataset=eval_arg,
                           processing_class=tokenizer, peft_config=run.peft_config,
                           dataset_names=script.dataset or (["tiny-prefs (bundled)"] if run.demo else None))
@@ -133,6 +140,13 @@ def train(command: str, argv: list[str]) -> int:
         merged = merge_adapter(config.output_dir, merge_to, overwrite=config.overwrite_output_dir)
         _say(f"preftune: merged model saved to {merged}")
     return 0
+
+
+def _prepare_unpaired(dataset, tokenizer, config, split: str):
+    from preftune.train.inputs import PreparedData
+    from preftune.train.kto import prepare_unpaired_split
+
+    return PreparedData(*prepare_unpaired_split(dataset, tokenizer, config, split))
 
 
 def _split_name(key: str | None) -> str:
