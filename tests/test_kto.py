@@ -151,3 +151,36 @@ def test_imbalance_is_logged_with_the_numbers(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="preftune.train.kto"):
         log_weighting(report, 0.4, 1.0)  # 2.4 / 2 = 1.2: inside
     assert "= 1.200" in caplog.text and caplog.records[-1].levelname == "INFO"
+
+
+def test_data_inspect_reports_the_balance(tmp_path, capsys):
+    import json
+
+    from preftune import cli
+
+    rows = [{"prompt": "Hi.", "completion": " Hello!", "label": True}, {"prompt": "Bye.", "completion": " No.", "label": False},
+            {"prompt": "Yo.", "completion": " Yes.", "label": True}]
+    path = tmp_path / "unpaired.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert cli.main(["data", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "desirable: 2  undesirable: 1" in out and "= 2.000 at weights 1; outside [1, 4/3]" in out
+    assert "--desirable_weight in [0.50, 0.67]" in out
+
+
+def test_cli_kto_flags_and_unpaired_file(tmp_path):
+    import json
+
+    from preftune import cli
+    from preftune.cli.args import config_class
+
+    assert config_class("kto") is KTOConfig
+    run = cli.parse_run("kto", ["--desirable_weight", "1.3", "--loss_type", "apo_zero_unpaired"])
+    assert (run.config.desirable_weight, run.config.loss_type, run.config.beta) == (1.3, "apo_zero_unpaired", 0.5)
+    rows = [{"prompt": f"Q{i}?", "completion": f" A{i}.", "label": i % 2 == 0} for i in range(4)]
+    path = tmp_path / "unpaired.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    code = cli.main(["kto", "--model", tiny_model_path(), "--dataset", str(path), "--max_steps", "1",
+                     "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
+                     "--report_to", "none", "--save_strategy", "no"])
+    assert code == 0 and (tmp_path / "out" / "config.json").exists()

@@ -231,3 +231,42 @@ class UnpairedCollator(PreferenceCollator):
         batch = super().__call__(features)
         batch["label"] = torch.tensor([bool(f["label"]) for f in features], dtype=torch.bool)
         return batch
+
+
+def inspect_unpaired(dataset, tokenizer, *, max_length: int | None, columns=None) -> dict:
+    """`preftune data inspect`'s report for unpaired rows: the desirable/undesirable balance (and the KTO
+    paper's weighting rule at weights 1), truncation at `max_length`, bad rows."""
+    from preftune.losses import weighting_rule
+
+    rows, n_rows, errors, _ = load_unpaired(dataset, columns, skip_bad_rows=True)
+    ids = tokenize_unpaired(rows, tokenizer)
+    n_good = sum(r.desirable for r in rows)
+    n_bad_label = len(rows) - n_good
+    ratio, inside = weighting_rule(n_good, n_bad_label, 1.0, 1.0)
+    long_prompt = sum(max_length is not None and len(p) >= max_length for p, _ in ids)
+    cut = sum(max_length is not None and len(p) < max_length < len(p) + len(c) for p, c in ids)
+    return {
+        "rows": n_rows, "shape": "unpaired (prompt, completion, label)", "unpaired_rows": len(rows),
+        "desirable": n_good, "undesirable": n_bad_label,
+        "desirable_share": n_good / len(rows) if rows else 0.0,
+        "kto_weighting": {"ratio_at_weights_1": ratio, "inside_1_to_4/3": inside,
+                          "desirable_weight_range": [n_bad_label / max(n_good, 1), 4 / 3 * n_bad_label / max(n_good, 1)]},
+        "bad_rows": len(errors), "first_bad_rows": errors[:3], "max_length": max_length,
+        "truncated": cut, "dropped_long_prompt": long_prompt,
+    }
+
+
+def format_unpaired(report: dict) -> list[str]:
+    """The unpaired report's lines for the text output."""
+    w = report["kto_weighting"]
+    low, high = w["desirable_weight_range"]
+    lines = [f"rows: {report['rows']}  shape: {report['shape']}",
+             f"desirable: {report['desirable']}  undesirable: {report['undesirable']}  "
+             f"({100 * report['desirable_share']:.1f}% desirable)",
+             f"KTO weighting rule (paper eq. 8): λ_D·n_D / (λ_U·n_U) = {w['ratio_at_weights_1']:.3f} at weights 1; "
+             + ("inside [1, 4/3]" if w["inside_1_to_4/3"] else
+                f"outside [1, 4/3]: use --desirable_weight in [{low:.2f}, {high:.2f}]"),
+             f"bad rows: {report['bad_rows']}  truncated at max_length={report['max_length']}: {report['truncated']}  "
+             f"dropped (prompt fills max_length): {report['dropped_long_prompt']}"]
+    lines += [f"first bad row: {e}" for e in report["first_bad_rows"][:1]]
+    return lines
