@@ -14,6 +14,8 @@ _LAZY = {
     "CPOConfig": "train.cpo_config",
     "CPOTrainer": "train.cpo",
     "DPOTrainer": "train.dpo",
+    "KTOConfig": "train.kto_config",
+    "KTOTrainer": "train.kto",
     "PreferenceTrainer": "train.trainer",
     "setup_chat_format": "models",
     "UserError": "errors",

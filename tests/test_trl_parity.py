@@ -310,3 +310,93 @@ def test_cpo_step_equals_trl(tmp_path, weights, case):
         assert same(key, got[key], want[key]), (key, got[key], want[key])
     assert math.isfinite(got["logits/chosen"])
     print(f"cpo {case}: trl", {k: want[k] for k in sorted(CPO_KEYS)}, "preftune", {k: got[k] for k in sorted(CPO_KEYS)})
+
+
+# ----------------------------------------------------------------------------------------- KTO
+
+KTO_KEYS = {"loss", "grad_norm", "learning_rate", "entropy", "num_tokens", "kl", "logits/chosen", "logits/rejected",
+            "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"}
+
+# Unpaired rows, both labels in the one batch of 4 (TRL's KL completions rotate inside it).
+UNPAIRED_ROWS = {
+    "prompt": STRING_ROWS["prompt"] + ["Say hello."],
+    "completion": [STRING_ROWS["chosen"][0], STRING_ROWS["rejected"][1], STRING_ROWS["chosen"][2], " No."],
+    "label": [True, False, True, False],
+}
+
+KTO_CASES = {
+    "kto": dict(loss_type="kto"),
+    "apo_zero_unpaired": dict(loss_type="apo_zero_unpaired"),
+    "kto-weights": dict(loss_type="kto", desirable_weight=1.3, undesirable_weight=0.7),
+    "apo_zero_unpaired-weights": dict(loss_type="apo_zero_unpaired", desirable_weight=0.6, undesirable_weight=1.4),
+    "kto-beta0.5": dict(loss_type="kto", beta=0.5),
+    "kto-precompute": dict(loss_type="kto", precompute_ref_log_probs=True),
+    "kto-max_length": dict(loss_type="kto", max_length=14),  # completions and KL completions cut
+}
+
+
+def _kto_tokens(dataset, trl: bool):
+    if trl:
+        return [(r["prompt_ids"], r["completion_ids"], r.get("KL_completion_ids"), r["label"]) for r in dataset]
+    return [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["label"]) for r in dataset]
+
+
+def run_kto(tmp_path, weights, rows, template=None, batch_size=4, **settings):
+    from trl import KTOConfig as TRLConfig, KTOTrainer as TRLTrainer
+
+    from preftune import KTOConfig, KTOTrainer
+
+    policy, ref = weights
+    data = Dataset.from_dict(rows)
+    common = {**COMMON, "per_device_train_batch_size": batch_size}
+    theirs = TRLTrainer(model=_model(policy), ref_model=_model(ref),
+                        args=TRLConfig(output_dir=str(tmp_path / "trl"), **common, **settings),
+                        processing_class=_tokenizer(template), train_dataset=data)
+    ours = KTOTrainer(model=_model(policy), ref_model=_model(ref),
+                      args=KTOConfig(output_dir=str(tmp_path / "preftune"), **common, **settings),
+                      processing_class=_tokenizer(template), train_dataset=data)
+    want_ids, got_ids = _kto_tokens(theirs.train_dataset, True), _kto_tokens(ours.train_dataset, False)
+    if settings.get("loss_type") == "apo_zero_unpaired":  # TRL builds no KL completions then; ours are unused
+        want_ids, got_ids = [w[:2] + w[3:] for w in want_ids], [g[:2] + g[3:] for g in got_ids]
+    else:  # TRL cuts the KL row in its collator: compare what it trains on
+        limit = settings.get("max_length", 1024)
+        want_ids = [(p, c[:limit - len(p)], kl[:limit - len(p)], lab) for p, c, kl, lab in want_ids]
+    assert got_ids == want_ids  # same token ids (and KL completions, labels), or nothing else counts
+    want, got = _first_log(theirs), _first_log(ours)
+    assert KTO_KEYS <= set(want), sorted(set(want))
+    scale = settings.get("beta", 0.1) / 0.1  # rewards are β·(policy - reference): β scales their float32 noise
+    for key in sorted(set(want) - _NOT_COMPARED):
+        assert key in got, f"preftune does not log {key}"
+        if key.startswith("rewards/"):  # margins: the difference of two such means, twice the noise
+            tol = 1e-6 * max(scale, 1) * (2 if key == "rewards/margins" else 1)
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=tol), (key, got[key], want[key])
+        else:
+            assert same(key, got[key], want[key]), (key, got[key], want[key])
+    assert set(got) - _NOT_COMPARED <= set(want) | {"skipped_steps"}, sorted(set(got) - set(want))
+    return want, got
+
+
+@pytest.mark.parametrize("case", sorted(KTO_CASES))
+def test_kto_step_equals_trl(tmp_path, weights, case):
+    want, _ = run_kto(tmp_path, weights, UNPAIRED_ROWS, **KTO_CASES[case])
+    if case in ("kto", "kto-weights"):
+        assert want["kl"] > 0  # the KL term is live (not clamped to 0) here
+    if case == "kto-max_length":
+        assert want["kl"] == 0  # here the mean log-ratio of the cut KL rows is negative: clamped
+
+
+def test_kto_paired_rows_are_unpaired_as_trl(tmp_path, weights):
+    """Paired rows: each pair split into a desirable and an undesirable row, in TRL's order; one batch of 6."""
+    run_kto(tmp_path, weights, STRING_ROWS, batch_size=6, loss_type="kto", desirable_weight=1.2)
+
+
+def test_kto_two_kl_blocks(tmp_path, weights):
+    """6 unpaired rows in batches of 3 (max_steps=1 trains the first): the KL rotation is per block of 3."""
+    run_kto(tmp_path, weights, {k: v + v[:2] for k, v in UNPAIRED_ROWS.items()}, batch_size=3, loss_type="kto")
+
+
+def test_kto_conversational_rows(tmp_path, weights):
+    conv = conversational_rows()
+    rows = {"prompt": conv["prompt"] + conv["prompt"][:1], "completion": conv["chosen"] + conv["rejected"][:1],
+            "label": [True, False, True, False]}
+    run_kto(tmp_path, weights, rows, template=NO_TRAILING_TEMPLATE, loss_type="kto")

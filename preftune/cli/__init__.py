@@ -25,6 +25,7 @@ commands:
   dpo            train with DPO (a frozen reference model)
   cpo            train with CPO (no reference model; --loss_type sigmoid|hinge|ipo|simpo|alphapo)
   simpo          train with SimPO (= cpo --loss_type simpo; β 2.0, γ 1.0, no NLL term: cpo_alpha 0)
+  kto            train with KTO on unpaired rows (prompt, completion, label; pairs are split)
   rlhf           ms-swift's form: preftune rlhf --rlhf_type TYPE [flags] runs the command TYPE
   data inspect   report on a preference data set before training (lengths, truncation, duplicates, bias)
   data list      the registry of well-known preference data sets

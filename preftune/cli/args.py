@@ -54,7 +54,7 @@ DEMO_SETTINGS = dict(
     warmup_steps=5,
     max_length=256,
 )
-DEMO_BETA = {"orpo": 0.5, "dpo": 0.5, "cpo": 0.5, "simpo": 2.0}
+DEMO_BETA = {"orpo": 0.5, "dpo": 0.5, "cpo": 0.5, "simpo": 2.0, "kto": 0.5}
 # A command's own defaults (the config's, otherwise): `preftune simpo` is CPOConfig with ms-swift's SimPO
 # settings (β 2.0, γ 1.0) and no NLL term (cpo_alpha 0: SimPO as the paper; ms-swift's 1 is CPO-SimPO).
 COMMAND_DEFAULTS = {"simpo": dict(loss_type="simpo", beta=2.0, simpo_gamma=1.0, cpo_alpha=0.0)}
@@ -147,8 +147,9 @@ def config_class(command: str):
     """The training config class of a command: ORPOConfig for orpo, DPOConfig for dpo, CPOConfig for cpo and simpo."""
     from preftune.train.config import DPOConfig, ORPOConfig
     from preftune.train.cpo_config import CPOConfig
+    from preftune.train.kto_config import KTOConfig
 
-    return {"orpo": ORPOConfig, "dpo": DPOConfig, "cpo": CPOConfig, "simpo": CPOConfig}[command]
+    return {"orpo": ORPOConfig, "dpo": DPOConfig, "cpo": CPOConfig, "simpo": CPOConfig, "kto": KTOConfig}[command]
 
 
 @dataclass(frozen=True)

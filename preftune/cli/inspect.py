@@ -82,9 +82,27 @@ def inspect_dataset(
     if is_encoder_decoder is None:
         is_encoder_decoder = model is not None and _config_is_encoder_decoder(model)
     specs = split_specs(dataset)
+    unpaired = _unpaired_report(specs, tokenizer, limits.max_length, split=split, config=config, columns=columns,
+                                seed=seed)
+    if unpaired is not None:  # KTO's rows: prompt, completion, label
+        return {"dataset": specs, "model": model or getattr(tokenizer, "name_or_path", None), **unpaired}
     report = inspect_sources(specs, tokenizer, limits, split=split, config=config, columns=columns, seed=seed,
                              is_encoder_decoder=is_encoder_decoder)
     return {"dataset": specs, "model": model or getattr(tokenizer, "name_or_path", None), **report}
+
+
+def _unpaired_report(specs, tokenizer, max_length, **load) -> dict | None:
+    """The unpaired rows' report (`preftune.data.unpaired.inspect_unpaired`), or None when the rows are pairs."""
+    from preftune.data.sources import load_sources
+    from preftune.data.unpaired import inspect_unpaired, is_unpaired
+
+    loaded = load_sources(specs, load.pop("split"), check_rows=False, **load)
+    names = set(loaded.dataset.column_names)
+    if load.get("columns"):
+        names = {load["columns"].get(n, n) for n in names}
+    if not is_unpaired(names):
+        return None
+    return inspect_unpaired(loaded.dataset, tokenizer, max_length=max_length, columns=load.get("columns"))
 
 
 def _pct(count: int, total: int) -> str:
@@ -97,6 +115,10 @@ def format_report(report: dict) -> str:
 
     total = report["rows"]
     lines = [f"data set: {', '.join(report['dataset'])}  (tokenizer: {report['model']})"]
+    if report.get("shape", "").startswith("unpaired"):
+        from preftune.data.unpaired import format_unpaired
+
+        return "\n".join(lines + format_unpaired(report))
     if len(report["sources"]) > 1 or report["sources"][0]["split"]:
         lines += [f"  {s['name']} [{s['split']}]: {s['rows']} rows" for s in report["sources"]]
     lines += [f"rows: {total}", f"columns: {', '.join(report['columns'])}", f"shape: {report['shape']}"]

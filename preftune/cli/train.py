@@ -26,7 +26,8 @@ from preftune.outputs.redact import redact_argv as _shown_argv  # the command li
 
 # Training commands -> "module:TrainerClass" (imported when the command runs).
 TRAINERS = {"orpo": "preftune.train.orpo:ORPOTrainer", "dpo": "preftune.train.dpo:DPOTrainer",
-            "cpo": "preftune.train.cpo:CPOTrainer", "simpo": "preftune.train.cpo:CPOTrainer"}
+            "cpo": "preftune.train.cpo:CPOTrainer", "simpo": "preftune.train.cpo:CPOTrainer",
+            "kto": "preftune.train.kto:KTOTrainer"}
 
 
 def _say(message: str) -> None:
@@ -70,7 +71,8 @@ def train(command: str, argv: list[str]) -> int:
         raise ConfigError("pass either --eval_dataset or --split_dataset_ratio, not both.")
     with config.main_process_first(desc="loading data"):  # one process downloads, the others read the cache
         kw = dict(config=script.dataset_config, columns=parse_columns(script.columns), seed=seed,
-                  skip_bad_rows=config.skip_bad_rows)
+                  skip_bad_rows=config.skip_bad_rows,
+                  check_rows=command != "kto")  # KTO's rows may be unpaired: preftune.data.unpaired checks them
         if named:
             train_data = load_sources(script.dataset or ["tiny-prefs"], script.dataset_split, **kw)
             evals = {name: load_sources(specs, script.eval_split, **kw) for name, specs in named.items()}
@@ -99,6 +101,10 @@ def train(command: str, argv: list[str]) -> int:
     for key, loaded in (("train", train_data), *evals.items()):
         split = key if key == "train" else _split_name(key)
         try:  # the rows were checked when loaded: their pairs are tokenized as they are
+            if command == "kto":  # unpaired rows (or pairs, split): preftune.data.unpaired
+                prepared[key] = _prepare_unpaired(loaded.dataset, tokenizer, config, split)
+                _say(f"preftune: {split} data: {prepared[key].report.summary()}")
+                continue
             prepared[key] = prepare_split(loaded.dataset, tokenizer, config, split,
                                           is_encoder_decoder=is_encoder_decoder, pairs=loaded.pairs)
         except DataError as err:
@@ -137,6 +143,13 @@ def train(command: str, argv: list[str]) -> int:
         merged = merge_adapter(config.output_dir, merge_to, overwrite=config.overwrite_output_dir)
         _say(f"preftune: merged model saved to {merged}")
     return 0
+
+
+def _prepare_unpaired(dataset, tokenizer, config, split: str):
+    from preftune.train.inputs import PreparedData
+    from preftune.train.kto import prepare_unpaired_split
+
+    return PreparedData(*prepare_unpaired_split(dataset, tokenizer, config, split))
 
 
 def _split_name(key: str | None) -> str:

@@ -258,6 +258,7 @@ def train_and_eval(
     columns: Mapping[str, str | None] | None = None,
     seed: int = 42,
     skip_bad_rows: bool = False,
+    check_rows: bool = True,
 ) -> tuple[LoadedData, LoadedData | None]:
     """The training set and the evaluation set (or None) for the command line.
 
@@ -269,7 +270,7 @@ def train_and_eval(
         raise ConfigError("pass either --eval_dataset or --split_dataset_ratio, not both.")
     if split_ratio and eval_split:
         raise ConfigError("pass either --eval_split or --split_dataset_ratio, not both.")
-    kw = dict(config=config, columns=columns, seed=seed, skip_bad_rows=skip_bad_rows)
+    kw = dict(config=config, columns=columns, seed=seed, skip_bad_rows=skip_bad_rows, check_rows=check_rows)
     train = load_sources(dataset, split, **kw)
     if eval_dataset:
         return train, load_sources(eval_dataset, eval_split, **kw)

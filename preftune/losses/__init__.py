@@ -8,6 +8,7 @@ Nothing here imports transformers: the math is testable alone.
   dpo.py           the DPO family's containers, `f_divergence_logits`, `combine`
   dpo_variants.py  one function per DPO `loss_type`, the `DPO_LOSSES` table
   cpo.py           the reference-free CPO family (CPO, SimPO, AlphaPO), the `CPO_LOSSES` table
+  kto.py           KTO and unpaired APO-zero (`kto_loss`), z₀ (`kl_estimate`, `kl_reference_point`)
 
 Departures from the papers / from TRL 1.16, and why (the numbers otherwise equal TRL 1.16's
 DPOTrainer and experimental ORPOTrainer; tests/test_trl_parity.py runs both):
@@ -57,6 +58,8 @@ from preftune.losses.dpo_variants import (
     sigmoid_norm_loss,
     sppo_hard_loss,
 )
+from preftune.losses.kto import (KTO_LOSS_TYPES, KTOLossOutput, kl_estimate, kl_reference_point, kto_loss,
+                                 weighting_rule)
 from preftune.losses.orpo import ORPOLossOutput, log1mexp, orpo_loss
 
 __all__ = [
@@ -74,6 +77,8 @@ __all__ = [
     "F_DIVERGENCES",
     "F_DIVERGENCE_LOSSES",
     "LABEL_SMOOTHING_LOSSES",
+    "KTO_LOSS_TYPES",
+    "KTOLossOutput",
     "DPOInputs",
     "DPOLossFn",
     "DPOLossOutput",
@@ -91,6 +96,9 @@ __all__ = [
     "f_divergence_scores",
     "hinge_loss",
     "ipo_loss",
+    "kl_estimate",
+    "kl_reference_point",
+    "kto_loss",
     "log1mexp",
     "nca_pair_loss",
     "orpo_loss",
@@ -99,4 +107,5 @@ __all__ = [
     "sigmoid_loss",
     "sigmoid_norm_loss",
     "sppo_hard_loss",
+    "weighting_rule",
 ]

@@ -229,7 +229,12 @@ class DPOObjective(_AsksForLogps):
 def objective_from_config(args):
     """Resolve the config's flags once into the objective the trainer calls each step."""
     from preftune.train.config import DPOConfig, ORPOConfig
+    from preftune.train.kto_config import KTOConfig
 
+    if isinstance(args, KTOConfig):  # its own module: preftune.train.kto_objective
+        from preftune.train.kto_objective import KTOObjective
+
+        return KTOObjective.from_config(args)
     if isinstance(args, ORPOConfig):
         return ORPOObjective(beta=args.beta, nll_completion_only=args.nll_completion_only)
     from preftune.train.cpo_config import CPOConfig
