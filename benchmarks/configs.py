@@ -101,3 +101,7 @@ CONFIGS: dict[str, BenchConfig] = {
 # Special token ids of the benchmark tokenizer; words are ids N_SPECIAL .. vocab_size-1.
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 N_SPECIAL = 4
+
+
+# Methods the benchmark trains (benchmarks/worker.py maps each to preftune's and TRL's classes).
+METHODS = ("orpo", "dpo", "cpo", "simpo", "kto")

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from configs import CONFIGS  # noqa: E402
+from configs import CONFIGS, METHODS  # noqa: E402
 
 COLUMNS = ["impl", "method", "tokens/s", "s/step", "peak mem MiB", "train Δmem MiB", "padding",
            "speed vs TRL", "mem vs TRL", "speed vs 1st", "mem vs 1st", "Δmem vs 1st", "MFU"]
@@ -280,10 +280,10 @@ def main(argv=None) -> int:
     warmup = min(warmup, steps - 1)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    bad = [m for m in methods if m not in ("orpo", "dpo")] + [i for i in impls if i not in ("preftune", "trl")]
+    bad = [m for m in methods if m not in METHODS] + [i for i in impls if i not in ("preftune", "trl")]
     if bad or not methods or not impls:
         print(f"unknown method or implementation: {', '.join(bad) or '(none given)'}; "
-              "use --methods orpo,dpo --impls preftune,trl.", file=sys.stderr)
+              f"use --methods {','.join(METHODS)} --impls preftune,trl.", file=sys.stderr)
         return 2
     import torch
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from configs import CONFIGS, BenchConfig  # noqa: E402
+from configs import CONFIGS, METHODS, BenchConfig  # noqa: E402
 
 
 # ------------------------------------------------------------------ memory
@@ -90,6 +90,13 @@ class CountingCollator:
 
 
 def _rows(x) -> tuple[list, list]:
+    """The two sequences of a feature (KTO: the row and its mismatched KL row)."""
+    if "label" in x and "chosen_ids" in x:  # preftune's KTO: chosen_ids is the completion, rejected_ids the KL one
+        p = list(x["prompt_ids"])
+        return p + list(x["chosen_ids"]), p + list(x["rejected_ids"])
+    if "completion_ids" in x:  # TRL's KTOTrainer: prompt_ids, completion_ids, KL_completion_ids
+        p = list(x["prompt_ids"])
+        return p + list(x["completion_ids"]), p + list(x.get("KL_completion_ids", []))
     if "chosen_ids" in x:  # preftune and TRL's DPOTrainer: prompt_ids, chosen_ids, rejected_ids
         p = list(x["prompt_ids"])
         return p + list(x["chosen_ids"]), p + list(x["rejected_ids"])
@@ -211,27 +218,40 @@ def lora_config(rank: int):
 
 def build_trainer(impl: str, method: str, model, tokenizer, dataset, settings: dict, flags: str, lora: int = 0):
     if impl == "preftune":
-        from preftune import DPOConfig, DPOTrainer, ORPOConfig, ORPOTrainer
+        import preftune
 
-        config_cls, trainer_cls = (ORPOConfig, ORPOTrainer) if method == "orpo" else (DPOConfig, DPOTrainer)
+        config_cls, trainer_cls = (getattr(preftune, n) for n in PREFTUNE_CLASSES[method])
     elif impl == "trl":
         config_cls, trainer_cls = trl_classes(method)
     else:
         raise ValueError(f"unknown implementation {impl!r}")
-    if impl == "preftune":
-        # preftune checks max_prompt_length <= max_length; the data never needs cutting, so this cuts nothing.
-        settings = {**settings, "max_prompt_length": settings["max_length"] // 2}
+    settings = {**settings, **METHOD_SETTINGS.get(method, {})}
     config = _parse_config(config_cls, settings, flags)
     extra = {"peft_config": lora_config(lora)} if lora else {}
     return trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
 
 
+# method -> preftune's (config, trainer) names; simpo is CPO with SimPO's loss and settings.
+PREFTUNE_CLASSES = {"orpo": ("ORPOConfig", "ORPOTrainer"), "dpo": ("DPOConfig", "DPOTrainer"),
+                    "cpo": ("CPOConfig", "CPOTrainer"), "simpo": ("CPOConfig", "CPOTrainer"),
+                    "kto": ("KTOConfig", "KTOTrainer")}
+# Settings a method needs in both implementations: SimPO as ms-swift runs it (β 2, γ 1, no NLL term);
+# KTO's sampler must be sequential in both (it is already, for every method).
+METHOD_SETTINGS = {"simpo": dict(loss_type="simpo", beta=2.0, simpo_gamma=1.0, cpo_alpha=0.0)}
+
+
 def trl_classes(method: str):
-    """TRL's classes for a method: DPO at the top level, ORPO under trl.experimental since TRL 0.24."""
+    """TRL's classes for a method: DPO and KTO at the top level, ORPO and CPO under trl.experimental."""
     import trl
 
     if method == "dpo":
         return trl.DPOConfig, trl.DPOTrainer
+    if method == "kto":
+        return trl.KTOConfig, trl.KTOTrainer
+    if method in ("cpo", "simpo"):
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        return CPOConfig, CPOTrainer
     try:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     except ImportError:
@@ -374,7 +394,7 @@ def run(args) -> dict:
     # Model FLOPs: 6·N per token for the policy's forward + backward (4·N with LoRA: no weight gradients of the
     # frozen N; the adapter's own FLOPs are left out), 2·N per token for a DPO reference forward.
     flops_per_token = (4 if args.lora else 6) * n_matmul
-    flops_per_token += 2 * n_matmul if args.method == "dpo" and _uses_reference(trainer) else 0
+    flops_per_token += 2 * n_matmul if args.method in ("dpo", "kto") and _uses_reference(trainer) else 0
     result["model_tflops_per_s"] = flops_per_token * result["tokens_per_s"] / 1e12
     if args.peak_tflops:
         result["mfu"] = result["model_tflops_per_s"] / args.peak_tflops
@@ -419,7 +439,7 @@ def main(argv=None) -> int:
     p.add_argument("--assets", required=True)
     p.add_argument("--config", required=True, choices=sorted(CONFIGS))
     p.add_argument("--impl", required=True, choices=["preftune", "trl"])
-    p.add_argument("--method", required=True, choices=["orpo", "dpo"])
+    p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--warmup", type=int, required=True)
     p.add_argument("--flags", default="", help="extra config flags for the implementation, e.g. '--logps_chunked false'")

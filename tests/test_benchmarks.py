@@ -214,3 +214,33 @@ def test_position_counter_padding_free_forward(bench_modules, monkeypatch):
         embed(torch.zeros(1, 22, dtype=torch.long))
     assert positions.computed == {0: 38} and positions.real == {0: 38} and positions.unknown == 0
     sys.modules.pop("worker", None)
+
+
+@pytest.mark.slow
+def test_cpo_simpo_kto_rows_run_in_each_installed_implementation(tmp_path):
+    """The rows the README's CPO/SimPO/KTO table comes from: each method trains in preftune (and in TRL
+    where TRL 1.16 is installed) and its tokens are counted from the batches (KTO: each row and its KL row)."""
+    impls = ["preftune"]
+    try:
+        import trl
+
+        if trl.__version__.startswith("1.16"):
+            impls.append("trl")
+    except ImportError:
+        pass
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--config", "micro", "--steps", "2", "--impls", ",".join(impls),
+         "--methods", "cpo,simpo,kto", "--json", str(out), "--assets-dir", str(tmp_path / "assets")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["impl"], r["method"]) for r in rows} == {(i, m) for i in impls for m in ("cpo", "simpo", "kto")}
+    for row in rows:
+        assert "error" not in row, (row["impl"], row["method"], row.get("error"))
+        assert row["tokens_per_s"] > 0 and row["peak_rss_mib"] > 0
+    by = {(r["impl"], r["method"]): r for r in rows}
+    if "trl" in impls:  # the same batches in both: the same tokens counted
+        for method in ("cpo", "simpo", "kto"):
+            assert by["preftune", method]["tokens_per_step"] == by["trl", method]["tokens_per_step"], method
