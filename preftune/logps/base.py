@@ -96,6 +96,26 @@ def unwrap(model, *, keep_peft: bool = False):
     return model
 
 
+def packed_row_blockers(model, config) -> list[str]:
+    """Why rows cannot be packed with a mask of our own making — the reasons prefix sharing and
+    padding_free share (each adds its own): an encoder-decoder or vision-language model, ALiBi biases
+    (derived from a 2D mask), M-RoPE positions, a prompt-learning PEFT adapter (virtual tokens)."""
+    found = []
+    if getattr(config, "is_encoder_decoder", False):
+        found.append("encoder-decoder models are not supported (the prompt is the encoder's input)")
+    if getattr(config, "vision_config", None) is not None:
+        found.append("vision-language models are not supported (image features are merged into the rows)")
+    if getattr(config, "alibi", False) or getattr(config, "model_type", "") in {"bloom", "mpt"}:
+        found.append("ALiBi position biases are derived from a 2D mask")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and "mrope_section" in rope:
+        found.append("M-RoPE positions are not supported")
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
+        found.append("prompt-learning PEFT adapters add virtual tokens to every row")
+    return found
+
+
 def scored_positions(attention_mask: Tensor, completion_mask: Tensor, sequence_rows: Tensor | None):
     """Masks over the shifted targets (N, T-1) of a decoder-only batch: completion tokens, and
     every real token of the rows in `sequence_rows` (none when None)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from preftune.logps.base import unwrap
+from preftune.logps.base import packed_row_blockers, unwrap
 
 Tensor = torch.Tensor
 
@@ -104,11 +104,7 @@ def padding_free_blockers(model) -> list[str]:
     config = getattr(base, "config", None)
     if config is None:
         return ["the model has no transformers config"]
-    found = []
-    if getattr(config, "is_encoder_decoder", False):
-        found.append("encoder-decoder models are not supported (the prompt is the encoder's input)")
-    if getattr(config, "vision_config", None) is not None:
-        found.append("vision-language models are not supported (image features are merged into the rows)")
+    found = packed_row_blockers(model, config)
     if "position_ids" not in inspect.signature(base.forward).parameters:
         found.append("the model's forward takes no position_ids")
     elif not _mask_from_position_ids(base):
@@ -120,12 +116,4 @@ def padding_free_blockers(model) -> list[str]:
     layer_types = set(getattr(config, "layer_types", None) or ())
     if not layer_types <= _LAYER_TYPES:
         found.append(f"layer types {sorted(layer_types - _LAYER_TYPES)} are not supported")
-    if getattr(config, "alibi", False) or getattr(config, "model_type", "") in {"bloom", "mpt"}:
-        found.append("ALiBi position biases are derived from a 2D mask")
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if isinstance(rope, dict) and "mrope_section" in rope:
-        found.append("M-RoPE positions are not supported")
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
-        found.append("prompt-learning PEFT adapters add virtual tokens to every row")
     return found

@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from preftune.logps.base import (DEFAULT_OPTIONS, NO_REQUEST, LogpsOptions, LogpsRequest, SequenceLogps, reduce_to_rows,
-                                 scored_positions, unwrap)
+from preftune.logps.base import (DEFAULT_OPTIONS, NO_REQUEST, LogpsOptions, LogpsRequest, SequenceLogps,
+                                 packed_row_blockers, reduce_to_rows, scored_positions, unwrap)
 from preftune.logps.causal import head_token_stats, supports_chunked
 
 if TYPE_CHECKING:  # only the batch's fields are used here
@@ -219,11 +219,7 @@ def prefix_sharing_blockers(model, router_logits: bool = False) -> list[str]:
     config = getattr(base, "config", None)
     if config is None:
         return ["the model has no transformers config"]
-    found = []
-    if getattr(config, "is_encoder_decoder", False):
-        found.append("encoder-decoder models are not supported")
-    if getattr(config, "vision_config", None) is not None:
-        found.append("vision-language models are not supported (image features are merged into the prompt)")
+    found = packed_row_blockers(model, config)
     if not getattr(config, "is_causal", True):
         found.append("the model's attention is not causal")
     if not supports_chunked(model):
@@ -238,14 +234,6 @@ def prefix_sharing_blockers(model, router_logits: bool = False) -> list[str]:
         found.append(f"layer types {sorted(set(windows) - _LAYER_TYPES)} are not supported")
     elif len(set(windows.values())) > 1 and not _takes_mask_dict(base):
         found.append("the model mixes full and sliding attention but takes no per-layer-type mask dict")
-    if getattr(config, "alibi", False) or getattr(config, "model_type", "") in {"bloom", "mpt"}:
-        found.append("ALiBi position biases are derived from a 2D mask")
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if isinstance(rope, dict) and "mrope_section" in rope:
-        found.append("M-RoPE positions are not supported")
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
-        found.append("prompt-learning PEFT adapters add virtual tokens to the mask")
     if router_logits or getattr(config, "output_router_logits", False):  # router_logits: LogpsOptions'
         known_call = _AUX_CALL.search(_source(type(base).forward))
         if _router_recorder(base) is None or not known_call or not hasattr(base, "num_experts_per_tok"):

@@ -306,7 +306,71 @@ EXO_DEFAULT_EPSILON = 1e-3  # EXO needs ε > 0; TRL's default for exo_pair
 
 
 @dataclass
-class DPOConfig(PreferenceConfig):
+class ReferenceConfig(PreferenceConfig):
+    """What every trainer with a reference model shares (DPO, KTO): where the reference comes from and
+    how it is kept (a loaded copy, precomputed log-probs, TR-DPO sync, a second adapter), and MoE's
+    router loss weight."""
+
+    ref_model_init_kwargs: Optional[dict[str, Any]] = field(
+        default=None, metadata={"help": "Keyword arguments for from_pretrained when ref_model is given by name."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "Compute the reference log-probs once before training (cached on disk) and hold no "
+                  "reference model while training."},
+    )
+    precompute_ref_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Batch size of the precompute pass (default: per_device_eval_batch_size)."}
+    )
+    ref_logps_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where precomputed reference log-probs are cached (default: $PREFTUNE_CACHE or "
+                  "~/.cache/preftune/ref_logps)."},
+    )
+    sync_ref_model: bool = field(
+        default=False, metadata={"help": "TR-DPO: move the reference towards the policy during training."}
+    )
+    ref_model_mixup_alpha: float = field(
+        default=0.6, metadata={"help": "TR-DPO α: reference ← α·policy + (1−α)·reference."}
+    )
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "TR-DPO: update the reference every N steps."})
+    router_aux_loss_coef: Optional[float] = field(
+        default=None,
+        metadata={"help": "Mixture-of-Experts models: weight of the router's load-balancing loss added to the loss "
+                  "(default: the model config's own coefficient; 0 turns it off; refused for a model that is not MoE)."},
+    )
+    model_adapter_name: Optional[str] = field(
+        default=None, metadata={"help": "Name of the trained adapter when the model holds two (see ref_adapter_name)."}
+    )
+    ref_adapter_name: Optional[str] = field(
+        default=None, metadata={"help": "Name of an adapter on the same model used as the reference."}
+    )
+
+    def _validate_reference(self) -> None:
+        """The reference fields' own checks (each family calls it from its validation)."""
+        if self.sync_ref_model and self.precompute_ref_log_probs:
+            raise ConfigError("sync_ref_model (TR-DPO) changes the reference during training, so its log-probs cannot "
+                              "be precomputed; drop one of sync_ref_model and precompute_ref_log_probs.")
+        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+            raise ConfigError(f"ref_model_mixup_alpha={self.ref_model_mixup_alpha} must be in [0, 1].")
+        if self.ref_model_sync_steps < 1:
+            raise ConfigError(f"ref_model_sync_steps={self.ref_model_sync_steps} must be ≥ 1.")
+        if (self.model_adapter_name is None) != (self.ref_adapter_name is None):
+            raise ConfigError("set model_adapter_name and ref_adapter_name together (two adapters on one model).")
+        if self.ref_adapter_name is not None and self.ref_adapter_name == self.model_adapter_name:
+            raise ConfigError("ref_adapter_name must differ from model_adapter_name.")
+        if self.ref_adapter_name is not None and self.sync_ref_model:
+            raise ConfigError("sync_ref_model mixes weights of two models; with two adapters use it without "
+                              "ref_adapter_name, or drop sync_ref_model.")
+        if self.precompute_ref_batch_size is not None and self.precompute_ref_batch_size < 1:
+            raise ConfigError(f"precompute_ref_batch_size={self.precompute_ref_batch_size} must be ≥ 1.")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise ConfigError(f"router_aux_loss_coef={self.router_aux_loss_coef} must be ≥ 0 (0 turns the MoE "
+                              "auxiliary loss off).")
+
+
+@dataclass
+class DPOConfig(ReferenceConfig):
     """DPO (Rafailov et al. 2023) and its family of losses, against a reference model."""
 
     beta: float = field(
@@ -342,44 +406,10 @@ class DPOConfig(PreferenceConfig):
     reference_free: bool = field(
         default=False, metadata={"help": "Ignore the reference model (an implicit uniform reference)."}
     )
-    ref_model_init_kwargs: Optional[dict[str, Any]] = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when ref_model is given by name."}
-    )
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={"help": "Compute the reference log-probs once before training (cached on disk) and hold no "
-                  "reference model while training."},
-    )
-    precompute_ref_batch_size: Optional[int] = field(
-        default=None, metadata={"help": "Batch size of the precompute pass (default: per_device_eval_batch_size)."}
-    )
-    ref_logps_cache_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "Where precomputed reference log-probs are cached (default: $PREFTUNE_CACHE or "
-                  "~/.cache/preftune/ref_logps)."},
-    )
-    sync_ref_model: bool = field(
-        default=False, metadata={"help": "TR-DPO: move the reference towards the policy during training."}
-    )
-    ref_model_mixup_alpha: float = field(
-        default=0.6, metadata={"help": "TR-DPO α: reference ← α·policy + (1−α)·reference."}
-    )
-    ref_model_sync_steps: int = field(default=512, metadata={"help": "TR-DPO: update the reference every N steps."})
-    router_aux_loss_coef: Optional[float] = field(
-        default=None,
-        metadata={"help": "Mixture-of-Experts models: weight of the router's load-balancing loss added to the loss "
-                  "(default: the model config's own coefficient; 0 turns it off; refused for a model that is not MoE)."},
-    )
     pad_token: Optional[str] = field(
         default=None,
         metadata={"help": "Token used for padding (set as the tokenizer's pad token; it must be in the vocabulary). "
                   "Default: the tokenizer's pad token, else its EOS token."},
-    )
-    model_adapter_name: Optional[str] = field(
-        default=None, metadata={"help": "Name of the trained adapter when the model holds two (see ref_adapter_name)."}
-    )
-    ref_adapter_name: Optional[str] = field(
-        default=None, metadata={"help": "Name of an adapter on the same model used as the reference."}
     )
 
     @property
@@ -446,22 +476,4 @@ class DPOConfig(PreferenceConfig):
         if self.reference_free and (self.precompute_ref_log_probs or self.sync_ref_model):
             raise ConfigError("reference_free=True uses no reference model, so precompute_ref_log_probs and "
                               "sync_ref_model cannot be set with it.")
-        if self.sync_ref_model and self.precompute_ref_log_probs:
-            raise ConfigError("sync_ref_model (TR-DPO) changes the reference during training, so its log-probs cannot "
-                              "be precomputed; drop one of sync_ref_model and precompute_ref_log_probs.")
-        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
-            raise ConfigError(f"ref_model_mixup_alpha={self.ref_model_mixup_alpha} must be in [0, 1].")
-        if self.ref_model_sync_steps < 1:
-            raise ConfigError(f"ref_model_sync_steps={self.ref_model_sync_steps} must be ≥ 1.")
-        if (self.model_adapter_name is None) != (self.ref_adapter_name is None):
-            raise ConfigError("set model_adapter_name and ref_adapter_name together (two adapters on one model).")
-        if self.ref_adapter_name is not None and self.ref_adapter_name == self.model_adapter_name:
-            raise ConfigError("ref_adapter_name must differ from model_adapter_name.")
-        if self.ref_adapter_name is not None and self.sync_ref_model:
-            raise ConfigError("sync_ref_model mixes weights of two models; with two adapters use it without "
-                              "ref_adapter_name, or drop sync_ref_model.")
-        if self.precompute_ref_batch_size is not None and self.precompute_ref_batch_size < 1:
-            raise ConfigError(f"precompute_ref_batch_size={self.precompute_ref_batch_size} must be ≥ 1.")
-        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
-            raise ConfigError(f"router_aux_loss_coef={self.router_aux_loss_coef} must be ≥ 0 (0 turns the MoE "
-                              "auxiliary loss off).")
+        super()._validate_reference()

@@ -18,7 +18,7 @@ from preftune.data.unpaired import UnpairedCollator, prepare_unpaired
 from preftune.errors import ConfigError
 from preftune.losses import kl_reference_point, weighting_rule
 from preftune.train.dpo import DPOTrainer
-from preftune.train.inputs import PreparedData, is_stream, is_tokenized
+from preftune.train.inputs import is_stream
 from preftune.train.kto_config import KTOConfig
 
 logger = logging.getLogger(__name__)
@@ -66,18 +66,11 @@ class KTOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ data
 
-    def _prepare(self, dataset, tokenizer, args, split):
-        if isinstance(dataset, PreparedData):
-            self.data_reports[split] = dataset.report
-            return dataset.dataset
-        if dataset is None or is_tokenized(dataset):
-            return dataset
+    def _tokenize_split(self, dataset, tokenizer, args, split):
         if is_stream(dataset):
             raise ConfigError(f"the {split} set is a stream (IterableDataset); KTOTrainer needs a datasets.Dataset or "
                               "a list of rows (the KL completions are built from whole batches of rows).")
-        prepared, report = prepare_unpaired_split(dataset, tokenizer, args, split)
-        self.data_reports[split] = report
-        return prepared
+        return prepare_unpaired_split(dataset, tokenizer, args, split)
 
     def _set_signature_columns_if_needed(self):
         self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "label", *REF_COLUMNS]

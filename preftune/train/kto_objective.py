@@ -19,7 +19,7 @@ import torch
 
 from preftune.logps import LogpsRequest, SequenceLogps
 from preftune.losses import kl_estimate, kto_loss
-from preftune.train.objectives import ObjectiveOutput
+from preftune.train.objective_output import ObjectiveOutput
 
 Tensor = torch.Tensor
 

@@ -6,24 +6,16 @@ rows), calls the pure loss function and names the metrics exactly as TRL logs th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from preftune.logps import LogpsRequest, SequenceLogps
+from preftune.train.objective_output import ObjectiveOutput
 from preftune.losses import (CPO_LOSSES, DPO_LOSSES, CPOParams, DPOInputs, DPOLossFn, DPOParams, combine, orpo_loss,
                              sft_loss)
 
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class ObjectiveOutput:
-    loss: Tensor  # scalar
-    metrics: dict[str, Tensor]  # name -> (B,) per-pair values, detached; logged as the mean over pairs
-    # name -> (numerator, denominator), scalars, detached; logged as Σ numerators / Σ denominators
-    # (token-weighted means, as TRL's entropy, mean_token_accuracy, logits/*)
-    token_metrics: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 def _halves(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -244,11 +244,18 @@ class PreferenceTrainer(Trainer):
             return dataset.dataset
         if dataset is None or is_tokenized(dataset):
             return dataset
+        prepared, report = self._tokenize_split(dataset, tokenizer, args, split)
+        if report is not None:
+            self.data_reports[split] = report
+        return prepared
+
+    def _tokenize_split(self, dataset, tokenizer, args, split):
+        """Raw rows -> (token ids, the report of how they were made; None for a stream). A family with
+        its own row shape (KTO's unpaired rows) overrides this."""
         if is_stream(dataset):
-            return prepare_stream_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder)
+            return prepare_stream_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder), None
         prepared = prepare_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder)
-        self.data_reports[split] = prepared.report
-        return prepared.dataset
+        return prepared.dataset, prepared.report
 
     def _for_evaluation(self, dataset, split: str):
         """A data set given to `evaluate`: prepared (rows of any shape, or a stream) and given its reference log-probs."""
