@@ -9,6 +9,8 @@ Nothing here imports transformers: the math is testable alone.
   dpo_variants.py  one function per DPO `loss_type`, the `DPO_LOSSES` table
   cpo.py           the reference-free CPO family (CPO, SimPO, AlphaPO), the `CPO_LOSSES` table
   kto.py           KTO and unpaired APO-zero (`kto_loss`), z₀ (`kl_estimate`, `kl_reference_point`)
+  listwise.py      lists of K scored answers per prompt, padded (G, K): which pairs (`ordered_pairs`),
+                   Plackett–Luce DPO and LiPO-λ (`LIST_LOSSES`), per-prompt means of pair losses
 
 Departures from the papers / from TRL 1.16, and why (the numbers otherwise equal TRL 1.16's
 DPOTrainer and experimental ORPOTrainer; tests/test_trl_parity.py runs both):
@@ -60,6 +62,8 @@ from preftune.losses.dpo_variants import (
 )
 from preftune.losses.kto import (KTO_LOSS_TYPES, KTOLossOutput, kl_estimate, kl_reference_point, kto_loss,
                                  weighting_rule)
+from preftune.losses.listwise import (LIST_LOSSES, LIST_PAIR_MODES, ListLossFn, lipo_loss, ordered_pair_mask,
+                                      ordered_pairs, pairwise_mean_per_prompt, plackett_luce_loss)
 from preftune.losses.orpo import ORPOLossOutput, log1mexp, orpo_loss
 
 __all__ = [
@@ -78,6 +82,9 @@ __all__ = [
     "F_DIVERGENCE_LOSSES",
     "LABEL_SMOOTHING_LOSSES",
     "KTO_LOSS_TYPES",
+    "LIST_LOSSES",
+    "LIST_PAIR_MODES",
+    "ListLossFn",
     "KTOLossOutput",
     "DPOInputs",
     "DPOLossFn",
@@ -99,9 +106,14 @@ __all__ = [
     "kl_estimate",
     "kl_reference_point",
     "kto_loss",
+    "lipo_loss",
     "log1mexp",
     "nca_pair_loss",
+    "ordered_pair_mask",
+    "ordered_pairs",
     "orpo_loss",
+    "pairwise_mean_per_prompt",
+    "plackett_luce_loss",
     "robust_loss",
     "sft_loss",
     "sigmoid_loss",
