@@ -86,6 +86,7 @@ from preftune.errors import ConfigError, DataError
 
 __all__ = [
     "COMMON_OPTIONAL",
+    "LIST_COLUMNS",
     "SHAPES",
     "Message",
     "PreferencePair",
@@ -96,7 +97,10 @@ __all__ = [
     "describe_shape",
     "extract_prompt",
     "match_shape",
+    "rename_columns",
     "row_images",
+    "row_template_kwargs",
+    "row_tools",
     "to_preference_pair",
 ]
 
@@ -237,10 +241,12 @@ SHAPES: tuple[RowShape, ...] = (
     RowShape("messages", ("messages", "rejected_response"), _messages_shape),
 )
 COMMON_OPTIONAL = ("system", "images", "image", "tools", "chat_template_kwargs")
+# the columns of list rows (several scored answers per prompt, `preftune.data.lists`), also valid --columns targets
+LIST_COLUMNS = ("completions", "scores", "ranking")
 
 
 def _canonical_names() -> set[str]:
-    names = set(COMMON_OPTIONAL)
+    names = set(COMMON_OPTIONAL) | set(LIST_COLUMNS)
     for shape in SHAPES:
         names.update(shape.required, shape.optional)
     return names
@@ -270,8 +276,9 @@ def check_columns(columns: Mapping[str, str | None]) -> None:
             )
 
 
-def _rename(columns: Iterable[str], mapping: Mapping[str, str | None]) -> dict[str, str]:
-    """Canonical name -> source name, for every column that is used."""
+def rename_columns(columns: Iterable[str], mapping: Mapping[str, str | None]) -> dict[str, str]:
+    """Canonical name -> source name, for every column that is used (`columns`: a row's column names,
+    `mapping`: the ``columns=`` / ``--columns`` renaming)."""
     targets = {t for t in mapping.values() if t is not None}
     out = {c: c for c in columns if c not in mapping and c not in targets}
     for source, target in mapping.items():
@@ -289,7 +296,7 @@ def describe_shape(columns: Iterable[str], mapping: Mapping[str, str | None] | N
     'explicit prompt {prompt, chosen, rejected}; ignored: source'
     """
     cols = list(columns)
-    names = _rename(cols, mapping or {})
+    names = rename_columns(cols, mapping or {})
     shape = match_shape(names)
     if shape is None:
         return f"no known shape for columns {', '.join(cols) or '(none)'}; accepted shapes: {accepted_shapes()}"
@@ -326,7 +333,7 @@ def _add_system(system: Any, prompt: Text, chosen: Text, rejected: Text) -> tupl
     return prompt, chosen, rejected
 
 
-def _tools(value: Any) -> list | None:
+def row_tools(value: Any) -> list | None:
     """A row's ``tools`` value: a list of tool dicts, or that list as a JSON string (as TRL reads it)."""
     if value is None:
         return None
@@ -342,7 +349,7 @@ def _tools(value: Any) -> list | None:
     return list(value)
 
 
-def _template_kwargs(value: Any) -> dict | None:
+def row_template_kwargs(value: Any) -> dict | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
@@ -371,7 +378,7 @@ def to_preference_pair(
     mapping = dict(columns or {})
     if mapping:
         check_columns(mapping)
-    names = _rename(list(row.keys()), mapping)
+    names = rename_columns(list(row.keys()), mapping)
     renamed = {canon: src for canon, src in names.items() if canon != src}
     try:
         missing = [src for src, target in mapping.items() if target is not None and src not in row]
@@ -400,7 +407,7 @@ def to_preference_pair(
             raise RowProblem("rejected", "is identical to chosen", "a preference pair needs two different completions; drop the row")
         if "system" in data:
             prompt, chosen, rejected = _add_system(data["system"], prompt, chosen, rejected)
-        return PreferencePair(prompt, chosen, rejected, image_tuple(row_images(data)), _tools(data.get("tools")),
-                              _template_kwargs(data.get("chat_template_kwargs")))
+        return PreferencePair(prompt, chosen, rejected, image_tuple(row_images(data)), row_tools(data.get("tools")),
+                              row_template_kwargs(data.get("chat_template_kwargs")))
     except RowProblem as p:
         raise DataError(p.sentence(index, renamed)) from None

@@ -191,7 +191,9 @@ def _code_hash() -> str:
     return h.hexdigest()
 
 
-def _tokenizer_hash(tokenizer) -> str:
+def tokenizer_hash(tokenizer) -> str:
+    """A hash of what tokenizing depends on (vocabulary, special tokens, chat template, a processor's image settings),
+    for the `datasets.map` fingerprints of prepared data."""
     tok = text_tokenizer(tokenizer)
     h = hashlib.sha256()
     backend = getattr(tok, "backend_tokenizer", None)
@@ -211,7 +213,7 @@ def _tokenizer_hash(tokenizer) -> str:
 
 def _fingerprint(dataset, tokenizer, limits: LengthLimits, columns, is_encoder_decoder: bool = False) -> str:
     h = hashlib.sha256()
-    for part in (dataset._fingerprint, _code_hash(), _tokenizer_hash(tokenizer), repr(limits),
+    for part in (dataset._fingerprint, _code_hash(), tokenizer_hash(tokenizer), repr(limits),
                  repr(sorted((columns or {}).items(), key=str)), f"is_encoder_decoder={bool(is_encoder_decoder)}"):
         h.update(str(part).encode())
         h.update(b"\0")

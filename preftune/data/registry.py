@@ -22,7 +22,17 @@ argilla/ultrafeedback-binarized-preferences-cleaned source, prompt, chosen, reje
 jondurbin/truthy-dpo-v0.1                           id, source, system, prompt, chosen, rejected (strings)
 HuggingFaceH4/ultrafeedback_binarized               prompt, prompt_id, chosen, rejected, messages, scores; splits train_prefs/test_prefs
 Intel/orca_dpo_pairs                                system, question, chosen, rejected (strings)
+openbmb/UltraFeedback                               source, instruction, models, completions: [{model, response,
+                                                    annotations, fine-grained_score, overall_score, ...}]
 ==================================================  ===========================================================
+
+openbmb/UltraFeedback is UltraFeedback as published, before binarization: one prompt with (usually) four rated
+completions. Its preprocessor (`ultrafeedback_row`) makes a list row (`preftune.data.lists`): ``instruction`` ->
+``prompt``, each completion's ``response`` -> ``completions``, and as its score the completion's
+``fine-grained_score`` (the mean of its four aspect ratings: helpfulness, honesty, instruction following,
+truthfulness; HuggingFaceH4/ultrafeedback_binarized scores with the same mean since its overall_score fix), or
+its ``overall_score`` where the fine-grained one is missing. A completion with neither keeps None, which the
+row check reports (row and answer); so does a row whose answers all got the same score (no pair to learn from).
 
 Decisions:
 
@@ -47,7 +57,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-__all__ = ["RegistryEntry", "REGISTRY", "lookup", "names", "hh_transcript_to_messages", "suggest"]
+__all__ = ["RegistryEntry", "REGISTRY", "lookup", "names", "hh_transcript_to_messages", "suggest", "ultrafeedback_row",
+           "ultrafeedback_score"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,44 @@ def _hh_rlhf(row: Mapping[str, Any]) -> dict:
             "rejected": hh_transcript_to_messages(row.get("rejected"))}
 
 
+def _number(value: Any) -> float | None:
+    """A rating as a float, or None when it is missing or not a finite number (UltraFeedback writes "N/A")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and value == value and value not in (float("inf"), float("-inf")):
+        return float(value)
+    return None
+
+
+def ultrafeedback_score(answer: Any) -> float | None:
+    """One openbmb/UltraFeedback completion's score: its ``fine-grained_score``, else its ``overall_score``,
+    else None (the row check reports it)."""
+    if not isinstance(answer, Mapping):
+        return None
+    for key in ("fine-grained_score", "overall_score"):
+        score = _number(answer.get(key))
+        if score is not None:
+            return score
+    return None
+
+
+def ultrafeedback_row(row: Mapping[str, Any]) -> dict:
+    """A raw openbmb/UltraFeedback row -> a list row ``{"prompt", "completions", "scores"}`` (see the module
+    docstring). Values it cannot read are passed on as they are (a completion that is not a dict: as itself; a
+    missing score: None), so that the row check names the row and the answer."""
+    answers = row.get("completions")
+    if not isinstance(answers, (list, tuple)):
+        return {"prompt": row.get("instruction"), "completions": answers, "scores": None}
+    return {"prompt": row.get("instruction"),
+            "completions": [a.get("response") if isinstance(a, Mapping) else a for a in answers],
+            "scores": [ultrafeedback_score(a) for a in answers]}
+
+
 # ----------------------------------------------------------------------- the table
 
 _ENTRIES = (
@@ -185,6 +234,11 @@ _ENTRIES = (
         "orca-dpo-pairs", "Intel/orca_dpo_pairs",
         "Intel's Orca DPO pairs: system + question, chosen (GPT-4) / rejected (Llama-2-13B) strings.",
         _system_prompt("question"), ("system", "question", "chosen", "rejected"),
+    ),
+    RegistryEntry(
+        "ultrafeedback", "openbmb/UltraFeedback",
+        "UltraFeedback as published: each prompt with its (usually 4) rated completions, as a list row.",
+        ultrafeedback_row, ("source", "instruction", "models", "completions", "correct_answers", "incorrect_answers"),
     ),
 )
 

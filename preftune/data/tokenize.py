@@ -208,15 +208,18 @@ def _end_with_eos(ids: list[int], tok, specials: SpecialTokens) -> list[int]:
     return ids + [eos]
 
 
-def _finish(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok, specials: SpecialTokens) -> TokenizedPair:
+def finish_ids(prompt_ids: list[int], completions: list[list[int]], tok, specials: SpecialTokens) -> tuple[list[int], list[list[int]]]:
+    """Decoder-only ids (tokenized without specials) finished by the BOS/EOS rules (module docstring): the prompt
+    with BOS once where the tokenizer uses one, each completion ending with EOS exactly once. Any number of
+    completions: a pair's two, or a list row's N (`preftune.data.list_prepare`)."""
     if specials.adds_bos and (not prompt_ids or prompt_ids[0] != specials.bos):
         prompt_ids = [specials.bos] + prompt_ids
-    return TokenizedPair(
-        list(prompt_ids),
-        _end_with_eos(list(chosen_ids), tok, specials),
-        _end_with_eos(list(rejected_ids), tok, specials),
-        specials.bos,
-    )
+    return list(prompt_ids), [_end_with_eos(list(ids), tok, specials) for ids in completions]
+
+
+def _finish(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok, specials: SpecialTokens) -> TokenizedPair:
+    prompt_ids, (chosen_ids, rejected_ids) = finish_ids(prompt_ids, [chosen_ids, rejected_ids], tok, specials)
+    return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, specials.bos)
 
 
 def _finish_encoder_decoder(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], tok,
@@ -292,22 +295,33 @@ def render_pair(pair: PreferencePair, tokenizer, *, index: int | None = None) ->
         pair = with_image_placeholders(pair, tokenizer)
     if not pair.is_conversational:
         return pair.prompt, pair.chosen, pair.rejected
+    prompt_text, (chosen, rejected) = render_conversation(
+        pair.prompt, [("chosen", pair.chosen), ("rejected", pair.rejected)], pair.chat_template_kwargs(), tokenizer,
+        index=index)
+    return prompt_text, chosen, rejected
+
+
+def render_conversation(prompt, completions: list[tuple[str, list]], kwargs: dict, tokenizer, *,
+                        index: int | None = None) -> tuple[str, list[str]]:
+    """A conversational prompt and its completions (``(name, messages)``, the name for messages) rendered with
+    the chat template: the prompt text (with the generation prompt) and each completion's text after it.
+    `kwargs`: the row's chat-template keywords (TRL: ``{"tools": tools, **chat_template_kwargs}``, for every
+    call alike). Shared by pairs (`render_pair`) and list rows (`preftune.data.list_prepare`)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             "The data is conversational (message lists, or strings with a 'system' column) but the tokenizer has no chat template; set one, e.g. with preftune.setup_chat_format(model, tokenizer), or use a model that ships one."
         )
-    kwargs = pair.chat_template_kwargs()  # TRL: {"tools": tools, **chat_template_kwargs}, for every call alike
-    prompt = list(pair.prompt) if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
+    prompt = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     prompt_text = _apply_template(tokenizer, prompt, index, **{**kwargs, "add_generation_prompt": True})
-    completions = []
-    for name, completion in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+    texts = []
+    for name, completion in completions:
         full = _apply_template(tokenizer, prompt + list(completion), index, **kwargs)
         if not full.startswith(prompt_text):
             raise DataError(
                 f"{_where(index)}: the chat template renders the prompt differently with and without the {name} reply, so the reply cannot be cut out of the text; use a template whose generation prompt is a prefix of the rendered conversation, or pass plain-string pairs."
             )
-        completions.append(full[len(prompt_text):])
-    return prompt_text, completions[0], completions[1]
+        texts.append(full[len(prompt_text):])
+    return prompt_text, texts
 
 
 def tokenize_pair(pair: PreferencePair, tokenizer, *, index: int | None = None,
@@ -365,22 +379,52 @@ COMPLETION_FILLS_MAX_LENGTH = "completion"  # keep_end: the longer completion al
 EMPTY_COMPLETION = "empty"  # any other pair left with an empty completion
 
 
-def _trl_truncate(prompt: list[int], chosen: list[int], rejected: list[int], limits: LengthLimits,
+def _trl_truncate(prompt: list[int], completions: list[list[int]], limits: LengthLimits,
                   keep_prompt: bool) -> tuple | None:
     """TRL 1.16's truncation (`max_prompt_length` None; see the module docstring)."""
     max_length = limits.max_length
-    longest = max(len(chosen), len(rejected))
+    longest = max(len(c) for c in completions)
     if len(prompt) + longest <= max_length:
-        return prompt, chosen, rejected
+        return prompt, completions
     if limits.truncation_mode == "keep_start" or keep_prompt:
         room = max_length - len(prompt)  # each sequence keeps its first max_length ids: the prompt whole
         if room <= 0:
             return None
-        return prompt, chosen[:room], rejected[:room]
-    keep = max_length - longest  # keep_end: the longer sequence keeps its last max_length ids, as in TRL
+        return prompt, [c[:room] for c in completions]
+    keep = max_length - longest  # keep_end: the longest sequence keeps its last max_length ids, as in TRL
     if keep <= 0:
         return None
-    return prompt[len(prompt) - keep:], chosen, rejected
+    return prompt[len(prompt) - keep:], completions
+
+
+def truncate_ids(prompt: list[int], completions: list[list[int]], limits: LengthLimits, *,
+                 bos_token_id: int | None = None, keep_prompt: bool = False) -> tuple[list[int], list[list[int]]] | None:
+    """`truncate_pair`'s decoder-only rules for one prompt and any number of completions (a pair's two, a list
+    row's N): ``(prompt, completions)``, or None when the row must be dropped (an empty completion; `drop_reason`).
+    "The longer completion" of the pair rules is the longest of them all, so the prompt is cut once for all.
+    A prompt or completion that is not cut is returned as the same list object."""
+    if limits.max_completion_length is not None:
+        completions = [c[: limits.max_completion_length] for c in completions]
+    max_length = limits.max_length
+    if max_length is not None and limits.max_prompt_length is None:
+        cut = _trl_truncate(prompt, completions, limits, keep_prompt)
+        if cut is None:
+            return None
+        prompt, completions = cut
+    elif max_length is not None and len(prompt) + max(len(c) for c in completions) > max_length:
+        keep = None if keep_prompt else limits.max_prompt_length
+        if keep is not None and len(prompt) > keep:
+            if limits.truncation_mode == "keep_start":
+                prompt = prompt[:keep]
+            elif bos_token_id is not None and prompt[0] == bos_token_id:
+                prompt = prompt[:1] + prompt[len(prompt) - keep + 1:]  # keep BOS + the last keep-1
+            else:
+                prompt = prompt[len(prompt) - keep:]
+        room = max(max_length - len(prompt), 0)
+        completions = [c[:room] for c in completions]
+    if not all(completions):
+        return None
+    return prompt, completions
 
 
 def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder: bool = False,
@@ -393,29 +437,11 @@ def truncate_pair(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder
     whose prompt leaves no room for them is dropped (None)."""
     if is_encoder_decoder:
         return _truncate_encoder_decoder(tp, limits)
-    prompt, chosen, rejected = tp.prompt_ids, tp.chosen_ids, tp.rejected_ids
-    if limits.max_completion_length is not None:
-        chosen = chosen[: limits.max_completion_length]
-        rejected = rejected[: limits.max_completion_length]
-    max_length = limits.max_length
-    if max_length is not None and limits.max_prompt_length is None:
-        cut = _trl_truncate(prompt, chosen, rejected, limits, keep_prompt)
-        if cut is None:
-            return None
-        prompt, chosen, rejected = cut
-    elif max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
-        keep = None if keep_prompt else limits.max_prompt_length
-        if keep is not None and len(prompt) > keep:
-            if limits.truncation_mode == "keep_start":
-                prompt = prompt[:keep]
-            elif tp.bos_token_id is not None and prompt[0] == tp.bos_token_id:
-                prompt = prompt[:1] + prompt[len(prompt) - keep + 1:]  # keep BOS + the last keep-1
-            else:
-                prompt = prompt[len(prompt) - keep:]
-        room = max_length - len(prompt)
-        chosen, rejected = chosen[: max(room, 0)], rejected[: max(room, 0)]
-    if not chosen or not rejected:
+    cut = truncate_ids(tp.prompt_ids, [tp.chosen_ids, tp.rejected_ids], limits, bos_token_id=tp.bos_token_id,
+                       keep_prompt=keep_prompt)
+    if cut is None:
         return None
+    prompt, (chosen, rejected) = cut
     if prompt is tp.prompt_ids and len(chosen) == len(tp.chosen_ids) and len(rejected) == len(tp.rejected_ids):
         return tp
     return TokenizedPair(list(prompt), list(chosen), list(rejected), tp.bos_token_id)
@@ -427,10 +453,15 @@ def drop_reason(tp: TokenizedPair, limits: LengthLimits, *, is_encoder_decoder: 
     prompt alone is max_length ids or more, dropped as TRL 1.16 drops them), `COMPLETION_FILLS_MAX_LENGTH`
     (keep_end without max_prompt_length: the longer completion alone fills max_length), or
     `EMPTY_COMPLETION`."""
-    if is_encoder_decoder or limits.max_length is None:
+    if is_encoder_decoder:
         return EMPTY_COMPLETION
-    if limits.max_prompt_length is not None:
+    return ids_drop_reason(len(tp.prompt_ids), limits, keep_prompt=keep_prompt)
+
+
+def ids_drop_reason(n_prompt_ids: int, limits: LengthLimits, *, keep_prompt: bool = False) -> str:
+    """`drop_reason` for decoder-only ids that `truncate_ids` dropped, from the prompt's length."""
+    if limits.max_length is None or limits.max_prompt_length is not None:
         return EMPTY_COMPLETION
     if limits.truncation_mode == "keep_end" and not keep_prompt:
         return COMPLETION_FILLS_MAX_LENGTH
-    return PROMPT_FILLS_MAX_LENGTH if len(tp.prompt_ids) >= limits.max_length else EMPTY_COMPLETION
+    return PROMPT_FILLS_MAX_LENGTH if n_prompt_ids >= limits.max_length else EMPTY_COMPLETION
