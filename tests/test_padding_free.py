@@ -100,7 +100,7 @@ def test_prefix_one_row_by_hand():
     assert layout.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 0, 1, 2]]
     assert layout.segments.tolist() == [[S, S, C, C, C, R, S, S, R]]
     assert layout.groups.tolist() == [[0, 0, 0, 0, 0, 0, 1, 1, 1]]
-    assert layout.pair_starts.tolist() == [0, 6] and layout.real_tokens == 9
+    assert layout.group_starts.tolist() == [0, 6] and layout.real_tokens == 9
     mask = prefix_sharing_mask(layout)[0, 0]
     assert mask[5].tolist() == [True, True, False, False, False, True, False, False, False]  # rejected 30
     assert mask[8].tolist() == [False] * 6 + [True, True, True]  # pair 1 never sees pair 0

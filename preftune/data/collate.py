@@ -15,6 +15,10 @@ the processor gives them) for the images of the batch, in row order: the images 
 pairs 0..B-1 for the chosen rows, then the same images again for the rejected rows
 (the pair's images are duplicated, not shared: the vision tower runs on both copies).
 The batch is a `VisionPreferenceBatch`.
+
+List rows (one prompt, K scored answers: issue 17) get `ListCollator`: one row per answer,
+prompt + answer, the rows of a prompt adjacent, with each row's prompt index (``groups``)
+and score — a `ListBatch`. Prefix sharing packs each prompt's rows into one row.
 """
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ from preftune.errors import ConfigError
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
 SEQ2SEQ_KEYS = ("prompt_input_ids", "prompt_attention_mask", "completion_input_ids", "completion_mask")
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # optional float columns, one value per pair
+LIST_KEYS = ("groups", "scores")  # a list batch's structure: the prompt of each row, each answer's score
+LIST_COLUMNS = ("prompt_ids", "completion_ids", "scores")  # tokenized list rows
+LIST_REF_COLUMN = "ref_completion_logps"  # optional: precomputed reference log-probs, one per answer
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,11 @@ class PreferenceBatch:
     def batch_size(self) -> int:
         """B, the number of pairs (half the rows)."""
         return self.input_ids.shape[0] // 2
+
+    @property
+    def row_groups(self) -> torch.Tensor:
+        """(2B,) the pair of each row: rows b and B + b (chosen, rejected) share a prompt (prefix sharing's groups)."""
+        return torch.arange(self.batch_size, device=self.input_ids.device).repeat(2)
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         out = {k: getattr(self, k) for k in BATCH_KEYS}
@@ -144,9 +156,60 @@ class VisionPreferenceBatch(PreferenceBatch):
         return {**super().to_dict(), **self.vision_inputs}
 
 
-def batch_from_inputs(inputs: Mapping[str, Any]) -> "PreferenceBatch | Seq2SeqBatch":
-    """The batch a collator's dict holds: `Seq2SeqBatch` for encoder-decoder keys, `VisionPreferenceBatch`
-    when it carries ``pixel_values``, else `PreferenceBatch`."""
+@dataclass(frozen=True)
+class ListBatch:
+    """A padded batch of G list rows (one prompt, K_g scored answers each) as N = Σ K_g sequences.
+
+    input_ids:       (N, T) long — prompt + answer, the rows of one prompt adjacent and in the row's
+                     answer order, right-padded with the pad token.
+    attention_mask:  (N, T) long — 1 on real tokens.
+    completion_mask: (N, T) long — 1 exactly on the answer tokens.
+    groups:          (N,) long — the prompt (0..G-1) each row answers, non-decreasing.
+    scores:          (N,) float — each answer's score, higher is better.
+    ref_logps:       (N,) float or None — precomputed reference log-probs of the answers.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    groups: torch.Tensor
+    scores: torch.Tensor
+    ref_logps: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.input_ids.shape
+        if self.input_ids.dim() != 2 or self.attention_mask.shape != shape or self.completion_mask.shape != shape:
+            raise ValueError(f"input_ids and masks must share one (N, T) shape, got {tuple(shape)}, "
+                             f"{tuple(self.attention_mask.shape)}, {tuple(self.completion_mask.shape)}")
+        if self.groups.shape != shape[:1] or self.scores.shape != shape[:1]:
+            raise ValueError(f"groups and scores must be ({shape[0]},), got {tuple(self.groups.shape)} and {tuple(self.scores.shape)}")
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping[str, Any]) -> "ListBatch":
+        return cls(*(inputs[k] for k in (*BATCH_KEYS, *LIST_KEYS)), inputs.get("ref_logps"))
+
+    @property
+    def batch_size(self) -> int:
+        """G, the number of prompts."""
+        return int(self.groups[-1]) + 1 if self.groups.numel() else 0
+
+    @property
+    def row_groups(self) -> torch.Tensor:
+        """(N,) the prompt of each row (prefix sharing's groups: one packed row per prompt)."""
+        return self.groups
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        out = {k: getattr(self, k) for k in (*BATCH_KEYS, *LIST_KEYS)}
+        if self.ref_logps is not None:
+            out["ref_logps"] = self.ref_logps
+        return out
+
+
+def batch_from_inputs(inputs: Mapping[str, Any]) -> "PreferenceBatch | Seq2SeqBatch | ListBatch":
+    """The batch a collator's dict holds: `ListBatch` for list rows (``groups``), `Seq2SeqBatch` for
+    encoder-decoder keys, `VisionPreferenceBatch` when it carries ``pixel_values``, else `PreferenceBatch`."""
+    if "groups" in inputs:
+        return ListBatch.from_inputs(inputs)
     if "prompt_input_ids" in inputs:
         return Seq2SeqBatch.from_inputs(inputs)
     if "pixel_values" in inputs:
@@ -175,6 +238,24 @@ def _ref_logps(features: Sequence[Mapping[str, Any]]) -> torch.Tensor | None:
     return torch.tensor(chosen + rejected, dtype=torch.float32)
 
 
+def _pad_rows(rows: list[list[int]], prompt_lens: list[int], pad_token_id: int, multiple: int | None) -> dict:
+    """Right-pad prompt+completion rows: input_ids, attention_mask, completion_mask (N, T) long."""
+    width = max(len(r) for r in rows)
+    if multiple:
+        width = -(-width // multiple) * multiple
+    input_ids, attention, completion = [], [], []
+    for row, p_len in zip(rows, prompt_lens):
+        n, pad = len(row), width - len(row)
+        input_ids.append(row + [pad_token_id] * pad)
+        attention.append([1] * n + [0] * pad)
+        completion.append([0] * p_len + [1] * (n - p_len) + [0] * pad)
+    return {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "attention_mask": torch.tensor(attention, dtype=torch.long),
+        "completion_mask": torch.tensor(completion, dtype=torch.long),
+    }
+
+
 @dataclass
 class PreferenceCollator:
     """Collate features with ``prompt_ids``/``chosen_ids``/``rejected_ids`` (extra
@@ -194,21 +275,7 @@ class PreferenceCollator:
         prompts = [_ids(f["prompt_ids"]) for f in features]
         rows = [p + _ids(f["chosen_ids"]) for p, f in zip(prompts, features)]
         rows += [p + _ids(f["rejected_ids"]) for p, f in zip(prompts, features)]
-        prompt_lens = [len(p) for p in prompts] * 2
-        width = max(len(r) for r in rows)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids, attention, completion = [], [], []
-        for row, p_len in zip(rows, prompt_lens):
-            n, pad = len(row), width - len(row)
-            input_ids.append(row + [self.pad_token_id] * pad)
-            attention.append([1] * n + [0] * pad)
-            completion.append([0] * p_len + [1] * (n - p_len) + [0] * pad)
-        batch = {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "attention_mask": torch.tensor(attention, dtype=torch.long),
-            "completion_mask": torch.tensor(completion, dtype=torch.long),
-        }
+        batch = _pad_rows(rows, [len(p) for p in prompts] * 2, self.pad_token_id, self.pad_to_multiple_of)
         ref = _ref_logps(features)  # precomputed reference log-probs travel with their pairs
         if ref is not None:
             batch["ref_logps"] = ref
@@ -280,4 +347,39 @@ class VisionPreferenceCollator(PreferenceCollator):
             for key, value in encoded.items():
                 if isinstance(value, torch.Tensor):  # per image (or per patch): chosen rows, then rejected rows
                     batch[key] = torch.cat([value, value])
+        return batch
+
+
+@dataclass
+class ListCollator:
+    """Collate list rows — features with ``prompt_ids``, ``completion_ids`` (one list per answer) and
+    ``scores`` (extra keys ignored) — into a `ListBatch`'s dict: input_ids, attention_mask,
+    completion_mask (N, T), ``groups`` and ``scores`` (N,), plus ``ref_logps`` (N,) when the features
+    carry ``ref_completion_logps``. The rows of a prompt are adjacent, in its answers' order."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        self.pad_token_id = _check_pad(self.pad_token_id, self.pad_to_multiple_of)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty list of features")
+        rows, prompt_lens, groups, scores = [], [], [], []
+        for g, f in enumerate(features):
+            prompt = _ids(f["prompt_ids"])
+            answers = [_ids(a) for a in f["completion_ids"]]
+            if len(answers) != len(f["scores"]):
+                raise ValueError(f"list row {g} has {len(answers)} answers but {len(f['scores'])} scores")
+            rows += [prompt + a for a in answers]
+            prompt_lens += [len(prompt)] * len(answers)
+            groups += [g] * len(answers)
+            scores += [float(s) for s in f["scores"]]
+        batch = _pad_rows(rows, prompt_lens, self.pad_token_id, self.pad_to_multiple_of)
+        batch["groups"] = torch.tensor(groups, dtype=torch.long)
+        batch["scores"] = torch.tensor(scores, dtype=torch.float32)
+        if features[0].get(LIST_REF_COLUMN) is not None:
+            batch["ref_logps"] = torch.tensor([float(v) for f in features for v in f[LIST_REF_COLUMN]],
+                                              dtype=torch.float32)
         return batch

@@ -1,18 +1,20 @@
-"""Per-sequence log-probs with each pair's shared prefix computed once (issue 6).
+"""Per-sequence log-probs with each group's shared prefix computed once (issues 6 and 17).
 
-A pair's chosen and rejected rows start with the same prompt. `sequence_logps` runs
-the prompt twice (once in each row); here each pair becomes ONE packed row
+A pair's chosen and rejected rows start with the same prompt, and so do the K answers
+of a list row. `sequence_logps` runs the prompt once per row; here each group of rows
+(`batch.row_groups`: a pair, or a list row's answers) becomes ONE packed row
 
-    [shared prefix | chosen branch | rejected branch | padding]        (B, L)
+    [shared prefix | branch 1 | branch 2 | ... | branch K | padding]        (G, L)
 
-run with a custom 4D attention mask: prefix and chosen tokens attend causally as
-usual; rejected tokens attend to the prefix and to earlier rejected tokens, never to
-the chosen branch. Position ids restart at len(prefix) for the rejected branch, so
-every token sees exactly the keys, values and positions it sees in its plain row,
-and the results equal the plain concatenated forward (tested, gradients included).
-The model runs once over Σ(P + C_chosen + C_rejected) tokens instead of
-Σ 2·(P + C), for the decoder layers and, when prompt tokens are scored
-(`sequence_rows`, ORPO's NLL), for the LM head as well.
+run with a custom 4D attention mask: each branch's tokens attend to the prefix and to
+earlier tokens of their own branch, never to another branch. Position ids restart at
+len(prefix) for every branch, so every token sees exactly the keys, values and
+positions it sees in its plain row, and the results equal the plain concatenated
+forward (tested, gradients included). A pair runs Σ(P + C_chosen + C_rejected)
+tokens instead of Σ 2·(P + C); a list of K answers Σ(P + Σ_k C_k) instead of
+Σ K·P + Σ_k C_k — and, trained as its K(K−1)/2 pairs, it would have cost K(K−1)/2
+prompts. When prompt tokens are scored (`sequence_rows`, ORPO's NLL) the LM head
+saves the same.
 
 transformers 5.23 hands a 4D `attention_mask` to the attention layers unchanged
 (masking_utils._preprocess_mask_arguments), as a boolean mask for sdpa and as an
@@ -29,15 +31,15 @@ Departures from the plain path, and why:
 - MoE auxiliary loss: the model's own `load_balancing_loss_func` expects a 2D mask,
   so the model is called with `output_router_logits=False`, the router logits are
   captured by forward hooks on the router modules, and the same function is called
-  with a weight per packed token: 2 on shared tokens (each stands for a token in
-  both plain rows), 1 on branch tokens, 0 on padding. The token-weighted means
-  equal those over the plain (2B, T) batch, so `aux_loss` equals the plain path's.
+  with a weight per packed token: K on shared tokens of a group of K rows (each stands
+  for a token in every plain row), 1 on branch tokens, 0 on padding. The token-weighted
+  means equal those over the plain (N, T) batch, so `aux_loss` equals the plain path's.
 - A custom mask disables sdpa's `is_causal` fast path and flash-attention kernels;
   `prefix_sharing_blockers` lists when this path is exact and usable.
 
-With `padding_free` (`LogpsOptions.padding_free`) the B pair rows are not padded to the
+With `padding_free` (`LogpsOptions.padding_free`) the group rows are not padded to the
 longest: their real tokens are concatenated into ONE row (1, R), R = Σ(P + C_chosen + C_rejected),
-and the mask is block-diagonal by pair (`SharedPrefixLayout.one_row`). The linear layers then see
+and the mask is block-diagonal by group (`SharedPrefixLayout.one_row`). The linear layers then see
 no padding at all; sdpa/eager attention computes over (R, R) instead of B·L² (see
 `packing`'s docstring for when that pays).
 
@@ -64,7 +66,7 @@ if TYPE_CHECKING:  # only the batch's fields are used here
 
 Tensor = torch.Tensor
 
-SHARED, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segment ids of packed tokens
+SHARED, CHOSEN, REJECTED, PAD = 0, 1, 2, -1  # segment ids of packed tokens: branch k of a group is k + 1
 _MASK_TENSOR_IMPLS = ("eager", "sdpa")  # attention implementations that take a dense 4D mask as given
 _LAYER_TYPES = {"full_attention", "sliding_attention"}
 _AUX_CALL = re.compile(
@@ -75,79 +77,111 @@ _AUX_CALL = re.compile(
 
 @dataclass(frozen=True)
 class SharedPrefixLayout:
-    """B pairs packed one per row: [shared prefix | chosen branch | rejected branch | padding].
+    """G groups of rows that begin alike, packed one group per row:
+    [shared prefix | branch 1 | branch 2 | ... | branch K | padding].
 
-    input_ids:    (B, L) long — padding positions repeat the row's first token (never scored, never attended to).
-    position_ids: (B, L) long — each token's index in its plain row; 0 on padding.
-    segments:     (B, L) long — SHARED, CHOSEN, REJECTED or PAD.
-    shared_len:   (B,) long — length S of the common prefix of the pair's two rows.
-    chosen_len, rejected_len: (B,) long — real tokens in the plain chosen / rejected row.
+    A pair is a group of two (branch 1 = chosen, branch 2 = rejected); a list row of K answers is a
+    group of K, its branches in row order. Packed tensors:
+    input_ids:    (G, L) long — padding positions repeat the group's first token (never scored, never attended to).
+    position_ids: (G, L) long — each token's index in its plain row; 0 on padding.
+    segments:     (G, L) long — SHARED, k + 1 for branch k (CHOSEN, REJECTED for a pair), or PAD.
+    Per group and per plain row:
+    shared_len:   (G,) long — length S of the longest common prefix of the group's rows.
+    group_size:   (G,) long — rows in the group.
+    row_group:    (N,) long — the group of each plain row.
+    row_len:      (N,) long — real tokens in each plain row.
+    row_offset:   (N,) long — where a row's branch starts after the prefix: Σ (len − S) of the group's earlier rows.
 
-    One row for all pairs (`padding_free`, `pack_shared_prefix(..., one_row=True)`): the pairs'
-    rows above, padding dropped, concatenated — input_ids, position_ids, segments (1, R) with no
-    PAD, and
-    groups:       (1, R) long — the pair each token belongs to (None: one pair per row).
-    pair_starts:  (B,) long — where each pair begins in the row (None: pair b begins row b).
+    One row for all groups (`padding_free`, `pack_shared_prefix(..., one_row=True)`): the rows above,
+    padding dropped, concatenated — input_ids, position_ids, segments (1, R) with no PAD, and
+    groups:       (1, R) long — the group each token belongs to (None: one group per row).
+    group_starts: (G,) long — where each group begins in the row (None: group g begins row g).
     """
 
     input_ids: Tensor
     position_ids: Tensor
     segments: Tensor
     shared_len: Tensor
-    chosen_len: Tensor
-    rejected_len: Tensor
+    group_size: Tensor
+    row_group: Tensor
+    row_len: Tensor
+    row_offset: Tensor
     groups: Tensor | None = None
-    pair_starts: Tensor | None = None
+    group_starts: Tensor | None = None
 
     @property
     def real_tokens(self) -> int:
-        """Tokens the model computes, padding excluded: Σ(S + (C_chosen − S) + (C_rejected − S))."""
+        """Tokens the model computes, padding excluded: Σ_g (S_g + Σ_rows (len − S_g))."""
         return int((self.segments != PAD).sum())
 
     def packed_index(self, rows: Tensor, positions: Tensor) -> Tensor:
-        """Flat index into (B·L) of plain-batch token (row, position); rows in [0, 2B)."""
-        b, width = self.shared_len.shape[0], self.input_ids.shape[1]
-        pair = rows % b
-        in_rejected_branch = (rows >= b) & (positions >= self.shared_len[pair])
-        offset = torch.where(in_rejected_branch, self.chosen_len[pair] - self.shared_len[pair], 0)
-        start = pair * width if self.pair_starts is None else self.pair_starts[pair]
-        return start + positions + offset
+        """Flat index into (G·L) of plain-batch token (row, position)."""
+        group = self.row_group[rows]
+        in_branch = positions >= self.shared_len[group]
+        start = group * self.input_ids.shape[1] if self.group_starts is None else self.group_starts[group]
+        return start + positions + torch.where(in_branch, self.row_offset[rows], 0)
+
+    def token_group_size(self) -> Tensor:
+        """(G, L) or (1, R): rows of the group each packed token belongs to."""
+        if self.groups is not None:
+            return self.group_size[self.groups]
+        return self.group_size[:, None].expand(self.segments.shape)
 
     def one_row(self) -> "SharedPrefixLayout":
-        """The pairs' rows, padding dropped, concatenated into one row (see the class docstring)."""
-        real = self.segments != PAD  # (B, L): each row's real tokens come first
+        """The groups' rows, padding dropped, concatenated into one row (see the class docstring)."""
+        real = self.segments != PAD  # (G, L): each row's real tokens come first
         totals = real.sum(1)
-        pairs = torch.arange(real.shape[0], device=real.device)[:, None].expand(real.shape)
+        groups = torch.arange(real.shape[0], device=real.device)[:, None].expand(real.shape)
         return SharedPrefixLayout(self.input_ids[real][None], self.position_ids[real][None], self.segments[real][None],
-                                  self.shared_len, self.chosen_len, self.rejected_len,
-                                  groups=pairs[real][None], pair_starts=torch.cumsum(totals, 0) - totals)
+                                  self.shared_len, self.group_size, self.row_group, self.row_len, self.row_offset,
+                                  groups=groups[real][None], group_starts=torch.cumsum(totals, 0) - totals)
 
 
-def pack_shared_prefix(batch: PreferenceBatch, one_row: bool = False) -> SharedPrefixLayout:
-    """Pack a right-padded (2B, T) batch into one row per pair, or all pairs into one row without
-    padding when `one_row` (`padding_free`); see `SharedPrefixLayout`."""
+def pack_shared_prefix(batch, one_row: bool = False) -> SharedPrefixLayout:
+    """Pack a right-padded (N, T) batch into one row per group of rows (`batch.row_groups`: a pair batch's
+    pairs, a list batch's prompts), or all groups into one row without padding when `one_row`
+    (`padding_free`); see `SharedPrefixLayout`. A group's branches follow its rows' order."""
     ids, attn = batch.input_ids, batch.attention_mask.bool()
+    row_group = batch.row_groups.to(ids.device)
     n, t = ids.shape
-    b = n // 2
-    lengths = attn.sum(1)  # (2B,)
+    lengths = attn.sum(1)  # (N,)
     if not torch.equal(attn, torch.arange(t, device=ids.device)[None] < lengths[:, None]):
         raise ValueError("Prefix sharing needs right-padded rows (attention_mask 1…1 0…0); "
                          "collate with padding on the right or turn prefix sharing off.")
-    chosen_len, rejected_len = lengths[:b], lengths[b:]
-    same = (ids[:b] == ids[b:]) & attn[:b] & attn[b:]  # (B, T)
-    shared_len = same.long().cumprod(1).sum(1)  # (B,) longest common prefix
-    total = chosen_len + rejected_len - shared_len  # (B,)
-    width = max(int(total.max()), 1)
-    q = torch.arange(width, device=ids.device)[None]  # (1, L)
-    in_chosen = q < chosen_len[:, None]  # prefix or chosen branch: same index as in the chosen row
-    in_rejected = ~in_chosen & (q < total[:, None])
-    col = torch.where(in_chosen, q, torch.where(in_rejected, q - (chosen_len - shared_len)[:, None], 0))
-    pair = torch.arange(b, device=ids.device)[:, None]
-    row = torch.where(in_rejected, pair + b, pair)
-    segments = torch.full_like(col, PAD)
-    segments = torch.where(in_rejected, REJECTED, torch.where(in_chosen, CHOSEN, segments))
-    segments = torch.where(q < shared_len[:, None], SHARED, segments)
-    layout = SharedPrefixLayout(ids[row, col], col, segments, shared_len, chosen_len, rejected_len)
+    g = int(row_group.max()) + 1 if n else 0
+    rows = torch.arange(n, device=ids.device)
+    first = torch.full((g,), n, device=ids.device, dtype=torch.long).scatter_reduce(0, row_group, rows, "amin")  # (G,)
+    lead = first[row_group]  # (N,) the first row of each row's group
+    same = (ids == ids[lead]) & attn & attn[lead]  # (N, T)
+    common = same.long().cumprod(1).sum(1)  # (N,) common prefix with the group's first row
+    shared_len = lengths.new_full((g,), t).scatter_reduce(0, row_group, common, "amin")  # (G,)
+    group_size = torch.zeros_like(shared_len).index_add(0, row_group, torch.ones_like(row_group))
+    extra = lengths - shared_len[row_group]  # (N,) branch tokens of each row
+    # Exclusive running sum of `extra` over the earlier rows of the same group (rows in order: stable sort).
+    order = torch.sort(row_group, stable=True).indices
+    sorted_group = row_group[order]
+    running = torch.cumsum(extra[order], 0) - extra[order]
+    group_base = torch.zeros_like(shared_len).scatter_reduce(0, sorted_group, running, "amin", include_self=False)
+    row_offset, rank = torch.empty_like(extra), torch.empty_like(extra)
+    row_offset[order] = running - group_base[sorted_group]
+    sorted_pos = torch.arange(n, device=ids.device)
+    group_first_pos = torch.zeros_like(shared_len).scatter_reduce(0, sorted_group, sorted_pos, "amin", include_self=False)
+    rank[order] = sorted_pos - group_first_pos[sorted_group]  # (N,) the row's place k in its group
+    total = shared_len + torch.zeros_like(shared_len).index_add(0, row_group, extra)  # (G,)
+    width = max(int(total.max()) if g else 1, 1)
+    q = torch.arange(t, device=ids.device)[None]  # (1, T)
+    in_branch = attn & (q >= shared_len[row_group][:, None])
+    in_prefix = (rows == lead)[:, None] & (q < shared_len[row_group][:, None])
+    take = in_branch | in_prefix  # (N, T): each packed token comes from exactly one plain token
+    dest = (row_group[:, None] * width + q + torch.where(in_branch, row_offset[:, None], 0))[take]
+    kind = (rank + 1)[:, None].expand(n, t)  # branch k + 1
+    packed_ids = ids[first][:, :1].expand(g, width).clone()  # padding repeats the group's first token
+    positions = torch.zeros(g, width, dtype=torch.long, device=ids.device)
+    segments = torch.full((g, width), PAD, dtype=torch.long, device=ids.device)
+    packed_ids.view(-1)[dest] = ids[take]
+    positions.view(-1)[dest] = q.expand(n, t)[take]
+    segments.view(-1)[dest] = torch.where(in_branch, kind, SHARED)[take]
+    layout = SharedPrefixLayout(packed_ids, positions, segments, shared_len, group_size, row_group, lengths, row_offset)
     return layout.one_row() if one_row else layout
 
 
@@ -155,7 +189,7 @@ def prefix_sharing_mask(layout: SharedPrefixLayout, window: int | None = None) -
     """Which keys each packed query may attend to, (B, 1, L, L) bool.
 
     Causal in packed order, restricted to the query's own branch plus the shared
-    prefix (of its own pair, for a one-row layout: block-diagonal by pair); within
+    prefix (of its own group, for a one-row layout: block-diagonal by group); within
     `window` positions when given (kv_pos > q_pos − window). A padding query attends
     to itself only, so no softmax row is empty.
     """
@@ -164,7 +198,7 @@ def prefix_sharing_mask(layout: SharedPrefixLayout, window: int | None = None) -
     idx = torch.arange(width, device=seg.device)
     causal = idx[None, :] <= idx[:, None]  # (L, L): key ≤ query
     seg_q, seg_k = seg[:, :, None], seg[:, None, :]
-    allowed = causal & ((seg_k == SHARED) | (seg_k == seg_q)) & (seg_k != PAD) & (seg_q != PAD)  # (B, L, L)
+    allowed = causal & ((seg_k == SHARED) | (seg_k == seg_q)) & (seg_k != PAD) & (seg_q != PAD)  # (G, L, L)
     if layout.groups is not None:
         allowed = allowed & (layout.groups[:, :, None] == layout.groups[:, None, :])
     if window is not None:
@@ -251,7 +285,7 @@ def supports_prefix_sharing(model) -> bool:
 
 def _attention_masks(base, layout: SharedPrefixLayout, dtype: torch.dtype):
     """The mask argument for the model: one 4D mask, or a dict by layer type when windows differ."""
-    longest = int(torch.maximum(layout.chosen_len, layout.rejected_len).max())
+    longest = int(layout.row_len.max())
     # A window at least as long as every row masks nothing: build one mask for all layers.
     windows = {kind: (w if w is not None and w < longest else None) for kind, w in _layer_windows(base.config).items()}
     cache: dict[int | None, Tensor] = {}
@@ -288,10 +322,11 @@ class _RouterCapture:
 
 
 def _moe_aux_loss(base, logits: list[Tensor], layout: SharedPrefixLayout) -> Tensor:
-    """The model's load-balancing loss with shared tokens counted twice, as in the plain (2B, T) batch."""
+    """The model's load-balancing loss with shared tokens counted once per row of their group, as in the plain (N, T) batch."""
     if not logits:
         raise RuntimeError(f"no router logits were captured from {type(base).__name__}")
-    weights = torch.where(layout.segments == SHARED, 2.0, torch.where(layout.segments == PAD, 0.0, 1.0))  # (B, L)
+    shared = layout.token_group_size().to(torch.float32)  # a shared token stands for one token of each row
+    weights = torch.where(layout.segments == SHARED, shared, torch.where(layout.segments == PAD, 0.0, 1.0))  # (G, L)
     loss_fn = sys.modules[type(base).__module__].load_balancing_loss_func
     return loss_fn(tuple(logits), base.num_experts, base.num_experts_per_tok, weights)
 
@@ -305,10 +340,10 @@ def shared_prefix_logps(
     check: bool = True,
 ) -> SequenceLogps:
     """What `sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, request)`
-    returns — same fields, rows (chosen rows, then rejected rows), values and gradients —
-    with each pair's shared prefix run through the model once.
+    returns — same fields, rows (in the batch's order), values and gradients — with each group's
+    shared prefix (`batch.row_groups`: a pair's, or a list row's answers') run through the model once.
 
-    request: `LogpsRequest` over the 2B rows (ORPO's NLL rows, LD-DPO weights (2B, T), WPO).
+    request: `LogpsRequest` over the N rows (ORPO's NLL rows, LD-DPO weights (2B, T), WPO).
     check: raise ValueError when the model is not supported (`prefix_sharing_blockers`); False
     only for a caller that has checked this model already (the dispatcher, once per model).
     """
@@ -338,10 +373,10 @@ def shared_prefix_logps(
         if capture is not None:
             capture.close()  # before backward: recomputation under checkpointing must not record again
     aux_loss = _moe_aux_loss(base, capture.logits, layout) if want_aux else None
-    hidden = out.hidden_states[-1]  # (B, L, H)
+    hidden = out.hidden_states[-1]  # (G, L, H)
 
     completion, sequence = scored_positions(batch.attention_mask, batch.completion_mask, request.sequence_rows)
-    scored = completion | sequence  # (2B, T-1); position j-1 scores token j
+    scored = completion | sequence  # (N, T-1); position j-1 scores token j
     rows, pos = scored.nonzero().unbind(1)  # (M,) each, in the plain path's order
     targets = ids[:, 1:][scored]  # (M,)
     source = layout.packed_index(rows, pos)  # (M,) flat index into (B·L) of the state that scores the token

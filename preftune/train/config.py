@@ -108,6 +108,11 @@ class PreferenceConfig(TrainingArguments):
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "Alias of eval_strategy ('no', 'steps', 'epoch'), as in older transformers."}
     )
+    list_pairs: Optional[str] = field(
+        default=None,
+        metadata={"help": "List rows (one prompt, several scored answers): which ordered answer pairs a pairwise loss "
+                          "trains on — all, best_vs_rest or adjacent. Default: all (ORPO: best_vs_rest)."},
+    )
     warmup_ratio: Optional[float] = field(
         default=None, metadata={"help": "Fraction of the steps spent warming up the learning rate, in [0, 1) "
                                 "(older transformers; sets warmup_steps, which reads a value below 1 as a ratio)."}
@@ -282,6 +287,10 @@ class PreferenceConfig(TrainingArguments):
         if self.max_nonfinite_steps < 0:
             raise ConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be 0 (never stop) or more.")
         self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
+        from preftune.losses import LIST_PAIR_MODES
+
+        if self.list_pairs is not None and self.list_pairs not in LIST_PAIR_MODES:
+            raise ConfigError(f"list_pairs={self.list_pairs!r} is not known; choose one of: {', '.join(LIST_PAIR_MODES)}.")
 
 
 @dataclass
@@ -424,12 +433,13 @@ class DPOConfig(ReferenceConfig):
         self._validate_reference()
 
     def _validate_losses(self) -> None:
-        from preftune.losses import DPO_LOSSES, F_DIVERGENCE_LOSSES, F_DIVERGENCES, LABEL_SMOOTHING_LOSSES
+        from preftune.losses import DPO_LOSSES, F_DIVERGENCE_LOSSES, F_DIVERGENCES, LABEL_SMOOTHING_LOSSES, LIST_LOSSES
 
-        unknown = [t for t in self.loss_type if t not in DPO_LOSSES]
+        unknown = [t for t in self.loss_type if t not in DPO_LOSSES and t not in LIST_LOSSES]
         if not self.loss_type or unknown:
             bad = unknown[0] if unknown else ""
-            raise ConfigError(f"loss_type={bad!r} is not known; choose one of: {', '.join(sorted(DPO_LOSSES))}.")
+            raise ConfigError(f"loss_type={bad!r} is not known; choose one of: {', '.join(sorted([*DPO_LOSSES, *LIST_LOSSES]))}.")
+        self._validate_listwise()
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ConfigError(
                 f"loss_weights has {len(self.loss_weights)} values but loss_type has {len(self.loss_type)}; "
@@ -471,6 +481,29 @@ class DPOConfig(ReferenceConfig):
             raise ConfigError(f"ld_alpha={self.ld_alpha} must be in [0, 1].")
         if self.discopop_tau <= 0:
             raise ConfigError(f"discopop_tau={self.discopop_tau} must be positive.")
+
+    @property
+    def listwise_loss(self) -> str | None:
+        """The listwise loss_type (plackett_luce, lipo), when that is the loss; None for pairwise losses."""
+        from preftune.losses import LIST_LOSSES
+
+        return self.loss_type[0] if self.loss_type[0] in LIST_LOSSES else None
+
+    def _validate_listwise(self) -> None:
+        """A listwise loss scores each prompt's whole ranking: alone, and without the pairwise options."""
+        from preftune.losses import LIST_LOSSES
+
+        listwise = [t for t in self.loss_type if t in LIST_LOSSES]
+        if not listwise:
+            return
+        if len(self.loss_type) > 1:
+            raise ConfigError(f"loss_type {listwise[0]!r} scores each prompt's whole ranking and cannot be combined "
+                              f"with other loss types ({', '.join(self.loss_type)}); give it alone.")
+        for name, value in (("rpo_alpha", self.rpo_alpha), ("ld_alpha", self.ld_alpha),
+                            ("use_weighting", self.use_weighting or None), ("list_pairs", self.list_pairs)):
+            if value is not None:
+                raise ConfigError(f"{name} applies to pairwise losses, not to loss_type {listwise[0]!r} (a listwise "
+                                  f"loss over each prompt's whole ranking); drop {name}.")
 
     def _validate_reference(self) -> None:
         if self.reference_free and (self.precompute_ref_log_probs or self.sync_ref_model):

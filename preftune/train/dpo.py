@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from preftune.data.collate import REF_COLUMNS
+from preftune.data.collate import LIST_REF_COLUMN, REF_COLUMNS
 from preftune.errors import ConfigError
 from preftune.models import disable_dropout, is_peft_model
 from preftune.train.config import DPOConfig
@@ -105,7 +105,8 @@ class DPOTrainer(PreferenceTrainer):
         return provider
 
     def _with_reference_logps(self, dataset, split: str):
-        if not self.args.precompute_ref_log_probs or dataset is None or REF_COLUMNS[0] in dataset.column_names:
+        if (not self.args.precompute_ref_log_probs or dataset is None
+                or {REF_COLUMNS[0], LIST_REF_COLUMN} & set(dataset.column_names)):
             return dataset
         if os.path.exists(cache_path(dataset, self._precompute_settings["cache_dir"],
                                      self._precompute_settings["weights_key"])):

@@ -115,12 +115,83 @@ def check_no_images(*datasets) -> None:
 
 
 def is_tokenized(dataset) -> bool:
-    """A user's data set already holding token ids (TRL accepts those too)."""
+    """A user's data set already holding token ids (TRL accepts those too), pairs or list rows."""
     names = getattr(dataset, "column_names", None)
-    return names is not None and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(names)
+    return names is not None and ({"prompt_ids", "chosen_ids", "rejected_ids"} <= set(names)
+                                  or {"prompt_ids", "completion_ids", "scores"} <= set(names))
 
 
 def one_processing_class(processing_class, tokenizer):
     if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
         raise ConfigError("pass the tokenizer once: processing_class and tokenizer are two names for the same argument.")
     return processing_class if processing_class is not None else tokenizer
+
+
+# ------------------------------------------------------------------ list rows (issue 17)
+
+
+def _columns_of(dataset) -> set[str]:
+    """Column names of a data set, a `PreparedData`, or a list of dict rows (their union)."""
+    if isinstance(dataset, PreparedData):
+        dataset = dataset.dataset
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return set(names)
+    if isinstance(dataset, (list, tuple)):
+        return {k for row in dataset if isinstance(row, dict) for k in row}
+    return set()
+
+
+def holds_lists(dataset) -> bool:
+    """Whether a split holds list rows (one prompt, several scored answers), raw or tokenized."""
+    from preftune.data.lists import is_list_columns
+
+    columns = _columns_of(dataset)
+    return "completion_ids" in columns or is_list_columns(columns)
+
+
+def wants_list_rows(args: PreferenceConfig, train_dataset, eval_dataset) -> bool:
+    """Train on list rows when any split holds them or the loss is listwise (pair rows then become lists of two)."""
+    evals = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+    splits = [d for d in (train_dataset, *evals) if d is not None]
+    return bool(getattr(args, "listwise_loss", None)) or any(holds_lists(d) for d in splits)
+
+
+def check_list_rows(args: PreferenceConfig, *, encoder_decoder: bool, vision: bool, streaming: bool) -> None:
+    """Refuse, in one sentence, what list rows do not support."""
+    what = ("the data holds list rows (one prompt, several scored answers)" if not getattr(args, "listwise_loss", None)
+            else f"loss_type {args.listwise_loss!r} trains on list rows")
+    if encoder_decoder:
+        raise ConfigError(f"{what}, which need a decoder-only model (the answers share the prompt's packed row); "
+                          "an encoder-decoder model is not supported.")
+    if vision:
+        raise ConfigError(f"{what}, which are not supported with a vision-language model's processor.")
+    if streaming:
+        raise ConfigError(f"{what}, which are not supported from a stream (datasets.IterableDataset); pass a "
+                          "datasets.Dataset.")
+    if getattr(args, "ld_alpha", None) is not None:
+        raise ConfigError(f"ld_alpha (LD-DPO) weighs a pair's two answers by the shorter one's length, but {what}; "
+                          "drop ld_alpha.")
+
+
+def prepare_list_split(dataset, tokenizer, args: PreferenceConfig, split: str, lists=None) -> PreparedData:
+    """List rows (and pair rows, as lists of two) -> token ids (`preftune.data.list_prepare`), and the report."""
+    from preftune.data.list_prepare import prepare_lists
+
+    with args.main_process_first(desc=f"preparing {split} data"):
+        prepared, report = prepare_lists(dataset, text_tokenizer(tokenizer), args.length_limits(),
+                                         skip_bad_rows=args.skip_bad_rows, lists=lists,
+                                         desc=f"tokenizing {split} lists")
+    level = logging.WARNING if (report.n_dropped_empty_after_truncation or report.n_bad_rows) else logging.INFO
+    logger.log(level, "%s data: %s", split, report.summary())
+    return PreparedData(prepared, report)
+
+
+def with_list_lengths(dataset, column: str = "length"):
+    """`dataset` with a `column` of each list row's token count (prompt + every answer: its cost with
+    prefix sharing), for transformers' length-aware samplers. A column already there is kept."""
+    if column in dataset.column_names:
+        return dataset
+    lengths = [len(p) + sum(len(a) for a in answers)
+               for p, answers in zip(dataset["prompt_ids"], dataset["completion_ids"])]
+    return dataset.add_column(column, lengths)

@@ -66,6 +66,15 @@ class KTOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ data
 
+    def _wants_list_rows(self, args, train_dataset, eval_dataset) -> bool:
+        from preftune.train.inputs import wants_list_rows
+
+        if wants_list_rows(args, train_dataset, eval_dataset):
+            raise ConfigError("the data holds list rows (one prompt, several scored answers), which KTO does not train "
+                              "on (it takes unpaired rows labelled desirable or not); use DPOTrainer, ORPOTrainer or "
+                              "CPOTrainer for list rows.")
+        return False
+
     def _tokenize_split(self, dataset, tokenizer, args, split):
         if is_stream(dataset):
             raise ConfigError(f"the {split} set is a stream (IterableDataset); KTOTrainer needs a datasets.Dataset or "

@@ -53,6 +53,11 @@ class _AsksForLogps:
     """What an objective asks of the log-prob path beyond the completion log-probs: its
     `sequence_rows`, `token_weights` and `use_weighting`, in one request."""
 
+    def for_batch(self, batch) -> "_AsksForLogps":
+        """The objective for this batch: itself (a pair objective needs nothing of the batch beyond the
+        log-probs; `list_objective.ListObjective` binds the batch's list layout)."""
+        return self
+
     def logps_request(self, completion_mask: Tensor) -> LogpsRequest:
         """completion_mask: (N, T) of the batch (N = 2B rows, chosen first)."""
         return LogpsRequest(sequence_rows=self.sequence_rows(completion_mask.shape[0], completion_mask.device),
@@ -81,11 +86,11 @@ class ORPOObjective(_AsksForLogps):
             return None
         return torch.arange(n_rows, device=device) < n_rows // 2
 
-    def nll_token_count(self, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+    def nll_token_count(self, batch) -> Tensor:
         """The tokens this objective's NLL averages over in one collated decoder-only batch (2B, T): the
         chosen rows' predicted tokens (`scored_positions`: every real token after the first, or the
         completion tokens with nll_completion_only)."""
-        mask = completion_mask if self.nll_completion_only else attention_mask
+        mask = batch.completion_mask if self.nll_completion_only else batch.attention_mask
         return mask[: mask.shape[0] // 2, 1:].sum()
 
     def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None = None, nll_tokens=None) -> ObjectiveOutput:
@@ -131,9 +136,9 @@ class CPOObjective(_AsksForLogps):
     def sequence_rows(self, n_rows: int, device) -> Tensor | None:
         return None  # the NLL is over completion tokens only
 
-    def nll_token_count(self, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+    def nll_token_count(self, batch) -> Tensor:
         """The chosen rows' completion tokens of one decoder-only batch (2B, T): the NLL's denominator."""
-        return completion_mask[: completion_mask.shape[0] // 2, 1:].sum()
+        return batch.completion_mask[: batch.completion_mask.shape[0] // 2, 1:].sum()
 
     def __call__(self, policy: SequenceLogps, ref: SequenceLogps | None = None, nll_tokens=None) -> ObjectiveOutput:
         """nll_tokens: the NLL's denominator over a gradient-accumulation window (as ORPO's); None: this batch's."""
@@ -240,7 +245,7 @@ def objective_from_config(args):
             beta=args.beta, label_smoothing=args.label_smoothing, discopop_tau=args.discopop_tau,
             f_divergence_type=args.f_divergence_type, f_alpha_divergence_coef=args.f_alpha_divergence_coef,
         )
-        types = args.loss_types
+        types = [] if args.listwise_loss else args.loss_types  # a listwise loss: see list_objective
         weights = tuple(args.loss_weights) if args.loss_weights is not None else (1.0,) * len(types)
         return DPOObjective(
             loss_fns=tuple(DPO_LOSSES[t] for t in types), loss_weights=weights, params=params,

@@ -1,7 +1,8 @@
 """Reference log-probs computed once before training, cached on disk.
 
 `precompute_ref_log_probs=True` runs the reference over the tokenized data once, adds
-two columns (`ref_chosen_logps`, `ref_rejected_logps`) that travel with each pair,
+two columns (`ref_chosen_logps`, `ref_rejected_logps`) that travel with each pair (list
+rows: one column, `ref_completion_logps`, one value per answer),
 and drops the reference model, so training holds none. The values are cached in
 `ref_logps_cache_dir` under a key made of:
 - the reference weights: for each tensor its name, shape, dtype, sum and 1,024
@@ -22,7 +23,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from preftune.data.collate import REF_COLUMNS, batch_from_inputs
+from preftune.data.collate import LIST_REF_COLUMN, REF_COLUMNS, ListBatch, batch_from_inputs
 from preftune.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -66,11 +67,12 @@ def cache_key(weights: str, data_fingerprint: str) -> str:
 
 @torch.no_grad()
 def compute_reference_logps(provider, model, dataset, collator, batch_size: int, device, request_for=None) -> dict:
-    """(n_pairs,) chosen and rejected reference log-probs, in dataset order.
+    """(n_pairs,) chosen and rejected reference log-probs, in dataset order; for list rows, every
+    answer's ("answers", flat) and the number of answers of each row ("counts").
 
     request_for: completion_mask -> `LogpsRequest` (the objective's `reference_request`: LD-DPO
     weights), or None."""
-    chosen, rejected = [], []
+    chosen, rejected, answers, counts = [], [], [], []
     was_training = model.training
     model.eval()  # no dropout: the reference is deterministic
     for start in range(0, len(dataset), batch_size):
@@ -78,10 +80,16 @@ def compute_reference_logps(provider, model, dataset, collator, batch_size: int,
         inputs = {k: v.to(device) for k, v in collator(features).items()}
         batch = batch_from_inputs(inputs)  # PreferenceBatch, or Seq2SeqBatch for encoder-decoder models
         out = provider.logps(model, batch, None if request_for is None else request_for(batch.completion_mask))
+        if isinstance(batch, ListBatch):
+            answers.append(out.preference_logps.float().cpu())
+            counts.append(torch.bincount(batch.groups.cpu(), minlength=batch.batch_size))
+            continue
         b = batch.batch_size
         chosen.append(out.preference_logps[:b].float().cpu())
         rejected.append(out.preference_logps[b:].float().cpu())
     model.train(was_training)
+    if answers:
+        return {"answers": torch.cat(answers), "counts": torch.cat(counts)}
     return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
 
 
@@ -94,7 +102,7 @@ def attach_reference_logps(dataset, provider, model, collator, *, batch_size, de
                            split: str, request_for=None):
     """The dataset with reference log-prob columns, from the cache or computed now (`provider` None: the cache
     must hold them; the caller checks `cache_path` first)."""
-    if dataset is None or REF_COLUMNS[0] in dataset.column_names:
+    if dataset is None or REF_COLUMNS[0] in dataset.column_names or LIST_REF_COLUMN in dataset.column_names:
         return dataset
     path = cache_path(dataset, cache_dir, weights_key)
     if os.path.exists(path):
@@ -105,6 +113,11 @@ def attach_reference_logps(dataset, provider, model, collator, *, batch_size, de
         values = compute_reference_logps(provider, model, dataset, collator, batch_size, device, request_for)
         atomic_write(path, writer=lambda tmp: save_file(values, tmp))  # never leave a half-written cache entry
         logger.info("%s: reference log-probs computed and cached at %s", split, path)
+    if "counts" in values:  # list rows: each row's answers, in order
+        if len(values["counts"]) != len(dataset):
+            raise RuntimeError(f"cached reference log-probs at {path} hold {len(values['counts'])} rows, not {len(dataset)}")
+        per_row = torch.split(values["answers"], values["counts"].tolist())
+        return dataset.add_column(LIST_REF_COLUMN, [v.tolist() for v in per_row])
     if len(values["chosen"]) != len(dataset):
         raise RuntimeError(f"cached reference log-probs at {path} hold {len(values['chosen'])} pairs, not {len(dataset)}")
     dataset = dataset.add_column(REF_COLUMNS[0], values["chosen"].tolist())

@@ -18,6 +18,12 @@ Vision-language models (LLaVA): pass the processor as ``processing_class`` (as T
 rows keep their ``images`` column, prompts get the model's image tokens and are never
 truncated (`preftune.data.prepare`), and batches carry ``pixel_values``
 (`VisionPreferenceCollator`) to the policy and the reference alike.
+
+List rows (one prompt, several scored answers: issue 17) are found when the trainer is built
+(`inputs.wants_list_rows`: any split holds them, or the loss is listwise); then every split is
+prepared as lists (pair rows as lists of two), batches are `ListBatch`es (`ListCollator`), each
+prompt's answers are packed after it once (prefix sharing), and the family's objective is wrapped
+in `list_objective.ListObjective`, which `compute_loss` binds to each batch (`for_batch`).
 """
 from __future__ import annotations
 
@@ -34,7 +40,8 @@ from transformers import Trainer
 
 from preftune.train import checkpoints
 from preftune.train.config import PreferenceConfig
-from preftune.data.collate import (REF_COLUMNS, EncoderDecoderCollator, PreferenceCollator, VisionPreferenceCollator,
+from preftune.data.collate import (LIST_COLUMNS, LIST_REF_COLUMN, REF_COLUMNS, EncoderDecoderCollator, ListCollator,
+                                   PreferenceCollator, VisionPreferenceCollator,
                            batch_from_inputs)
 from preftune.data.images import is_vision_processor
 from preftune.data.prepare import LENGTH_SAMPLERS, with_pair_lengths
@@ -45,8 +52,10 @@ from preftune.train.offload import ActivationOffloading
 from preftune.logps import LogpsOptions, choose_logps_path, is_vision_model, unwrap
 from preftune.models import (apply_peft, disable_dropout, ensure_pad_token, is_peft_model, load_model, load_processor,
                      load_tokenizer, set_pad_token, text_tokenizer)
-from preftune.train.inputs import (PreparedData, base_model_name, check_no_images, check_streams, is_stream, is_tokenized,
+from preftune.train.inputs import (PreparedData, base_model_name, check_list_rows, check_no_images, check_streams, is_stream,
+                                   is_tokenized, prepare_list_split, wants_list_rows, with_list_lengths,
                                    one_processing_class, prepare_split, prepare_stream_split, resolve_encoder_decoder)
+from preftune.train.list_objective import ListObjective
 from preftune.train.objectives import objective_from_config
 
 logger = logging.getLogger(__name__)
@@ -111,12 +120,17 @@ class PreferenceTrainer(Trainer):
             eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])])
         data_tok = processing_class if vision else tok  # a VLM's processor expands the prompts' image tokens
         self.is_encoder_decoder = resolve_encoder_decoder(model, args.is_encoder_decoder)
+        self.list_rows = self._wants_list_rows(args, train_dataset, eval_dataset)  # one prompt, several answers
+        if self.list_rows:
+            check_list_rows(args, encoder_decoder=self.is_encoder_decoder, vision=vision, streaming=self.streaming)
 
         if peft_config is not None:
             model = apply_peft(model, peft_config, gradient_checkpointing=args.gradient_checkpointing)
         if args.disable_dropout and model is not None:
             disable_dropout(model)
         self.objective = objective_from_config(args)
+        if self.list_rows:  # the family's pair objective on each prompt's ordered answer pairs, or listwise
+            self.objective = ListObjective.from_config(self.objective, args)
         self.reference = self._reference_provider(model, ref_model, args)  # None: the objective needs none
         self.logps_options = LogpsOptions.from_args(args)  # the policy's; providers hold the reference's
 
@@ -131,7 +145,8 @@ class PreferenceTrainer(Trainer):
         if data_collator is None and vision:
             data_collator = VisionPreferenceCollator(pad_token_id=pad_id, pad_to_multiple_of=multiple,
                                                      image_processor=processing_class.image_processor)
-        collator_cls = EncoderDecoderCollator if self.is_encoder_decoder else PreferenceCollator
+        collator_cls = (ListCollator if self.list_rows else
+                        EncoderDecoderCollator if self.is_encoder_decoder else PreferenceCollator)
         data_collator = data_collator or collator_cls(pad_token_id=pad_id, pad_to_multiple_of=multiple)
 
         super().__init__(
@@ -249,9 +264,16 @@ class PreferenceTrainer(Trainer):
             self.data_reports[split] = report
         return prepared
 
+    def _wants_list_rows(self, args, train_dataset, eval_dataset) -> bool:
+        """Whether this run trains on list rows (see the module docstring); KTO overrides it."""
+        return wants_list_rows(args, train_dataset, eval_dataset)
+
     def _tokenize_split(self, dataset, tokenizer, args, split):
         """Raw rows -> (token ids, the report of how they were made; None for a stream). A family with
         its own row shape (KTO's unpaired rows) overrides this."""
+        if self.list_rows:
+            prepared = prepare_list_split(dataset, tokenizer, args, split)
+            return prepared.dataset, prepared.report
         if is_stream(dataset):
             return prepare_stream_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder), None
         prepared = prepare_split(dataset, tokenizer, args, split, is_encoder_decoder=self.is_encoder_decoder)
@@ -290,7 +312,7 @@ class PreferenceTrainer(Trainer):
         return metrics
 
     def _set_signature_columns_if_needed(self):
-        self._signature_columns = list(_COLUMNS)
+        self._signature_columns = [*LIST_COLUMNS, LIST_REF_COLUMN] if self.list_rows else list(_COLUMNS)
 
     def _get_train_sampler(self, train_dataset=None):
         return super()._get_train_sampler(self._for_sampler(train_dataset or self.train_dataset))
@@ -301,19 +323,21 @@ class PreferenceTrainer(Trainer):
     def _for_sampler(self, dataset):
         """Length-aware samplers get each pair's length (they would look for an input_ids column)."""
         if self.args.train_sampling_strategy in LENGTH_SAMPLERS and isinstance(dataset, datasets.Dataset):
-            return with_pair_lengths(dataset, self.args.length_column_name)
+            add = with_list_lengths if self.list_rows else with_pair_lengths
+            return add(dataset, self.args.length_column_name)
         return dataset
 
     # ------------------------------------------------------------------ loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        batch = batch_from_inputs(inputs)  # PreferenceBatch, or Seq2SeqBatch for encoder-decoder models
-        request = self.objective.logps_request(batch.completion_mask)  # ORPO's NLL rows, LD-DPO weights, WPO
+        batch = batch_from_inputs(inputs)  # PreferenceBatch, ListBatch, or Seq2SeqBatch for encoder-decoder models
+        objective = self.objective.for_batch(batch)  # list rows: bound to this batch's answers and scores
+        request = objective.logps_request(batch.completion_mask)  # ORPO's NLL rows, LD-DPO weights, WPO
         policy = self.logps_path(model, batch, request)
         ref = None
         if self.reference is not None:  # LD-DPO weights the reference's log-probs too (TRL 1.16)
-            ref = self.reference.logps(model, batch, self.objective.reference_request(batch.completion_mask))
-        out = self.objective(policy, ref, nll_tokens=self._nll_tokens_per_step(num_items_in_batch, model))
+            ref = self.reference.logps(model, batch, objective.reference_request(batch.completion_mask))
+        out = objective(policy, ref, nll_tokens=self._nll_tokens_per_step(num_items_in_batch, model))
         loss = out.loss
         metrics = dict(out.metrics)
         if self.aux_loss_enabled and policy.aux_loss is not None:
@@ -334,7 +358,10 @@ class PreferenceTrainer(Trainer):
         count = getattr(self.objective, "nll_token_count", None)
         if count is None or not batch_samples or "attention_mask" not in batch_samples[0]:
             return None
-        total = sum(count(batch["attention_mask"], batch["completion_mask"]) for batch in batch_samples)
+        counts = [count(batch_from_inputs(batch)) for batch in batch_samples]
+        if any(c is None for c in counts):  # list rows under DPO: no NLL
+            return None
+        total = sum(counts)
         total = torch.as_tensor(total, device=device)
         if self.args.world_size > 1:
             total = self.accelerator.gather(total.reshape(1)).sum()
