@@ -123,6 +123,8 @@ def format_report(report: dict) -> str:
         lines += [f"  {s['name']} [{s['split']}]: {s['rows']} rows" for s in report["sources"]]
     lines += [f"rows: {total}", f"columns: {', '.join(report['columns'])}", f"shape: {report['shape']}"]
     lines += [f"note: {n}" for n in report["notes"]]
+    if report.get("kind") == "lists":
+        return "\n".join(lines + _format_lists(report))
     checks = [
         ["usable pairs", _pct(report.get("pairs", 0), total)],
         ["bad rows (not usable)", _pct(report.get("bad_rows", 0), total)],
@@ -157,6 +159,39 @@ def format_report(report: dict) -> str:
     lines += ["", format_table(heads, rows), "", f"limits: {limit_text}", format_table(["check", "count"], checks)]
     lines += [f"first bad row: {e}" for e in report.get("first_bad_rows", [])[:1]]
     return "\n".join(lines)
+
+
+def _format_lists(report: dict) -> list[str]:
+    """The list report's lines (`preftune.data.inspect.inspect_lists`)."""
+    from preftune.cli.console import format_table
+
+    total = report["rows"]
+    checks = [["usable lists", _pct(report.get("lists", 0), total)], ["answers", report.get("answers", 0)],
+              ["bad rows (not usable)", _pct(report.get("bad_rows", 0), total)]]
+    if report["broken_json_lines"]:
+        checks.append(["broken JSON lines (not read)", report["broken_json_lines"]])
+    if report["bad_rows_dropped_while_mixing"]:
+        checks.append(["bad rows dropped while mixing", report["bad_rows_dropped_while_mixing"]])
+    if "tokens" not in report:
+        return ["", format_table(["check", "count"], checks)] + [f"first bad row: {e}" for e in report["first_bad_rows"][:1]]
+    lists, per, spread, bias = report["lists"], report["answers_per_prompt"], report["score_spread"], report["length_bias"]
+    checks += [
+        ["answers per prompt (min / mean / max)", f"{per['min']} / {per['mean']} / {per['max']}"],
+        ["score spread, best - worst (min / mean / max)", f"{spread['min']:g} / {spread['mean']:g} / {spread['max']:g}"],
+        ["prompts with a tie", f"{100 * report['ties']:.1f}%"],
+        ["ordered pairs (better, worse)", report["ordered_pairs"]],
+        ["better answer longer (0.5 = no length bias)", f"{100 * bias['better_longer']:.1f}%"],
+        ["better answer shorter", f"{100 * bias['better_shorter']:.1f}%"],
+        ["repeated prompts", report["repeated_prompts"]],
+        ["truncated by the limits", _pct(report["truncated"], lists)],
+        ["dropped by truncation", _pct(report["dropped_by_truncation"], lists)],
+    ]
+    heads = ["tokens", "mean", *(f"p{q}" for q in PERCENTILES), "max"]
+    rows = [[name, *(s[h] for h in heads[1:])] for name, s in report["tokens"].items()]
+    rows[-1][0] = "list (prompt + every answer)"
+    limit_text = ", ".join(f"{k}={v}" for k, v in report["limits"].items())
+    return (["", format_table(heads, rows), "", f"limits: {limit_text}", format_table(["check", "count"], checks)]
+            + [f"first bad row: {e}" for e in report["first_bad_rows"][:1]])
 
 
 # ------------------------------------------------------------------ command line

@@ -13,6 +13,16 @@ every pair exactly as training would, and `tokenize.truncate_pair` applies the
 limits. `inspect_sources` loads and reports; `inspect_data` reports on data already
 loaded. The command (flags, loading the model's tokenizer, the training config's
 default limits, the printed tables) is `preftune.cli.inspect`.
+
+List data (several scored answers per prompt, `preftune.data.lists`; a set that mixes list
+and pair rows reads as lists) gets its own report (`inspect_lists`, tokenized by
+`list_prepare.prepare_lists`): answers per prompt (min/mean/max), the score spread of each
+prompt (best score minus worst: stats), ties (the share of prompts where two answers have the
+same score), the ordered pairs (answer i scored above answer j: what training on every pair,
+``list_pairs="all"``, uses) and the length-vs-score bias over them (the share of ordered
+pairs whose better answer has more tokens: 0.5 when length says nothing about the score),
+token lengths of prompts, answers and whole lists (prompt + every answer: one packed row),
+and what the length limits would cut or drop.
 """
 from __future__ import annotations
 
@@ -20,13 +30,15 @@ from typing import Any, Mapping, Sequence
 
 from preftune.data.formats import describe_shape, match_shape
 from preftune.data.images import is_vision_processor
+from preftune.data.list_prepare import prepare_lists, truncate_list
+from preftune.data.lists import is_list_columns, list_shape
 from preftune.data.prepare import ID_COLUMNS, IMAGES_COLUMN, image_column, prepare_dataset
 from preftune.data.rows import LoadedData, iter_rows
 from preftune.data.sources import load_sources
 from preftune.data.tokenize import LengthLimits, finished_pair, special_tokens, truncate_pair
-from preftune.errors import DataError
+from preftune.errors import ConfigError, DataError
 
-__all__ = ["PERCENTILES", "inspect_data", "inspect_sources"]
+__all__ = ["PERCENTILES", "inspect_data", "inspect_lists", "inspect_sources"]
 
 PERCENTILES = (50, 90, 99)
 _COMPLETIONS = {"shareai emoji": ("answer_zh", "answer_en"), "query/response": ("response", "rejected_response")}
@@ -79,6 +91,11 @@ def inspect_data(data: LoadedData, tokenizer, limits: LengthLimits, *, is_encode
     encoder input, each completion a decoder target, limited separately)."""
     ds = data.dataset
     names = list(ds.column_names)
+    if data.is_lists or is_list_columns(names):
+        if is_encoder_decoder:
+            raise ConfigError("list rows (several scored answers per prompt) are not supported for encoder-decoder models; "
+                              "inspect them with a decoder-only --model.")
+        return inspect_lists(data, tokenizer, limits)
     shape = match_shape(names)
     identical = 0
     if shape is not None:
@@ -158,4 +175,74 @@ def inspect_data(data: LoadedData, tokenizer, limits: LengthLimits, *, is_encode
         "rejected_longer": round(shorter / n, 4),
         "same_length": round((prep.n_kept - longer - shorter) / n, 4),
     }
+    return report
+
+
+def _common(data: LoadedData, limits: LengthLimits) -> dict:
+    return {
+        "sources": [{"name": p.spec.label, "split": p.split, "rows": len(p.dataset)} for p in data.parts],
+        "rows": len(data.dataset),
+        "columns": list(data.dataset.column_names),
+        "broken_json_lines": sum(p.n_bad_lines for p in data.parts),
+        "bad_rows_dropped_while_mixing": sum(p.n_bad_rows for p in data.parts),
+        "limits": {k: getattr(limits, k) for k in ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode")},
+        "is_encoder_decoder": False,
+        "notes": list(data.notes),
+    }
+
+
+def inspect_lists(data: LoadedData, tokenizer, limits: LengthLimits) -> dict:
+    """The report on loaded list data (see the module docstring), as a JSON-serialisable dict; ``kind`` is "lists"."""
+    import numpy as np
+
+    ds = data.dataset
+    report = {"kind": "lists", **_common(data, limits),
+              "shape": list_shape(ds.column_names) or "lists (rows of several data sets, mixed)"}
+    lists = data.pairs if data.is_lists and data.pairs is not None else None
+    try:
+        prepared, prep = prepare_lists(ds, tokenizer, LengthLimits(None, None, None, limits.truncation_mode),
+                                       skip_bad_rows=True, lists=lists, desc="tokenizing lists")
+    except DataError as err:  # no usable list at all
+        report.update(bad_rows=len(ds), first_bad_rows=[str(err)], lists=0, answers=0)
+        return report
+    table = prepared.flatten_indices().data
+    prompts, answers, scores = (table.column(c).to_pylist() for c in ("prompt_ids", "completion_ids", "scores"))
+    sizes = [len(s) for s in scores]
+    spreads = [max(s) - min(s) for s in scores]
+    ties = sum(len(set(s)) < len(s) for s in scores)
+    ordered = longer = shorter = truncated = dropped = repeated = 0
+    seen = set()
+    lengths = {"prompt": [len(p) for p in prompts], "answer": [len(a) for row in answers for a in row],
+               "list": [len(p) + sum(len(a) for a in row) for p, row in zip(prompts, answers)]}
+    for p, row, s in zip(prompts, answers, scores):
+        for i in range(len(s)):
+            for j in range(len(s)):
+                if s[i] > s[j]:
+                    ordered += 1
+                    longer += len(row[i]) > len(row[j])
+                    shorter += len(row[i]) < len(row[j])
+        cut = truncate_list(p, row, limits, tokenizer)
+        if cut is None:
+            dropped += 1
+        elif cut[0] is not p or any(len(a) != len(b) for a, b in zip(cut[1], row)):
+            truncated += 1
+        key = hash(tuple(p))
+        repeated += key in seen
+        seen.add(key)
+    n, pairs = max(prep.n_kept, 1), max(ordered, 1)
+    report.update({
+        "bad_rows": prep.n_bad_rows, "first_bad_rows": list(prep.first_errors), "lists": prep.n_kept,
+        "answers": prep.n_answers,
+        "answers_per_prompt": {"min": min(sizes), "mean": round(float(np.mean(sizes)), 2), "max": max(sizes)},
+        "score_spread": {"min": round(min(spreads), 4), "mean": round(float(np.mean(spreads)), 4),
+                         "p50": round(float(np.percentile(spreads, 50, method="higher")), 4), "max": round(max(spreads), 4)},
+        "ties": round(ties / n, 4),
+        "ordered_pairs": ordered,
+        "length_bias": {"better_longer": round(longer / pairs, 4), "better_shorter": round(shorter / pairs, 4),
+                        "same_length": round((ordered - longer - shorter) / pairs, 4)},
+        "tokens": {name: _stats(values) for name, values in lengths.items()},
+        "truncated": truncated,
+        "dropped_by_truncation": dropped,
+        "repeated_prompts": repeated,
+    })
     return report

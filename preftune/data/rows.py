@@ -9,6 +9,11 @@ first bad row stops the run, with a count; ``skip_bad_rows`` drops bad rows and
 counts them for `LoadedData.skipped_summary`. The pairs of the rows kept travel
 with the data (`LoadedData.pairs`), so that no row is normalised twice.
 
+List data (several scored answers per prompt, `preftune.data.lists`): a part whose columns
+hold lists (`is_list_columns`) is checked with `to_scored_list` instead, and its rows travel
+as `ScoredList` items (`LoadedData.pairs` then holds lists, and `LoadedData.is_lists` is True);
+a pair row in list data is a list of two.
+
 Decisions:
 
 - Row numbers count from 0 in the order the file (or hub split) holds the rows;
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from preftune.data.formats import to_preference_pair
+from preftune.data.lists import ScoredList, is_list_columns, to_scored_list
 from preftune.data.pairs import PreferencePair
 from preftune.data.specs import SourceSpec
 from preftune.errors import DataError
@@ -31,10 +37,10 @@ _N_SHOWN = 3  # bad rows quoted in a skip summary
 
 @dataclass
 class CheckedRows:
-    """What `SourcePart.check_rows` found: the rows that make a usable pair, and those pairs."""
+    """What `SourcePart.check_rows` found: the rows that make a usable pair (or list), and those pairs."""
 
     kept: list[int]  # positions into the rows checked
-    pairs: list[PreferencePair]  # one per kept row, in the same order
+    pairs: list[PreferencePair] | list[ScoredList]  # one per kept row, in the same order (lists: ScoredList items)
 
 
 @dataclass
@@ -72,16 +78,25 @@ class SourcePart:
             text += f" (line {number})" if alone or len(self.files) == 1 else f" (line {number} of {os.path.basename(path)})"
         return text
 
-    def check_rows(self, rows: Sequence[int] | None, *, alone: bool, skip_bad_rows: bool) -> CheckedRows:
+    @property
+    def holds_lists(self) -> bool:
+        """Whether this part's columns hold list rows (`preftune.data.lists.is_list_columns`)."""
+        return is_list_columns(self.dataset.column_names)
+
+    def check_rows(self, rows: Sequence[int] | None, *, alone: bool, skip_bad_rows: bool,
+                   lists: bool | None = None) -> CheckedRows:
         """Normalise every row (`rows`: which rows of this part, in order; None: all). Raises on a bad row,
-        unless `skip_bad_rows`: then bad rows are left out and counted. `alone`: the only part."""
+        unless `skip_bad_rows`: then bad rows are left out and counted. `alone`: the only part.
+        `lists`: normalise into `ScoredList` items (pair rows become lists of two); None: when this part's
+        columns hold lists (`holds_lists`)."""
+        normalise = to_scored_list if (self.holds_lists if lists is None else lists) else to_preference_pair
         order = list(rows) if rows is not None else None
         source = self.dataset.select(order) if order is not None and order != list(range(len(self.dataset))) else self.dataset
         kept, pairs, bad = [], [], []
         for pos, row in enumerate(iter_rows(source)):
             r = order[pos] if order is not None else pos
             try:
-                pairs.append(to_preference_pair(row, r))
+                pairs.append(normalise(row, r))
             except DataError as err:
                 bad.append((r, str(err)))
                 continue
@@ -103,7 +118,9 @@ class LoadedData:
     parts: list[SourcePart]
     origins: list[tuple[int, int]] | None = None  # final row -> (part, row in part); None: identity
     notes: list[str] = field(default_factory=list)
-    pairs: list[PreferencePair] | None = None  # the rows as checked, one per row: prepare tokenizes these (never twice)
+    # the rows as checked, one per row: prepare tokenizes these (never twice); ScoredList items when `is_lists`
+    pairs: list[PreferencePair] | list[ScoredList] | None = None
+    is_lists: bool = False  # the rows are list rows (several scored answers per prompt; pair rows as lists of two)
 
     @property
     def n_bad_skipped(self) -> int:
@@ -143,7 +160,7 @@ class LoadedData:
         indices = list(indices)
         origins = [self.origins[i] for i in indices] if self.origins is not None else [(0, i) for i in indices]
         pairs = [self.pairs[i] for i in indices] if self.pairs is not None else None
-        return LoadedData(self.dataset.select(indices), self.parts, origins, list(self.notes), pairs)
+        return LoadedData(self.dataset.select(indices), self.parts, origins, list(self.notes), pairs, self.is_lists)
 
 
 # -------------------------------------------------------------------- row checks

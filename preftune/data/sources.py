@@ -32,6 +32,10 @@ Decisions:
   some sets are conversational (message lists) and others plain strings, the
   plain pairs become one user and one assistant message (a note says so), so that
   the whole mix is formatted with the chat template.
+- List data (several scored answers per prompt, `preftune.data.lists`): when any set's
+  columns hold lists, every row of every set is normalised into a `ScoredList` (a pair
+  row is a list of two) and `LoadedData.is_lists` is True; sets with different columns
+  are then mixed as ``prompt`` / ``completions`` / ``scores`` rows.
 - ``columns`` renames columns of data sets that are not in the registry (registry
   sets are mapped by their own preprocessor); mapping a column to None drops it,
   and a mapped column wins over one that already has the target name.
@@ -45,6 +49,7 @@ from typing import Iterable, Mapping, Sequence
 
 from preftune.data import registry
 from preftune.data.files import BUNDLED, first_line, local_splits, read_local, resolve_local
+from preftune.data.lists import ScoredList
 from preftune.data.pairs import PreferencePair
 from preftune.data.rows import LoadedData, SourcePart
 from preftune.data.specs import SourceSpec, parse_columns, parse_spec, spec_text, split_specs
@@ -134,7 +139,9 @@ def _sample(part: SourcePart, count: int, seed: int) -> tuple[list[int], str | N
     return idx, f"{part.spec.label} has {n} rows, fewer than the {count} asked for, so rows repeat ({count // n} whole copies + {count % n} sampled)."
 
 
-def _as_conversational(pair: PreferencePair) -> PreferencePair:
+def _as_conversational(pair: PreferencePair | ScoredList) -> PreferencePair | ScoredList:
+    if isinstance(pair, ScoredList):
+        return pair.as_conversational()
     prompt = pair.prompt if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
     chosen = pair.chosen if isinstance(pair.chosen, list) else [{"role": "assistant", "content": pair.chosen}]
     rejected = pair.rejected if isinstance(pair.rejected, list) else [{"role": "assistant", "content": pair.rejected}]
@@ -177,12 +184,13 @@ def load_sources(
             notes.append(note)
 
     alone = len(parts) == 1
+    as_lists = any(p.holds_lists for p in parts)  # list data: every row becomes a list row (pairs: lists of two)
     same = all(p.dataset.features == parts[0].dataset.features for p in parts[1:])
     pieces = []  # (part, rows kept in order (None: all of them), their pairs or None)
     for part, sel in zip(parts, selections):
         rows, pairs = sel, None
         if check_rows:
-            checked = part.check_rows(sel, alone=alone, skip_bad_rows=skip_bad_rows)
+            checked = part.check_rows(sel, alone=alone, skip_bad_rows=skip_bad_rows, lists=as_lists)
             pairs = checked.pairs
             if len(checked.kept) < (len(sel) if sel is not None else len(part.dataset)):
                 rows = [sel[k] for k in checked.kept] if sel is not None else checked.kept
@@ -195,18 +203,23 @@ def load_sources(
     else:
         if not check_rows:
             raise ConfigError("data sets with different columns can only be mixed with their rows checked (check_rows=True).")
-        if any(p.images for p in all_pairs):
+        if not as_lists and any(p.images for p in all_pairs):
             raise ConfigError("mixing data sets with images is not supported; pass one data set with images at a time.")
         kinds = {p.is_conversational for p in all_pairs}
         if len(kinds) > 1:
-            notes.append("some data sets hold plain-string pairs and others conversations, so the plain pairs become one user and one assistant message each and the whole mix uses the chat template.")
+            kind = "lists" if as_lists else "pairs"
+            notes.append(f"some data sets hold plain-string {kind} and others conversations, so the plain {kind} become one user and one assistant message each and the whole mix uses the chat template.")
             all_pairs = [_as_conversational(p) for p in all_pairs]
-        dataset = datasets.Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in all_pairs])
+        if as_lists:
+            dataset = datasets.Dataset.from_list([{"prompt": p.prompt, "completions": list(p.completions),
+                                                   "scores": list(p.scores)} for p in all_pairs])
+        else:
+            dataset = datasets.Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in all_pairs])
     if alone and pieces[0][1] is None:
-        return LoadedData(dataset, parts, None, notes, all_pairs)
+        return LoadedData(dataset, parts, None, notes, all_pairs, as_lists)
     origins = [(i, r) for i, (part, rows, _) in enumerate(pieces)
                for r in (rows if rows is not None else range(len(part.dataset)))]
-    return LoadedData(dataset, parts, origins, notes, all_pairs)
+    return LoadedData(dataset, parts, origins, notes, all_pairs, as_lists)
 
 
 def load_preference_data(spec: str, split: str = "train", seed: int = 42, **kwargs):
