@@ -4,8 +4,8 @@ import json
 import datasets
 import pytest
 
-from preftune.data.list_prepare import ListReport, prepare_lists
-from preftune.data.lists import ScoredList
+from preftune.data.list_prepare import ListReport, prepare_lists, tokenize_list, truncate_list
+from preftune.data.lists import ScoredList, to_scored_list
 from preftune.data.prepare import prepare_dataset
 from preftune.data.sources import load_sources
 from preftune.data.tokenize import LengthLimits
@@ -44,6 +44,10 @@ def test_exact_ids_plain_chatml_llama3(plain, chatml, llama3):
     # the template writes the BOS, the tokenizer would add it too: once
     assert out[0]["prompt_ids"] == [BOT, SH, V["user"], EH, V["hello"], EOT, SH, V["assistant"], EH]
     assert out[0]["completion_ids"] == [[V["fine"], EOT], [V["bad"], EOT], [V["good"], EOT]]
+    # one list at a time gives the same ids; cut to max_length 10, each answer keeps 10 - 9 = 1 id
+    prompt, answers = tokenize_list(to_scored_list(row), llama3)
+    assert (prompt, answers) == (out[0]["prompt_ids"], out[0]["completion_ids"])
+    assert truncate_list(prompt, answers, LengthLimits(max_length=10), llama3) == (prompt, [[V["fine"]], [V["bad"]], [V["good"]]])
 
 
 PLAIN_PAIRS = [
