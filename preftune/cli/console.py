@@ -7,6 +7,7 @@ from transformers.trainer_callback import ProgressCallback
 _COLUMNS = [
     ("loss", "loss"),
     ("rewards/accuracies", "acc"),
+    ("rewards/ranking_accuracy", "rank_acc"),
     ("rewards/margins", "margin"),
     ("rewards/chosen", "chosen"),
     ("rewards/rejected", "rejected"),

@@ -45,7 +45,7 @@ def train(command: str, argv: list[str]) -> int:
     from preftune.apps.generate import generate_answers
     from preftune.models import check_model_config, ensure_pad_token, load_model, load_processor, load_tokenizer, text_tokenizer
     import importlib
-    from preftune.train.inputs import prepare_split
+    from preftune.train.inputs import holds_lists, prepare_list_split, prepare_split
     from preftune.train.checkpoints import SaveError
 
     run = parse_run(command, argv)
@@ -98,15 +98,24 @@ def train(command: str, argv: list[str]) -> int:
         tokenizer = load_tokenizer(run.model, trust_remote_code=remote_code)
     ensure_pad_token(text_tokenizer(tokenizer))
     prepared = {}
+    # List rows (several scored answers per prompt) in any split, or a listwise loss: every split as lists
+    lists = command != "kto" and (bool(getattr(config, "listwise_loss", None))
+                                  or any(d.is_lists for d in (train_data, *evals.values())))
     for key, loaded in (("train", train_data), *evals.items()):
         split = key if key == "train" else _split_name(key)
         try:  # the rows were checked when loaded: their pairs are tokenized as they are
             if command == "kto":  # unpaired rows (or pairs, split): preftune.data.unpaired
+                if holds_lists(loaded.dataset):
+                    raise ConfigError("the data holds list rows (one prompt, several scored answers), which KTO does "
+                                      "not train on; use preftune dpo, orpo, cpo or simpo for list rows.")
                 prepared[key] = _prepare_unpaired(loaded.dataset, tokenizer, config, split)
                 _say(f"preftune: {split} data: {prepared[key].report.summary()}")
                 continue
-            prepared[key] = prepare_split(loaded.dataset, tokenizer, config, split,
-                                          is_encoder_decoder=is_encoder_decoder, pairs=loaded.pairs)
+            if lists:
+                prepared[key] = prepare_list_split(loaded.dataset, tokenizer, config, split, lists=loaded.pairs)
+            else:
+                prepared[key] = prepare_split(loaded.dataset, tokenizer, config, split,
+                                              is_encoder_decoder=is_encoder_decoder, pairs=loaded.pairs)
         except DataError as err:
             raise DataError(loaded.relabel(str(err))) from None
         _say(f"preftune: {split} data: {prepared[key].report.summary()}")
@@ -167,7 +176,8 @@ def _say_held_out(trainer, names: list) -> None:
     if any(last.get(n, {}).get("step") != trainer.state.global_step for n in names):
         metrics = trainer.evaluate()
         last = {name: metrics for name in names}
-    stats = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"]
+    stats = ["loss", "rewards/accuracies", "rewards/ranking_accuracy", "rewards/margins", "rewards/chosen",
+             "rewards/rejected"]
     for name in names:
         prefix = f"eval_{name}_" if name else "eval_"
         values = ", ".join(f"{k}={last[name][prefix + k]:.4f}" for k in stats if prefix + k in last[name])
