@@ -27,8 +27,9 @@ def model(noise_seed=None):
 
 
 def build(trainer_cls, config_cls, data, tmp_path, **kw):
-    args = config_cls(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                      max_steps=2, logging_steps=1, save_strategy="no", report_to=[], learning_rate=1e-3, seed=0, **kw)
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                    max_steps=2, logging_steps=1, save_strategy="no", report_to=[], learning_rate=1e-3, seed=0)
+    args = config_cls(**{**settings, **kw})
     ref = model(1) if trainer_cls is DPOTrainer and not kw.get("reference_free") else None
     extra = {"ref_model": ref} if ref is not None else {}
     return trainer_cls(model=model(), args=args, train_dataset=data, eval_dataset=data,
@@ -110,3 +111,31 @@ def test_ld_alpha_is_refused_on_lists(tmp_path):
 def test_kto_refuses_lists(tmp_path):
     with pytest.raises(ConfigError, match="KTO does not train"):
         build(KTOTrainer, KTOConfig, datasets.Dataset.from_list(LISTS_OF_TWO), tmp_path)
+
+
+def graded_lists():
+    short = [[{"role": "assistant", "content": r["chosen"][0]["content"].split(" ")[0]}] for r in PAIRS]
+    return datasets.Dataset.from_list([{"prompt": r["prompt"], "completions": [r["chosen"], s, r["rejected"]],
+                                        "scores": [2.0, 1.0, 0.0]} for r, s in zip(PAIRS, short)])
+
+
+@pytest.mark.parametrize("flags", [{"logps_prefix_sharing": False}, {"logps_prefix_sharing": False, "padding_free": True},
+                                   {"padding_free": True}])
+def test_lists_train_the_same_whichever_log_prob_path(flags, tmp_path):
+    """Prefix-shared packed rows (the default) equal each answer in its own row, padded or padding-free."""
+    shared = build(ORPOTrainer, ORPOConfig, graded_lists(), tmp_path / "shared", list_pairs="all")
+    other = build(ORPOTrainer, ORPOConfig, graded_lists(), tmp_path / "other", list_pairs="all", **flags)
+    assert shared.logps_path.kind == "prefix-shared"
+    for a, b in zip(logged(shared), logged(other)):
+        for key in ("loss", "grad_norm", "rewards/accuracies", "rewards/ranking_accuracy", "nll_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def test_gradient_accumulation_on_lists(tmp_path):
+    """4 prompts × 1 step equals 1 prompt × 4 accumulated steps: ORPO's NLL is one token mean over the window."""
+    one = build(ORPOTrainer, ORPOConfig, graded_lists(), tmp_path / "a", per_device_train_batch_size=4,
+                gradient_accumulation_steps=1)
+    four = build(ORPOTrainer, ORPOConfig, graded_lists(), tmp_path / "b", per_device_train_batch_size=1,
+                 gradient_accumulation_steps=4)
+    for a, b in zip(logged(one), logged(four)):
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
