@@ -53,11 +53,6 @@ class _AsksForLogps:
     """What an objective asks of the log-prob path beyond the completion log-probs: its
     `sequence_rows`, `token_weights` and `use_weighting`, in one request."""
 
-    def for_batch(self, batch) -> "_AsksForLogps":
-        """The objective for this batch: itself (a pair objective needs nothing of the batch beyond the
-        log-probs; `list_objective.ListObjective` binds the batch's list layout)."""
-        return self
-
     def logps_request(self, completion_mask: Tensor) -> LogpsRequest:
         """completion_mask: (N, T) of the batch (N = 2B rows, chosen first)."""
         return LogpsRequest(sequence_rows=self.sequence_rows(completion_mask.shape[0], completion_mask.device),

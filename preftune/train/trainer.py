@@ -40,7 +40,8 @@ from transformers import Trainer
 
 from preftune.train import checkpoints
 from preftune.train.config import PreferenceConfig
-from preftune.data.collate import (LIST_COLUMNS, LIST_REF_COLUMN, REF_COLUMNS, EncoderDecoderCollator, ListCollator,
+from preftune.data.collate import (LIST_COLUMNS, LIST_REF_COLUMN, REF_COLUMNS, EncoderDecoderCollator, ListBatch,
+                                   ListCollator,
                                    PreferenceCollator, VisionPreferenceCollator,
                            batch_from_inputs)
 from preftune.data.images import is_vision_processor
@@ -331,7 +332,8 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = batch_from_inputs(inputs)  # PreferenceBatch, ListBatch, or Seq2SeqBatch for encoder-decoder models
-        objective = self.objective.for_batch(batch)  # list rows: bound to this batch's answers and scores
+        # list rows: the objective bound to this batch's answers and scores (`ListObjective.for_batch`)
+        objective = self.objective.for_batch(batch) if isinstance(batch, ListBatch) else self.objective
         request = objective.logps_request(batch.completion_mask)  # ORPO's NLL rows, LD-DPO weights, WPO
         policy = self.logps_path(model, batch, request)
         ref = None
