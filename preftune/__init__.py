@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ORPOConfig": "train.config",
-    "DPOConfig": "train.config",
+    "DPOConfig": "train.dpo_config",
     "PreferenceConfig": "train.config",
     "ORPOTrainer": "train.orpo",
     "CPOConfig": "train.cpo_config",

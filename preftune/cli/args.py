@@ -145,7 +145,8 @@ class ScriptArguments:
 
 def config_class(command: str):
     """The training config class of a command: ORPOConfig for orpo, DPOConfig for dpo, CPOConfig for cpo and simpo."""
-    from preftune.train.config import DPOConfig, ORPOConfig
+    from preftune.train.config import ORPOConfig
+    from preftune.train.dpo_config import DPOConfig
     from preftune.train.cpo_config import CPOConfig
     from preftune.train.kto_config import KTOConfig
 

@@ -14,7 +14,7 @@ import os
 from preftune.data.collate import LIST_REF_COLUMN, REF_COLUMNS
 from preftune.errors import ConfigError
 from preftune.models import disable_dropout, is_peft_model
-from preftune.train.config import DPOConfig
+from preftune.train.dpo_config import DPOConfig
 from preftune.train.parallel import prepare_reference_model
 from preftune.train.precompute import attach_reference_logps, cache_path, reference_fingerprint
 from preftune.train.reference import ModelReference, PrecomputedReference, reference_for

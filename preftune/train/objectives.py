@@ -220,7 +220,8 @@ class DPOObjective(_AsksForLogps):
 
 def objective_from_config(args):
     """Resolve the config's flags once into the objective the trainer calls each step."""
-    from preftune.train.config import DPOConfig, ORPOConfig
+    from preftune.train.config import ORPOConfig
+    from preftune.train.dpo_config import DPOConfig
     from preftune.train.kto_config import KTOConfig
 
     if isinstance(args, KTOConfig):  # its own module: preftune.train.kto_objective
