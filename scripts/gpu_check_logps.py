@@ -101,11 +101,34 @@ def make_batch(sizes: Sizes, device, seed: int = 0):
     return PreferenceBatch.from_inputs({k: v.to(device) for k, v in inputs.items() if hasattr(v, "to")})
 
 
+def make_list_batch(sizes: Sizes, device, answers: int = 4, seed: int = 1):
+    """`sizes.pairs` prompts with `answers` scored answers each (list rows, issue 17), through ListCollator."""
+    import torch
+
+    from preftune.data.collate import ListBatch, ListCollator
+
+    g = torch.Generator().manual_seed(seed)
+
+    def tokens(lo_hi):
+        n = int(torch.randint(lo_hi[0], lo_hi[1] + 1, (1,), generator=g))
+        return torch.randint(3, sizes.vocab, (n,), generator=g).tolist()
+
+    features = [dict(prompt_ids=tokens(sizes.prompt), completion_ids=[tokens(sizes.completion) for _ in range(answers)],
+                     scores=[float(answers - k) for k in range(answers)]) for _ in range(sizes.pairs)]
+    inputs = ListCollator(pad_token_id=0)(features)
+    return ListBatch.from_inputs({k: v.to(device) for k, v in inputs.items()})
+
+
 def _request(batch):
     import torch
 
     from preftune.logps import LogpsRequest
 
+    groups = getattr(batch, "groups", None)
+    if groups is not None:  # list rows: the first answer of each prompt (ORPO's best answer)
+        first = torch.ones_like(groups, dtype=torch.bool)
+        first[1:] = groups[1:] != groups[:-1]
+        return LogpsRequest(sequence_rows=first)
     b = batch.batch_size
     return LogpsRequest(sequence_rows=torch.arange(2 * b, device=batch.input_ids.device) < b)  # ORPO's NLL rows
 
@@ -205,6 +228,22 @@ def bf16_exactness(ctx) -> dict:
         result["cases"]["fp32"] = fp32
         # bf16 autocast, fp32 weights: the fp32 plain run above is the reference.
         result["cases"]["bf16 autocast, fp32 weights"] = _bf16_case(model, batch, request, paths, ref_v, ref_g)
+        # List rows (4 answers per prompt, one packed row per prompt): fp32 and bf16 autocast against plain.
+        lists = make_list_batch(sizes, device)
+        list_paths = {k: v for k, v in paths.items() if k in ("plain", "prefix-shared", "prefix-shared, padding-free")}
+        list_request = _request(lists)
+        l_v, l_g = _evaluate(list_paths["plain"], model, lists, list_request, None)
+        fp32_lists = {}
+        for name in ("prefix-shared", "prefix-shared, padding-free"):
+            v, g = _evaluate(list_paths[name], model, lists, list_request, None)
+            d = _diff(v, g, l_v, l_g)
+            d["pass"] = bool(d["finite"] and d["same_grad_keys"]
+                             and (v - l_v).abs().le(FP32_VALUE_ATOL + FP32_VALUE_RTOL * l_v.abs()).all()
+                             and d["grad_rel_norm"] <= FP32_GRAD_RTOL)
+            fp32_lists[name] = d
+        result["cases"]["lists (4 answers), fp32"] = fp32_lists
+        result["cases"]["lists (4 answers), bf16 autocast"] = _bf16_case(model, lists, list_request, list_paths,
+                                                                          l_v, l_g)
         # bf16 weights: the reference is fp32 with the same (bf16-rounded) weights.
         with torch.no_grad():
             for p in model.parameters():

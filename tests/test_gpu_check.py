@@ -53,7 +53,11 @@ def test_dry_run_runs_every_part(dry_run):
     assert report["environment"]["packages"]["torch"] and report["environment"]["cuda_available"] is False
 
     exact = parts["bf16_exactness"]
-    assert set(exact["cases"]) == {"fp32", "bf16 autocast, fp32 weights", "bf16 autocast, bf16 weights"}
+    assert set(exact["cases"]) == {"fp32", "bf16 autocast, fp32 weights", "bf16 autocast, bf16 weights",
+                                   "lists (4 answers), fp32", "lists (4 answers), bf16 autocast"}
+    packed = {"prefix-shared", "prefix-shared, padding-free"}
+    assert set(exact["cases"]["lists (4 answers), fp32"]) == packed
+    assert all(d["pass"] for d in exact["cases"]["lists (4 answers), fp32"].values())
     fast = {"chunked (closed-form head backward)", "chunked (checkpointed chunks)", "chunked (chunk size 4)",
             "prefix-shared", "prefix-shared, padding-free"}
     assert set(exact["cases"]["fp32"]) == fast
