@@ -11,6 +11,7 @@ prints one table row per (implementation, method):
     python benchmarks/run.py --config gpu-0.5b --peak-tflops 989 --json out.json
     python benchmarks/run.py --config skewed --impls preftune \
         --preftune-flags "" --preftune-flags "--padding_free true"   # padding_free off vs on, with ratios
+    python benchmarks/run.py --config small --lists 4 --methods dpo,orpo   # list rows vs the same data as pairs
 
 Each row runs in a fresh subprocess (`worker.py`) so peak memory is that run's own.
 See benchmarks/README.md for what each column means and for recorded results.
@@ -36,6 +37,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from configs import CONFIGS, METHODS  # noqa: E402
+from list_rows import LIST_METHODS, add_list_ratios, format_list_table, list_variants  # noqa: E402
 
 COLUMNS = ["impl", "method", "tokens/s", "s/step", "peak mem MiB", "train Δmem MiB", "padding",
            "speed vs TRL", "mem vs TRL", "speed vs 1st", "mem vs 1st", "Δmem vs 1st", "MFU"]
@@ -102,12 +104,14 @@ def label(impl: str, flags: str) -> str:
 
 
 def run_row(assets: Path, config: str, impl: str, method: str, flags: str, args, steps: int, warmup: int,
-            workdir: Path) -> dict:
-    tag = f"{impl}-{method}-{abs(hash(flags)) % 10**6}"
+            workdir: Path, data: str = "pairs", batch_size: int | None = None, name: str | None = None) -> dict:
+    tag = f"{impl}-{method}-{data}-{abs(hash(flags)) % 10**6}"
     result_path, log_path = workdir / f"{tag}.json", workdir / f"{tag}.log"
     cmd = [sys.executable, str(HERE / "worker.py"), "--assets", str(assets), "--config", config, "--impl", impl,
            "--method", method, "--steps", str(steps), "--warmup", str(warmup), "--flags", flags,
-           "--result", str(result_path)]
+           "--data", data, "--result", str(result_path)]
+    if batch_size:
+        cmd += ["--batch-size", str(batch_size)]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
     if args.lora:
@@ -116,7 +120,7 @@ def run_row(assets: Path, config: str, impl: str, method: str, flags: str, args,
         cmd += ["--peak-tflops", str(args.peak_tflops)]
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-        cmd += ["--profile", str(Path(args.profile) / f"{label(impl, flags).replace(' ', '_')}-{method}.txt")]
+        cmd += ["--profile", str(Path(args.profile) / f"{label(impl, flags).replace(' ', '_')}-{method}-{data}.txt")]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -126,15 +130,15 @@ def run_row(assets: Path, config: str, impl: str, method: str, flags: str, args,
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=args.timeout)
-    row = {"impl": impl, "method": method, "flags": flags}
+    row = {"impl": impl, "method": method, "flags": flags, "data": data}
     if result_path.exists():
         row.update(json.loads(result_path.read_text()))
     else:
         row["error"] = f"worker exited with status {proc.returncode}"
+    row["label"] = label(name or impl, flags)
     if "error" in row:
         tail = log_path.read_text().strip().splitlines()[-15:]
-        print(f"  {label(impl, flags)} {method}: n/a: {row['error']}\n    " + "\n    ".join(tail), file=sys.stderr)
-    row["label"] = label(impl, flags)
+        print(f"  {row['label']} {method}: n/a: {row['error']}\n    " + "\n    ".join(tail), file=sys.stderr)
     row["process_wall_s"] = time.perf_counter() - t0
     return row
 
@@ -249,7 +253,11 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's)")
     p.add_argument("--warmup", type=int, default=None, help="first steps left out of the timing (default: the config's)")
     p.add_argument("--methods", default="orpo,dpo")
-    p.add_argument("--impls", default="preftune,trl")
+    p.add_argument("--impls", default=None, help="default: preftune,trl (with --lists: preftune)")
+    p.add_argument("--lists", type=int, default=0, metavar="K",
+                   help="list rows of K scored answers per prompt against the same lists expanded to their "
+                        "K(K-1)/2 pairs per prompt (preftune only): two rows per method, the config's batch_size "
+                        "prompts per step in both")
     p.add_argument("--preftune-flags", action="append", default=None,
                    help="preftune config flags, e.g. \"--logps_chunked false\"; repeat for several preftune rows")
     p.add_argument("--trl-flags", default="", help="TRL config flags for the TRL rows")
@@ -279,12 +287,26 @@ def main(argv=None) -> int:
         return 2
     warmup = min(warmup, steps - 1)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    impls_given = args.impls or ("preftune" if args.lists else "preftune,trl")
+    impls = [i.strip() for i in impls_given.split(",") if i.strip()]
     bad = [m for m in methods if m not in METHODS] + [i for i in impls if i not in ("preftune", "trl")]
     if bad or not methods or not impls:
         print(f"unknown method or implementation: {', '.join(bad) or '(none given)'}; "
               f"use --methods {','.join(METHODS)} --impls preftune,trl.", file=sys.stderr)
         return 2
+    if args.lists:
+        if args.lists < 2:
+            print(f"--lists {args.lists}: a list row needs at least 2 answers per prompt.", file=sys.stderr)
+            return 2
+        if impls != ["preftune"]:
+            print("--lists compares preftune's list rows with pairs; only --impls preftune can train list rows.",
+                  file=sys.stderr)
+            return 2
+        unsupported = [m for m in methods if m not in LIST_METHODS]
+        if unsupported:
+            print(f"--lists: method {', '.join(unsupported)} does not train on list rows; use --methods "
+                  f"{','.join(LIST_METHODS)}.", file=sys.stderr)
+            return 2
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -293,17 +315,23 @@ def main(argv=None) -> int:
     if args.peak_tflops is None and cfg.device == "cuda":
         args.peak_tflops = 989.0  # H100 SXM, dense bf16
 
-    variants = []
-    for impl in impls:
+    variants = []  # (impl, flags, data, rows per step, name)
+    pairs_per_prompt = args.lists * (args.lists - 1) // 2
+    if args.lists:
+        variants += list_variants(args.preftune_flags or [""], cfg.batch_size, args.lists)
+    for impl in impls if not args.lists else []:
         if impl == "preftune":
-            variants += [("preftune", f) for f in (args.preftune_flags or [""])]
+            variants += [("preftune", f, "pairs", None, None) for f in (args.preftune_flags or [""])]
         else:
-            variants.append(("trl", args.trl_flags))
+            variants.append(("trl", args.trl_flags, "pairs", None, None))
     trl_missing = importlib.util.find_spec("trl") is None
 
     machine = machine_description()
     training = f"LoRA r={args.lora}" if args.lora else "full fine-tuning"
-    print(f"config {cfg.name}: {cfg.description}; {training}; {steps} steps ({warmup} warm-up)", file=sys.stderr)
+    lists_note = (f"; {args.lists} answers per prompt: list rows vs their {pairs_per_prompt} pairs per prompt"
+                  if args.lists else "")
+    print(f"config {cfg.name}: {cfg.description}; {training}; {steps} steps ({warmup} warm-up){lists_note}",
+          file=sys.stderr)
     print(f"machine: {describe(machine)}", file=sys.stderr)
 
     tmp = Path(tempfile.mkdtemp(prefix="preftune-bench-"))
@@ -311,31 +339,36 @@ def main(argv=None) -> int:
         from assets import build_assets
 
         t0 = time.perf_counter()
-        assets = build_assets(cfg, steps * cfg.batch_size, args.assets_dir or tmp / "assets")
+        assets = build_assets(cfg, steps * cfg.batch_size, args.assets_dir or tmp / "assets", answers=args.lists)
         print(f"assets ready in {time.perf_counter() - t0:.1f}s: {assets}", file=sys.stderr)
         runs: dict[tuple, list[dict]] = {}
         for repeat in range(max(1, args.repeats)):
             for method in methods:
-                for impl, flags in variants:
-                    key = (method, impl, flags)
+                for impl, flags, data, batch_size, name in variants:
+                    key = (method, impl, flags, data)
                     if impl == "trl" and trl_missing:
                         runs[key] = [{"impl": "trl", "method": method, "flags": flags, "label": label(impl, flags),
                                       "error": "trl is not installed (pip install --no-deps trl)"}]
                         continue
-                    print(f"running {label(impl, flags)} {method} (run {repeat + 1}) ...", file=sys.stderr)
+                    print(f"running {label(name or impl, flags)} {method} (run {repeat + 1}) ...", file=sys.stderr)
                     runs.setdefault(key, []).append(
-                        run_row(assets, cfg.name, impl, method, flags, args, steps, warmup, tmp))
+                        run_row(assets, cfg.name, impl, method, flags, args, steps, warmup, tmp, data, batch_size, name))
         rows = [best_run(r) for r in runs.values()]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    add_ratios(rows)
-    add_ratios_to_first(rows)
-    print(f"\nconfig {cfg.name} ({training}, {steps} steps, {warmup} warm-up; {describe(machine)})\n")
-    print(format_table(rows))
+    if args.lists:
+        add_list_ratios(rows)
+    else:
+        add_ratios(rows)
+        add_ratios_to_first(rows)
+    print(f"\nconfig {cfg.name} ({training}, {steps} steps, {warmup} warm-up{lists_note}; {describe(machine)})\n")
+    print(format_list_table(rows) if args.lists else format_table(rows))
     if args.json:
         command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         out = {"command": command, "config": cfg.to_dict(), "lora_rank": args.lora, "steps": steps, "warmup_steps": warmup,
                "machine": machine, "rows": rows}
+        if args.lists:
+            out.update(lists=args.lists, pairs_per_prompt=pairs_per_prompt, prompts_per_step=cfg.batch_size)
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     return 0
 

@@ -10,6 +10,10 @@ collator is wrapped to count tokens from the batches the trainer really used, an
 hook on the input-embedding lookups counts the positions every forward computes.
 The result (or the reason it could not run) is written as JSON.
 
+With ``--data lists`` it trains on the list rows of ``lists.jsonl`` (``run.py --lists K``),
+``--list_pairs all``; tokens are then counted as the pairs those rows stand for (see
+`batch_counts`), so a list run and the run of its expanded pairs count the same tokens.
+
     python benchmarks/worker.py --assets DIR --config small --impl preftune --method orpo --result out.json
 """
 from __future__ import annotations
@@ -82,7 +86,7 @@ class CountingCollator:
 
     def __call__(self, features, *args, **kwargs):
         batch = self.inner(features, *args, **kwargs)
-        self.batches.append(batch_counts(features))
+        self.batches.append(list_counts(features) if features and "scores" in features[0] else batch_counts(features))
         return batch
 
     def __getattr__(self, name):  # the trainer may read attributes of its collator
@@ -124,12 +128,38 @@ def batch_counts(features) -> dict:
     return {"pairs": pairs, "tokens": tokens, "real_plain": tokens, "real_shared": real_shared}
 
 
+def list_counts(features) -> dict:
+    """Counts for list rows (prompt_ids, completion_ids: K answers, scores), in pair-equivalent terms.
+
+    tokens: Σ over every two answers with different scores (the pairs ``expand_lists`` makes) of
+    (prompt + better) + (prompt + worse) — what those pairs count in `batch_counts`, whatever the run
+    trains on; real_plain: Σ K·prompt + Σ answers (each answer its own row, ``plain_rows`` = N rows);
+    real_shared: the same with each prompt's common prefix once (one packed row per prompt)."""
+    pairs = tokens = real_plain = real_shared = plain_rows = 0
+    for x in features:
+        p = list(x["prompt_ids"])
+        rows = [p + list(a) for a in x["completion_ids"]]
+        scores = list(x["scores"])
+        for i in range(len(rows)):
+            for j in range(i + 1, len(rows)):
+                if scores[i] != scores[j]:
+                    pairs += 1
+                    tokens += len(rows[i]) + len(rows[j])
+        shared = min(_common_prefix(rows[0], r) for r in rows[1:]) if len(rows) > 1 else 0
+        real_plain += sum(len(r) for r in rows)
+        real_shared += sum(len(r) for r in rows) - (len(rows) - 1) * shared
+        plain_rows += len(rows)
+    return {"pairs": pairs, "tokens": tokens, "real_plain": real_plain, "real_shared": real_shared,
+            "packed_rows": len(features), "plain_rows": plain_rows}
+
+
 class PositionCounter:
     """Counts the positions every model forward computes, from the input-embedding lookups
     (policy and reference alike), and how many of them are real tokens: a (2B, T) forward
     computes the batch's chosen and rejected rows; a (B, L) forward, B pairs packed one per
     row, computes each shared prefix once; a (1, R) forward is the whole batch packed into one
-    row without padding (padding_free)."""
+    row without padding (padding_free). List rows (`list_counts`): (N, T) plain, (G, L) one
+    packed row per prompt."""
 
     def __init__(self, batches: list[dict]):
         self.batches = batches
@@ -150,9 +180,9 @@ class PositionCounter:
             if ids.dtype != torch.long or ids.dim() != 2 or self.step >= len(self.batches):
                 return
             b = self.batches[self.step]
-            if ids.shape[0] == 2 * b["pairs"]:
+            if ids.shape[0] == b.get("plain_rows", 2 * b["pairs"]):
                 real = b["real_plain"]
-            elif ids.shape[0] == b["pairs"]:
+            elif ids.shape[0] == b.get("packed_rows", b["pairs"]):
                 real = b["real_shared"]
             elif ids.shape[0] == 1:  # padding_free: the batch as one packed row, every position a real token
                 real = ids.numel()
@@ -173,12 +203,13 @@ class PositionCounter:
 # ------------------------------------------------------------------ trainers
 
 
-def common_settings(cfg: BenchConfig, steps: int, output_dir: str, gradient_checkpointing: bool) -> dict:
+def common_settings(cfg: BenchConfig, steps: int, output_dir: str, gradient_checkpointing: bool,
+                    batch_size: int | None = None) -> dict:
     """TrainingArguments shared by both implementations (each has its own defaults; these override them)."""
     return dict(
         output_dir=output_dir,
         max_steps=steps,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=batch_size or cfg.batch_size,
         gradient_accumulation_steps=1,
         learning_rate=1e-6,
         beta=0.1,
@@ -281,7 +312,7 @@ def run(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from assets import load_pairs
+    from assets import load_rows
 
     cfg = CONFIGS[args.config]
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -298,11 +329,15 @@ def run(args) -> dict:
     model = AutoModelForCausalLM.from_pretrained(assets / "model", dtype=dtype, attn_implementation="sdpa")
     n_params = sum(p.numel() for p in model.parameters())
     n_matmul = matmul_params(model)
-    dataset = datasets.Dataset.from_list(load_pairs(assets))
+    dataset = datasets.Dataset.from_list(load_rows(assets, args.data))
 
     flags = args.flags
+    if args.data == "lists":
+        if args.impl != "preftune":
+            raise ValueError("list rows are trained by preftune only")
+        flags = f"--list_pairs all {flags}".strip()  # every pair of two answers, as the expanded pair run
     with tempfile.TemporaryDirectory(prefix="preftune-bench-") as out_dir:
-        settings = common_settings(cfg, args.steps, out_dir, args.gradient_checkpointing)
+        settings = common_settings(cfg, args.steps, out_dir, args.gradient_checkpointing, args.batch_size)
         trainer = build_trainer(args.impl, args.method, model, tokenizer, dataset, settings, flags, args.lora)
         counter = CountingCollator(trainer.data_collator)
         trainer.data_collator = counter
@@ -375,6 +410,8 @@ def run(args) -> dict:
         "step_cpu_s": step_cpu,
         "loadavg_1min_before_after": [load_before, load_after],
         "tokens_per_step": [b["tokens"] for b in batches],
+        "pairs_per_step": [b["pairs"] for b in batches],
+        "rows_per_step": [b.get("packed_rows", b["pairs"]) for b in batches],  # pairs, or list rows (prompts)
         # over every forward of every step (policy and, for DPO, reference)
         "padding_fraction": 1 - real / computed,
         "computed_positions": computed,
@@ -442,6 +479,9 @@ def main(argv=None) -> int:
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--data", default="pairs", choices=["pairs", "lists"],
+                   help="train on pairs.jsonl, or on the list rows of lists.jsonl (written by run.py --lists K)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per step (default: the config's batch_size)")
     p.add_argument("--flags", default="", help="extra config flags for the implementation, e.g. '--logps_chunked false'")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--lora", type=int, default=0, help="train a LoRA adapter of this rank instead of every weight")
@@ -451,7 +491,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = {"impl": args.impl, "method": args.method, "flags": args.flags, "config": args.config}
+    result = {"impl": args.impl, "method": args.method, "flags": args.flags, "config": args.config, "data": args.data}
     try:
         result.update(run(args))
     except Exception as err:  # reported as "n/a: reason" in the table

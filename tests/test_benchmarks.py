@@ -244,3 +244,139 @@ def test_cpo_simpo_kto_rows_run_in_each_installed_implementation(tmp_path):
     if "trl" in impls:  # the same batches in both: the same tokens counted
         for method in ("cpo", "simpo", "kto"):
             assert by["preftune", method]["tokens_per_step"] == by["trl", method]["tokens_per_step"], method
+
+
+# ------------------------------------------------------------------ --lists K: list rows vs their pairs
+
+
+@pytest.fixture
+def list_modules(bench_modules, monkeypatch):
+    for name in ("worker", "list_rows"):
+        sys.modules.pop(name, None)
+    modules = {**bench_modules, **{name: importlib.import_module(name) for name in ("worker", "list_rows")}}
+    yield modules
+    for name in ("worker", "list_rows"):
+        sys.modules.pop(name, None)
+
+
+def test_synthetic_lists_and_their_pairs(bench_modules):
+    """Each prompt gets K answers with K distinct scores, the prompt lengths the pair generator draws
+    (same seed, same first draw), and its expansion is every two answers, the higher-scored chosen."""
+    assets, cfg = bench_modules["assets"], bench_modules["configs"].CONFIGS["micro"]
+    lists = assets.synthetic_lists(cfg, 5, 4)
+    pairs = assets.synthetic_pairs(cfg, 5)
+    assert [len(r["prompt"].split()) for r in lists] == [len(p["prompt"].split()) for p in pairs]
+    for row in lists:
+        assert len(row["completions"]) == 4 and sorted(row["scores"]) == [0.0, 1.0, 2.0, 3.0]
+        assert all(a.startswith(" ") and a.strip() for a in row["completions"])
+    expanded = assets.expand_lists(lists)
+    assert len(expanded) == 5 * 6
+    for g, row in enumerate(lists):
+        score = dict(zip(row["completions"], row["scores"]))
+        mine = expanded[6 * g:6 * (g + 1)]  # a prompt's pairs are adjacent
+        assert all(p["prompt"] == row["prompt"] and score[p["chosen"]] > score[p["rejected"]] for p in mine)
+        assert {frozenset((p["chosen"], p["rejected"])) for p in mine} == {
+            frozenset((a, b)) for i, a in enumerate(row["completions"]) for b in row["completions"][i + 1:]}
+    # a tie never becomes a pair
+    tied = [{"prompt": "x", "completions": [" a", " b", " c"], "scores": [1.0, 0.0, 1.0]}]
+    assert assets.expand_lists(tied) == [{"prompt": "x", "chosen": " a", "rejected": " b"},
+                                         {"prompt": "x", "chosen": " c", "rejected": " b"}]
+
+
+def test_list_counts_equal_those_of_the_expanded_pairs(list_modules):
+    """Prompt [1, 5, 6] (BOS included) with answers [7, 2], [8, 9, 2], [10, 2] scored 2, 0, 1: rows of
+    5, 6 and 5 tokens. Its pairs (0>1, 0>2, 2>1) count (5+6) + (5+5) + (5+6) = 32 tokens; the three plain
+    rows hold 16 real tokens, one packed row 16 - 2·3 = 10 (the prompt once). Two such prompts per batch.
+    With scores 1, 0, 1 the tie (0, 2) is no pair: (5+6) + (6+5) = 22."""
+    worker = list_modules["worker"]
+    import torch
+
+    row = {"prompt_ids": [1, 5, 6], "completion_ids": [[7, 2], [8, 9, 2], [10, 2]], "scores": [2.0, 0.0, 1.0]}
+    counts = worker.list_counts([row, row])
+    assert counts == {"pairs": 6, "tokens": 64, "real_plain": 32, "real_shared": 20, "packed_rows": 2,
+                      "plain_rows": 6}
+    pairs = [{"prompt_ids": [1, 5, 6], "chosen_ids": c, "rejected_ids": r}
+             for c, r in (([7, 2], [8, 9, 2]), ([7, 2], [10, 2]), ([10, 2], [8, 9, 2]))]
+    assert worker.batch_counts(pairs + pairs)["tokens"] == counts["tokens"]
+    assert worker.list_counts([{**row, "scores": [1.0, 0.0, 1.0]}])["tokens"] == 22
+    embed = torch.nn.Embedding(11, 4)
+    with worker.PositionCounter([counts]) as positions:
+        embed(torch.zeros(6, 6, dtype=torch.long))  # plain: one row per answer
+        embed(torch.zeros(2, 11, dtype=torch.long))  # packed: one row per prompt
+    assert positions.computed == {0: 36 + 22} and positions.real == {0: 32 + 20} and positions.unknown == 0
+
+
+def test_list_table_ratios(list_modules):
+    """speed vs pairs = list tokens/s ÷ pair tokens/s (600 / 200 = 3), mem = 900 / 1200 = 0.75,
+    Δmem = 100 / 400 = 0.25; a method whose pair run failed gets no ratios."""
+    list_rows = list_modules["list_rows"]
+    common = {"impl": "preftune", "flags": "", "padding_fraction": 0.1, "warmup_steps": 1,
+              "tokens_per_step": [500, 300, 500]}
+    rows = [
+        {**common, "data": "lists", "method": "dpo", "label": "lists", "tokens_per_s": 600.0, "s_per_step": 0.5,
+         "peak_rss_mib": 900.0, "train_rss_delta_mib": 100.0},
+        {**common, "data": "pairs", "method": "dpo", "label": "pairs", "tokens_per_s": 200.0, "s_per_step": 1.5,
+         "peak_rss_mib": 1200.0, "train_rss_delta_mib": 400.0},
+        {**common, "data": "lists", "method": "orpo", "label": "lists", "tokens_per_s": 600.0, "s_per_step": 0.5,
+         "peak_rss_mib": 900.0, "train_rss_delta_mib": 100.0},
+        {**common, "data": "pairs", "method": "orpo", "label": "pairs", "error": "boom"},
+    ]
+    list_rows.add_list_ratios(rows)
+    assert rows[0]["speed_vs_pairs"] == pytest.approx(3.0) and rows[0]["mem_vs_pairs"] == pytest.approx(0.75)
+    assert rows[0]["train_delta_mem_vs_pairs"] == pytest.approx(0.25)
+    assert "speed_vs_pairs" not in rows[1] and "speed_vs_pairs" not in rows[2]
+    table = list_rows.format_list_table(rows).splitlines()
+    assert table[0] == ("| run | method | pair-eq tokens/step | pair-eq tokens/s | s/step | peak mem MiB | "
+                        "train Δmem MiB | padding | speed vs pairs | mem vs pairs | Δmem vs pairs |")
+    assert table[2].split(" | ")[2:4] == ["400", "600"]  # mean of the measured steps' tokens (300 + 500) / 2
+    assert table[2].split(" | ")[-3:] == ["3.00×", "0.75×", "0.25× |"]
+    assert "n/a: boom" in table[5]
+
+
+@pytest.mark.slow
+def test_lists_against_their_pairs_on_micro(tmp_path, list_modules):
+    """run.py --lists 4: per method a list run (2 prompts per step) and a pair run (the same 2 prompts'
+    12 pairs per step) that count the same pair-equivalent tokens per step — worked out here from
+    lists.jsonl — with the ratio columns computed from the two rows' numbers."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--config", "micro", "--steps", "2", "--lists", "4",
+         "--methods", "dpo,orpo", "--json", str(out), "--assets-dir", str(tmp_path / "assets")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| run"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list_modules["list_rows"].LIST_COLUMNS
+    result = json.loads(out.read_text())
+    assert result["lists"] == 4 and result["pairs_per_prompt"] == 6 and result["prompts_per_step"] == 2
+    rows = result["rows"]
+    assert [(r["method"], r["data"]) for r in rows] == [("dpo", "lists"), ("dpo", "pairs"), ("orpo", "lists"),
+                                                        ("orpo", "pairs")]
+
+    assets_dir = next((tmp_path / "assets").iterdir())
+    assets = list_modules["assets"]
+    lists = assets.load_rows(assets_dir, "lists")
+    assert len(lists) == 2 * 2 and assets.load_pairs(assets_dir) == assets.expand_lists(lists)
+    expected = []  # per step: Σ over each prompt's 6 pairs of (BOS + prompt + better + EOS) + (BOS + prompt + worse + EOS)
+    for s in range(2):
+        tokens = 0
+        for row in lists[2 * s:2 * s + 2]:
+            p, c = 1 + len(row["prompt"].split()), [1 + len(a.split()) for a in row["completions"]]
+            tokens += sum(2 * p + c[i] + c[j] for i in range(4) for j in range(i + 1, 4))
+        expected.append(tokens)
+
+    by = {(r["method"], r["data"]): r for r in rows}
+    for method in ("dpo", "orpo"):
+        lst, prs = by[method, "lists"], by[method, "pairs"]
+        for row in (lst, prs):
+            assert "error" not in row, row.get("error")
+            assert row["tokens_per_step"] == expected and row["pairs_per_step"] == [12, 12]
+            assert row["forwards_per_step"] == [2 if method == "dpo" else 1] * 2
+            assert 0 <= row["padding_fraction"] < 1
+        assert lst["rows_per_step"] == [2, 2] and prs["rows_per_step"] == [12, 12]
+        assert lst["computed_positions"] < prs["computed_positions"]  # one packed row per prompt, not per pair
+        assert lst["speed_vs_pairs"] == pytest.approx(lst["tokens_per_s"] / prs["tokens_per_s"])
+        assert lst["speed_vs_pairs"] == pytest.approx(prs["step_times_s"][1] / lst["step_times_s"][1])
+        assert lst["mem_vs_pairs"] == pytest.approx(lst["peak_rss_mib"] / prs["peak_rss_mib"])
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("| preftune lists") and "| dpo |" in x)
+    assert f"| {by['dpo', 'lists']['speed_vs_pairs']:.2f}× |" in line
