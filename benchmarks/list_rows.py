@@ -57,25 +57,40 @@ def format_list_table(rows: list[dict]) -> str:
     cols = list(LIST_COLUMNS)
     if gpu:
         cols = [("peak GPU MiB" if c == "peak mem MiB" else c) for c in cols if c not in ("train Δmem MiB", "Δmem vs pairs")]
+    def cells(r: dict) -> dict:
+        return {
+            **shared_cells(r),
+            "run": r["label"],
+            "pair-eq tokens/step": f"{measured_tokens_per_step(r):.0f}",
+            "pair-eq tokens/s": f"{r['tokens_per_s']:.0f}",
+            "speed vs pairs": f"{r['speed_vs_pairs']:.2f}×" if "speed_vs_pairs" in r else "",
+            "mem vs pairs": f"{r['mem_vs_pairs']:.2f}×" if "mem_vs_pairs" in r else "",
+            "Δmem vs pairs": f"{r['train_delta_mem_vs_pairs']:.2f}×" if "train_delta_mem_vs_pairs" in r else "",
+        }
+
+    return markdown_table(cols, rows, cells)
+
+
+def shared_cells(r: dict) -> dict:
+    """The table cells every benchmark table shows the same way (`run.format_table` and the list table)."""
+    return {
+        "method": r["method"],
+        "s/step": f"{r['s_per_step']:.3f}",
+        "peak mem MiB": f"{r['peak_rss_mib']:.0f}",
+        "peak GPU MiB": f"{r.get('peak_gpu_mib', 0):.0f}",
+        "train Δmem MiB": "" if r.get("train_rss_delta_mib") is None else f"{r['train_rss_delta_mib']:.0f}",
+        "padding": f"{100 * r['padding_fraction']:.1f}%",
+    }
+
+
+def markdown_table(cols: list[str], rows: list[dict], cells) -> str:
+    """A markdown table of `rows` in columns `cols`; `cells(row)` gives a row's cells by column (a failed row: n/a)."""
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         if "error" in r:
-            cells = [r["label"], r["method"], f"n/a: {r['error']}"] + [""] * (len(cols) - 3)
+            row = [r["label"], r["method"], f"n/a: {r['error']}"] + [""] * (len(cols) - 3)
         else:
-            values = {
-                "run": r["label"],
-                "method": r["method"],
-                "pair-eq tokens/step": f"{measured_tokens_per_step(r):.0f}",
-                "pair-eq tokens/s": f"{r['tokens_per_s']:.0f}",
-                "s/step": f"{r['s_per_step']:.3f}",
-                "peak mem MiB": f"{r['peak_rss_mib']:.0f}",
-                "peak GPU MiB": f"{r.get('peak_gpu_mib', 0):.0f}",
-                "train Δmem MiB": "" if r.get("train_rss_delta_mib") is None else f"{r['train_rss_delta_mib']:.0f}",
-                "padding": f"{100 * r['padding_fraction']:.1f}%",
-                "speed vs pairs": f"{r['speed_vs_pairs']:.2f}×" if "speed_vs_pairs" in r else "",
-                "mem vs pairs": f"{r['mem_vs_pairs']:.2f}×" if "mem_vs_pairs" in r else "",
-                "Δmem vs pairs": f"{r['train_delta_mem_vs_pairs']:.2f}×" if "train_delta_mem_vs_pairs" in r else "",
-            }
-            cells = [values[c] for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
+            values = cells(r)
+            row = [values[c] for c in cols]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -37,7 +37,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from configs import CONFIGS, METHODS  # noqa: E402
-from list_rows import LIST_METHODS, add_list_ratios, format_list_table, list_variants  # noqa: E402
+from list_rows import (LIST_METHODS, add_list_ratios, format_list_table, list_variants, markdown_table,  # noqa: E402
+                       shared_cells)
 
 COLUMNS = ["impl", "method", "tokens/s", "s/step", "peak mem MiB", "train Δmem MiB", "padding",
            "speed vs TRL", "mem vs TRL", "speed vs 1st", "mem vs 1st", "Δmem vs 1st", "MFU"]
@@ -218,30 +219,20 @@ def format_table(rows: list[dict]) -> str:
             and (c not in FIRST_COLUMNS or show_first)]
     if gpu:
         cols = [("peak GPU MiB" if c == "peak mem MiB" else c) for c in cols if c != "train Δmem MiB"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        if "error" in r:
-            cells = [r["label"], r["method"], f"n/a: {r['error']}"] + [""] * (len(cols) - 3)
-        else:
-            values = {
-                "impl": r["label"],
-                "method": r["method"],
-                "tokens/s": f"{r['tokens_per_s']:.0f}",
-                "s/step": f"{r['s_per_step']:.3f}",
-                "peak mem MiB": f"{r['peak_rss_mib']:.0f}",
-                "peak GPU MiB": f"{r.get('peak_gpu_mib', 0):.0f}",
-                "train Δmem MiB": "" if r.get("train_rss_delta_mib") is None else f"{r['train_rss_delta_mib']:.0f}",
-                "padding": f"{100 * r['padding_fraction']:.1f}%",
-                "speed vs TRL": f"{r['speed_vs_trl']:.2f}×" if "speed_vs_trl" in r else "",
-                "mem vs TRL": f"{r['mem_vs_trl']:.2f}×" if "mem_vs_trl" in r else "",
-                "MFU": f"{100 * r['mfu']:.1f}%" if "mfu" in r else "",
-                "speed vs 1st": f"{r['speed_vs_first']:.2f}×" if "speed_vs_first" in r else "",
-                "mem vs 1st": f"{r['mem_vs_first']:.2f}×" if "mem_vs_first" in r else "",
-                "Δmem vs 1st": f"{r['train_delta_mem_vs_first']:.2f}×" if "train_delta_mem_vs_first" in r else "",
-            }
-            cells = [values[c] for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def cells(r: dict) -> dict:
+        return {
+            **shared_cells(r),
+            "impl": r["label"],
+            "tokens/s": f"{r['tokens_per_s']:.0f}",
+            "speed vs TRL": f"{r['speed_vs_trl']:.2f}×" if "speed_vs_trl" in r else "",
+            "mem vs TRL": f"{r['mem_vs_trl']:.2f}×" if "mem_vs_trl" in r else "",
+            "MFU": f"{100 * r['mfu']:.1f}%" if "mfu" in r else "",
+            "speed vs 1st": f"{r['speed_vs_first']:.2f}×" if "speed_vs_first" in r else "",
+            "mem vs 1st": f"{r['mem_vs_first']:.2f}×" if "mem_vs_first" in r else "",
+            "Δmem vs 1st": f"{r['train_delta_mem_vs_first']:.2f}×" if "train_delta_mem_vs_first" in r else "",
+        }
+
+    return markdown_table(cols, rows, cells)
 
 
 # ------------------------------------------------------------------ main

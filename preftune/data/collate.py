@@ -257,17 +257,22 @@ def _pad_rows(rows: list[list[int]], prompt_lens: list[int], pad_token_id: int, 
 
 
 @dataclass
-class PreferenceCollator:
-    """Collate features with ``prompt_ids``/``chosen_ids``/``rejected_ids`` (extra
-    keys ignored) into a dict of long tensors: input_ids, attention_mask,
-    completion_mask, each (2B, T), plus ``ref_logps`` (2B,) when the features carry
-    ``ref_chosen_logps``/``ref_rejected_logps``; see `PreferenceBatch`."""
+class PaddingCollator:
+    """What every collator here is given: the pad token and the multiple to pad lengths up to (checked)."""
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
     def __post_init__(self) -> None:
         self.pad_token_id = _check_pad(self.pad_token_id, self.pad_to_multiple_of)
+
+
+@dataclass
+class PreferenceCollator(PaddingCollator):
+    """Collate features with ``prompt_ids``/``chosen_ids``/``rejected_ids`` (extra
+    keys ignored) into a dict of long tensors: input_ids, attention_mask,
+    completion_mask, each (2B, T), plus ``ref_logps`` (2B,) when the features carry
+    ``ref_chosen_logps``/``ref_rejected_logps``; see `PreferenceBatch`."""
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
@@ -283,18 +288,12 @@ class PreferenceCollator:
 
 
 @dataclass
-class EncoderDecoderCollator:
+class EncoderDecoderCollator(PaddingCollator):
     """Collate features with ``prompt_ids``/``chosen_ids``/``rejected_ids`` (extra keys
     ignored) for an encoder-decoder model: ``prompt_input_ids`` and
     ``prompt_attention_mask`` (B, Tp), one row per pair; ``completion_input_ids`` and
     ``completion_mask`` (2B, Tc), chosen rows first; ``ref_logps`` (2B,) when the
     features carry reference log-probs. Right-padded; see `Seq2SeqBatch`."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __post_init__(self) -> None:
-        self.pad_token_id = _check_pad(self.pad_token_id, self.pad_to_multiple_of)
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(max(len(r) for r in rows), 1)
@@ -351,17 +350,11 @@ class VisionPreferenceCollator(PreferenceCollator):
 
 
 @dataclass
-class ListCollator:
+class ListCollator(PaddingCollator):
     """Collate list rows — features with ``prompt_ids``, ``completion_ids`` (one list per answer) and
     ``scores`` (extra keys ignored) — into a `ListBatch`'s dict: input_ids, attention_mask,
     completion_mask (N, T), ``groups`` and ``scores`` (N,), plus ``ref_logps`` (N,) when the features
     carry ``ref_completion_logps``. The rows of a prompt are adjacent, in its answers' order."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __post_init__(self) -> None:
-        self.pad_token_id = _check_pad(self.pad_token_id, self.pad_to_multiple_of)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:

@@ -81,6 +81,8 @@ from preftune.data.pairs import (
     message_list,
     required_string,
     split_prompt,
+    system_string,
+    with_system,
 )
 from preftune.errors import ConfigError, DataError
 
@@ -318,19 +320,12 @@ def describe_shape(columns: Iterable[str], mapping: Mapping[str, str | None] | N
 
 
 def _add_system(system: Any, prompt: Text, chosen: Text, rejected: Text) -> tuple:
-    if system is not None and not isinstance(system, str):
-        raise RowProblem("system", f"is {describe_value(system)}", "expected a string")
+    system = system_string(system)
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     chosen = assistant_reply(chosen) if isinstance(chosen, str) else chosen
     rejected = assistant_reply(rejected) if isinstance(rejected, str) else rejected
-    if system:
-        if prompt and prompt[0]["role"] == "system":
-            if prompt[0]["content"] != system:
-                raise RowProblem("system", "differs from the system message that already opens the prompt", "keep only one of them")
-        else:
-            prompt = [{"role": "system", "content": system}] + prompt
-    return prompt, chosen, rejected
+    return with_system(prompt, system), chosen, rejected
 
 
 def row_tools(value: Any) -> list | None:

@@ -44,7 +44,7 @@ import numpy as np
 from preftune.data.formats import check_columns
 from preftune.data.lists import ScoredList, pair_as_list, to_scored_list
 from preftune.data.pairs import PreferencePair
-from preftune.data.prepare import image_column, tokenizer_hash
+from preftune.data.prepare import PrepareReport, image_column, tokenizer_hash
 from preftune.data.tokenize import (
     COMPLETION_FILLS_MAX_LENGTH,
     PROMPT_FILLS_MAX_LENGTH,
@@ -69,40 +69,15 @@ _CHUNK = 1000
 
 
 @dataclass(frozen=True)
-class ListReport:
+class ListReport(PrepareReport):
     """What `prepare_lists` did, counted in lists (rows); `n_answers` counts the answers of the kept lists.
-    The fields mean what `preftune.data.prepare.PrepareReport`'s do."""
+    The other fields, and the summary, are `PrepareReport`'s."""
 
-    n_rows: int
-    n_kept: int
-    n_dropped_empty_after_truncation: int
-    n_truncated: int
-    n_bad_rows: int
-    first_errors: tuple[str, ...] = ()
-    n_dropped_long_prompt: int = 0
-    n_dropped_long_completion: int = 0
     n_answers: int = 0
+    _unit, _answer, _as_trl = "lists", "answer", "as TRL does for pairs"
 
-    def summary(self) -> str:
-        """One or two lines for a log."""
-        head = f"prepared {self.n_kept} lists" if self.n_kept == self.n_rows else f"prepared {self.n_kept} of {self.n_rows} lists"
-        parts = [f"{self.n_truncated} truncated"]
-        if self.n_dropped_long_prompt:
-            parts.append(f"{self.n_dropped_long_prompt} dropped because the prompt alone fills --max_length, leaving no "
-                         "room for an answer (as TRL does for pairs; raise --max_length)")
-        if self.n_dropped_long_completion:
-            parts.append(f"{self.n_dropped_long_completion} dropped because an answer alone fills --max_length, so "
-                         "keep_end would keep no prompt token (raise --max_length or use --truncation_mode keep_start)")
-        other = self.n_dropped_empty_after_truncation - self.n_dropped_long_prompt - self.n_dropped_long_completion
-        if other:
-            parts.append(f"{other} dropped because truncation left an empty answer (raise --max_length or lower "
-                         "--max_prompt_length)")
-        if self.n_bad_rows:
-            parts.append(f"{self.n_bad_rows} bad {'row' if self.n_bad_rows == 1 else 'rows'} skipped")
-        text = f"{head} ({self.n_answers} answers): {', '.join(parts)}"
-        if self.first_errors:
-            text += f"\nfirst bad row: {self.first_errors[0]}"
-        return text
+    def _head(self) -> str:
+        return f"{super()._head()} ({self.n_answers} answers)"
 
 
 def _texts(item: ScoredList, tokenizer, index: int | None) -> list[str]:

@@ -59,6 +59,8 @@ from preftune.data.pairs import (
     describe_value,
     is_blank,
     message_list,
+    system_string,
+    with_system,
 )
 from preftune.data.registry import ultrafeedback_row
 from preftune.errors import ConfigError, DataError
@@ -178,19 +180,13 @@ def _scores(value: Any, n: int) -> list[float]:
 def _conversational(prompt: Text, answers: list, has_system: bool, system: Any) -> tuple[Text, list]:
     """The conversion rules of the module docstring: one kind for prompt and answers, the system message first.
     `has_system`: the row has a ``system`` column (even None: as for pairs, it makes the row conversational)."""
-    if system is not None and not isinstance(system, str):
-        raise RowProblem("system", f"is {describe_value(system)}", "expected a string")
+    system = system_string(system)
     if isinstance(prompt, str) and (has_system or any(isinstance(a, list) for a in answers)):
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, list):
         n = len(prompt)
         answers = [assistant_reply(a) if isinstance(a, str) else (a[n:] if n and a[:n] == prompt else a) for a in answers]
-    if system:
-        if prompt and prompt[0]["role"] == "system":
-            if prompt[0]["content"] != system:
-                raise RowProblem("system", "differs from the system message that already opens the prompt", "keep only one of them")
-        else:
-            prompt = [{"role": "system", "content": system}] + prompt
+        prompt = with_system(prompt, system)
     return prompt, answers
 
 

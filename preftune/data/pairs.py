@@ -204,6 +204,26 @@ def assistant_reply(text: str) -> list:
     return [{"role": "assistant", "content": text}]
 
 
+def system_string(system: Any) -> str | None:
+    """A row's ``system`` value, checked: a string or None."""
+    if system is not None and not isinstance(system, str):
+        raise RowProblem("system", f"is {describe_value(system)}", "expected a string")
+    return system
+
+
+def with_system(prompt: list, system: str | None) -> list:
+    """A message-list prompt opened by the row's system message (once: a prompt that already opens with a
+    different one is an error; an empty system adds nothing)."""
+    if not system:
+        return prompt
+    if prompt and prompt[0]["role"] == "system":
+        if prompt[0]["content"] != system:
+            raise RowProblem("system", "differs from the system message that already opens the prompt",
+                             "keep only one of them")
+        return prompt
+    return [{"role": "system", "content": system}] + prompt
+
+
 def is_blank(value: Text) -> bool:
     """An empty or whitespace string, or messages whose contents are all that (or empty lists)."""
     if isinstance(value, str):

@@ -92,24 +92,30 @@ class PrepareReport:
     n_dropped_long_prompt: int = 0
     n_dropped_long_completion: int = 0
 
+    # The words of `summary`: what a row is, and what one of its answers is (ListReport says lists, answers).
+    _unit, _answer, _as_trl = "pairs", "completion", "as TRL does"
+
+    def _head(self) -> str:
+        n = f"{self.n_kept}" if self.n_kept == self.n_rows else f"{self.n_kept} of {self.n_rows}"
+        return f"prepared {n} {self._unit}"
+
     def summary(self) -> str:
         """One or two lines for a log."""
-        head = f"prepared {self.n_kept} pairs" if self.n_kept == self.n_rows else f"prepared {self.n_kept} of {self.n_rows} pairs"
+        answer = f"an {self._answer}" if self._answer[0] in "aeiou" else f"a {self._answer}"
         parts = [f"{self.n_truncated} truncated"]
         if self.n_dropped_long_prompt:
             parts.append(f"{self.n_dropped_long_prompt} dropped because the prompt alone fills --max_length, leaving no "
-                         "room for a completion (as TRL does; raise --max_length)")
+                         f"room for {answer} ({self._as_trl}; raise --max_length)")
         if self.n_dropped_long_completion:
-            parts.append(f"{self.n_dropped_long_completion} dropped because a completion alone fills --max_length, so "
+            parts.append(f"{self.n_dropped_long_completion} dropped because {answer} alone fills --max_length, so "
                          "keep_end would keep no prompt token (raise --max_length or use --truncation_mode keep_start)")
         other = self.n_dropped_empty_after_truncation - self.n_dropped_long_prompt - self.n_dropped_long_completion
         if other:
-            parts.append(
-                f"{other} dropped because truncation left an empty completion (raise --max_length or lower --max_prompt_length)"
-            )
+            parts.append(f"{other} dropped because truncation left an empty {self._answer} (raise --max_length or "
+                         "lower --max_prompt_length)")
         if self.n_bad_rows:
             parts.append(f"{self.n_bad_rows} bad {'row' if self.n_bad_rows == 1 else 'rows'} skipped")
-        text = f"{head}: {', '.join(parts)}"
+        text = f"{self._head()}: {', '.join(parts)}"
         if self.first_errors:
             text += f"\nfirst bad row: {self.first_errors[0]}"
         return text
